@@ -1,0 +1,3 @@
+from ckptdoc.cli import main
+
+main()

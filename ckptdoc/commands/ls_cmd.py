@@ -1,0 +1,108 @@
+"""`ckptdoc ls PATH`: the BN groups of one checkpoint (or every variable with --all)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from ckptdoc.checkpoint import Checkpoint
+from ckptdoc.commands.common import EXIT_USAGE, stderr, stdout
+from ckptdoc.errors import CheckpointError
+from ckptdoc.formats import open_checkpoint
+from ckptdoc.groups import ROLES, BNGroup, find_groups
+
+
+class LsFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def ls(
+    path: Annotated[Path, typer.Argument(help="A checkpoint prefix, .index, directory, SavedModel or Keras file.")],
+    all_variables: Annotated[bool, typer.Option("--all", help="List every variable, not only BN groups.")] = False,
+    output_format: Annotated[LsFormat, typer.Option("--format", help="text (a table) or json.")] = LsFormat.text,
+) -> None:
+    """List the batch-norm layers in a checkpoint: members, channels, dtype and statistics."""
+    try:
+        with open_checkpoint(path) as ckpt:
+            groups = find_groups(ckpt)
+            if output_format == LsFormat.json:
+                stdout.out(json.dumps(_as_json(path, ckpt, groups, all_variables), indent=2))
+            elif all_variables:
+                _print_all(ckpt, groups)
+            else:
+                _print_groups(path, ckpt, groups)
+    except CheckpointError as exc:
+        stderr.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+
+
+def _as_json(path: Path, ckpt: Checkpoint, groups: list[BNGroup], all_variables: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": str(path),
+        "format": ckpt.format,
+        "groups": [
+            {
+                "name": g.name,
+                "channels": g.channels(ckpt.tensors),
+                "members": {role: g.members.get(role) for role in ROLES},
+                **({"extras": dict(g.extras)} if g.extras else {}),
+            }
+            for g in groups
+        ],
+    }
+    if all_variables:
+        out["variables"] = [
+            {"key": t.key, "dtype": str(t.dtype), "shape": list(t.shape)} for t in ckpt.tensors.values()
+        ]
+    return out
+
+
+def _stat(ckpt: Checkpoint, key: str | None) -> str:
+    if key is None:
+        return "[dim]absent[/dim]"
+    value = np.asarray(ckpt.read(key))
+    if value.size == 0 or not np.issubdtype(value.dtype, np.number):
+        return "-"
+    v = value.astype(np.float64)
+    return f"{v.min():.3g} / {v.mean():.3g} / {v.max():.3g}"
+
+
+def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
+    for note in ckpt.warnings:
+        stderr.print(f"note: {note}", soft_wrap=True)
+    table = Table(title=f"{path} ({ckpt.format}): {len(groups)} BN layers", title_justify="left")
+    table.add_column("BN layer", overflow="fold")
+    table.add_column("channels", justify="right")
+    table.add_column("dtype")
+    for role in ROLES:
+        table.add_column(f"{role}\nmin / mean / max", justify="right")
+    for g in groups:
+        first = next((k for k in g.members.values() if k), None)
+        dtype = str(ckpt.tensors[first].dtype) if first else "?"
+        table.add_row(
+            g.name, str(g.channels(ckpt.tensors) or "?"), dtype, *(_stat(ckpt, g.members.get(r)) for r in ROLES)
+        )
+    stdout.print(table)
+
+
+def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
+    owner = {k: g.name for g in groups for k in g.all_keys}
+    table = Table(title=f"{ckpt.path} ({ckpt.format}): {len(ckpt.tensors)} variables", title_justify="left")
+    table.add_column("key", overflow="fold")
+    table.add_column("dtype")
+    table.add_column("shape")
+    table.add_column("BN layer", overflow="fold")
+    for info in ckpt.tensors.values():
+        table.add_row(info.key, str(info.dtype), str(list(info.shape)), owner.get(info.key, ""))
+    stdout.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ls")(ls)

@@ -1,0 +1,34 @@
+"""The one error contract: every problem with a user's file is a CheckpointError.
+
+The CLI turns these into a per-file error (exit code 2) and never shows a traceback.
+Anything else escaping a reader is a bug in ckptdoc.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CheckpointError(Exception):
+    """A file could not be read as a checkpoint. The message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class NotFoundError(CheckpointError):
+    """The path, or a file the checkpoint needs (a shard, the index), does not exist."""
+
+
+class UnsupportedFormatError(CheckpointError):
+    """The file is not a checkpoint format ckptdoc knows, or uses a feature it refuses."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """The file is damaged: bad checksum, truncated, or structurally impossible."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """The file contains something ckptdoc will not follow (links out, zip tricks, bombs)."""

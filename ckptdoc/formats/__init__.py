@@ -1,0 +1,44 @@
+"""Open any checkpoint path a user would pass. Knows bytes on disk, nothing about batch norm.
+
+`open_checkpoint(path)` accepts a bundle prefix (`model.ckpt`), its `.index` / `.data-*` /
+`.meta` file, a checkpoint directory, a SavedModel directory, a Keras `.h5` / `.hdf5` /
+`.weights.h5` / `.keras` file. Everything it raises is a `CheckpointError`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ckptdoc.checkpoint import Checkpoint
+from ckptdoc.errors import CheckpointError, NotFoundError, UnsupportedFormatError
+from ckptdoc.formats.resolve import Resolved, resolve
+
+__all__ = ["open_checkpoint", "resolve", "Resolved"]
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open `path` as a checkpoint; raise CheckpointError naming the file and the problem."""
+    resolved = resolve(Path(path))
+    try:
+        if resolved.kind in ("bundle", "savedmodel"):
+            from ckptdoc.formats.bundle import open_bundle
+
+            return open_bundle(resolved.path, savedmodel=resolved.kind == "savedmodel",
+                               notes=resolved.notes)
+        if resolved.kind == "hdf5":
+            from ckptdoc.formats.keras_h5 import open_hdf5
+
+            return open_hdf5(resolved.path)
+        if resolved.kind == "keras-zip":
+            from ckptdoc.formats.keras_zip import open_keras_zip
+
+            return open_keras_zip(resolved.path)
+    except CheckpointError:
+        raise
+    except FileNotFoundError as exc:
+        raise NotFoundError(resolved.path, f"missing file: {exc.filename or exc}") from exc
+    except (OSError, ValueError, KeyError, IndexError, TypeError, OverflowError,
+            MemoryError, UnicodeDecodeError) as exc:
+        # Readers validate what they parse; this is the safety net that keeps the contract.
+        raise CheckpointError(resolved.path, f"could not read: {exc}") from exc
+    raise UnsupportedFormatError(resolved.path, f"unknown kind {resolved.kind!r}")

@@ -1,0 +1,167 @@
+"""Which variables form one batch-norm layer. Knows naming conventions, nothing about bytes.
+
+Two sources of structure:
+- readers that know the model (object graphs, Keras files) give `LayerNode`s: we keep the
+  ones whose class is a BN class, or, when the class is unknown, whose variables look like BN;
+- flat name-based checkpoints (TF1 `Saver`, slim, Estimator) give only keys: we group keys
+  by their scope when the last path component is a BN variable name.
+
+A group is still a group when members are missing: that is the bug users have.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
+
+#: The four statistics and parameters every BN layer may own, in display order.
+ROLES: tuple[str, ...] = ("gamma", "beta", "moving_mean", "moving_variance")
+
+# Other names for a role: Keras 1 kept `running_mean` / `running_std` (the latter held the
+# variance in late Keras 1); PyTorch-converted models use `running_var`.
+_ROLE_ALIASES: dict[str, str] = {
+    "gamma": "gamma",
+    "beta": "beta",
+    "moving_mean": "moving_mean",
+    "moving_variance": "moving_variance",
+    "running_mean": "moving_mean",
+    "running_std": "moving_variance",
+    "running_var": "moving_variance",
+}
+
+# Batch renormalization keeps these beside the usual four.
+RENORM_EXTRAS: frozenset[str] = frozenset(
+    {"moving_stddev", "renorm_mean", "renorm_stddev", "renorm_mean_weight", "renorm_stddev_weight"}
+)
+
+# Zero-debias helpers of `assign_moving_average(zero_debias=True)`: `moving_mean/local_step`.
+_DEBIAS_LEAVES: frozenset[str] = frozenset({"biased", "local_step"})
+
+_BN_NAME = re.compile(r"(?i)(batch_?norm|batchnormalization|(^|[^a-z])bn(\d+|_\w*)?$)")
+_NOT_BN_NAME = re.compile(r"(?i)(layer_?norm|group_?norm|instance_?norm)")
+_OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
+
+
+@dataclass(frozen=True)
+class BNGroup:
+    """One batch-norm layer as found in a checkpoint.
+
+    `members` maps each role in ROLES to the variable's key in the file, or None when absent.
+    `extras` holds renorm and zero-debias variables by their layer-local name.
+    """
+
+    name: str
+    members: Mapping[str, str | None]
+    extras: Mapping[str, str] = field(default_factory=dict)
+    class_name: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def key(self, role: str) -> str | None:
+        return self.members.get(role)
+
+    @property
+    def present(self) -> list[str]:
+        return [role for role in ROLES if self.members.get(role)]
+
+    @property
+    def all_keys(self) -> list[str]:
+        return [k for k in self.members.values() if k] + list(self.extras.values())
+
+    def channels(self, tensors: Mapping[str, TensorInfo]) -> int | None:
+        """Channel count from the first member present (all members share one shape)."""
+        for key in self.all_keys:
+            info = tensors.get(key)
+            if info is not None and info.shape:
+                return info.size
+        return None
+
+
+def find_groups(checkpoint: Checkpoint) -> list[BNGroup]:
+    """Every BN group in `checkpoint`, in file order."""
+    layers = checkpoint.layers
+    if layers is not None:
+        return [g for node in layers if (g := _group_from_layer(node)) is not None]
+    return _groups_from_names(checkpoint.tensors)
+
+
+def is_bn_class(class_name: str) -> bool:
+    """Keras class names of batch-norm layers, in any version or namespace."""
+    base = class_name.rsplit(">", 1)[-1].rsplit(".", 1)[-1]
+    return "BatchNorm" in base and not _NOT_BN_NAME.search(base)
+
+
+def role_of(local_name: str) -> str | None:
+    """The BN role of a layer-local variable name, if it names one."""
+    leaf = local_name.rsplit("/", 1)[-1]
+    if leaf in _ROLE_ALIASES:
+        return _ROLE_ALIASES[leaf]
+    # Keras 1 prefixed names with the layer: `batchnormalization_1_running_mean`.
+    for alias, role in _ROLE_ALIASES.items():
+        if leaf.endswith("_" + alias) and alias.startswith("running_"):
+            return role
+    return None
+
+
+def _group_from_layer(node: LayerNode) -> BNGroup | None:
+    members: dict[str, str | None] = dict.fromkeys(ROLES)
+    extras: dict[str, str] = {}
+    for local, key in node.members.items():
+        role = role_of(local)
+        if role is not None and members[role] is None:
+            members[role] = key
+        elif local.rsplit("/", 1)[-1] in RENORM_EXTRAS or _is_debias(local):
+            extras[local] = key
+    if node.class_name is not None:
+        if not is_bn_class(node.class_name):
+            return None
+    elif not _looks_like_bn(node.name, members):
+        return None
+    if not any(members.values()) and not extras:
+        return None
+    return BNGroup(node.name, members, extras, node.class_name, dict(node.config))
+
+
+def _looks_like_bn(name: str, members: Mapping[str, str | None]) -> bool:
+    """Without a class: moving stats make a BN layer; gamma/beta alone need a BN-like name,
+    since LayerNormalization also owns gamma and beta."""
+    if _NOT_BN_NAME.search(name):
+        return False
+    if members["moving_mean"] or members["moving_variance"]:
+        return True
+    return bool((members["gamma"] or members["beta"]) and _BN_NAME.search(name))
+
+
+def _is_debias(local: str) -> bool:
+    parts = local.split("/")
+    return len(parts) >= 2 and parts[-1] in _DEBIAS_LEAVES and role_of(parts[-2]) is not None
+
+
+def _groups_from_names(tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
+    """Group flat keys by scope; match on the last path component, never on substrings, so
+    `bn/gamma/Adam` (a slot) and `bn/moving_mean/ExponentialMovingAverage` stay out."""
+    scopes: dict[str, dict[str, str]] = {}
+    for key in tensors:
+        if ".OPTIMIZER_SLOT" in key or key.startswith("optimizer/"):
+            continue
+        name = key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
+        parts = name.split("/")
+        if len(parts) >= 3 and _is_debias("/".join(parts[-2:])):
+            scope, local = "/".join(parts[:-2]), "/".join(parts[-2:])
+        elif len(parts) >= 2:
+            scope, local = "/".join(parts[:-1]), parts[-1]
+        else:
+            continue
+        if role_of(local) is None and local not in RENORM_EXTRAS and not _is_debias(local):
+            continue
+        scopes.setdefault(scope, {})[local] = key
+    nodes = [LayerNode(scope, members) for scope, members in scopes.items()]
+    return [g for node in nodes if (g := _group_from_layer(node)) is not None]
+
+
+def group_keys(groups: Iterable[BNGroup]) -> set[str]:
+    """Every key that belongs to some BN group."""
+    return {key for g in groups for key in g.all_keys}

@@ -1,0 +1,1 @@
+"""Output formats. Each module renders an AuditReport and knows nothing about checkpoints."""

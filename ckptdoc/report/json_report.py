@@ -1,0 +1,52 @@
+"""`--format json`: one stable, versioned object."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ckptdoc.report.model import AuditReport, FileReport
+
+VERSION = 1
+
+
+def file_to_dict(file: FileReport) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "path": file.path,
+        "format": file.format,
+        "groups": [{"name": g.name, "status": g.status} for g in file.groups],
+        "findings": [
+            {
+                "rule": f.rule,
+                "severity": f.severity.value,
+                "group": f.group,
+                "message": f.message,
+                "details": dict(f.details),
+            }
+            for f in file.findings
+        ],
+    }
+    if file.error is not None:
+        out["error"] = file.error
+    if file.notes:
+        out["notes"] = list(file.notes)
+    return out
+
+
+def render(report: AuditReport) -> str:
+    return json.dumps(
+        {
+            "version": VERSION,
+            "files": [file_to_dict(f) for f in report.files],
+            "summary": report.summary(),
+        },
+        indent=2,
+        default=_jsonable,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    # numpy scalars and arrays in finding details
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,262 @@
+"""The BN rules: each a small check declared with its code, severity, title and explanation.
+
+A check looks at one group's values and returns None (fine) or `(message, details)`, where
+`details` carries the numbers that tripped it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ckptdoc.rules.base import GroupValues, Rule, Severity, Tolerances
+
+RULES: dict[str, Rule] = {}
+
+Result = tuple[str, dict[str, Any]] | None
+
+_FIX_TF1 = (
+    "TF1 (tf.compat.v1.layers / slim): the moving averages are updated by ops in the "
+    "UPDATE_OPS collection; build the train op inside "
+    "`with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):`."
+)
+_FIX_TF2 = (
+    "TF2 / Keras custom loop: call the model with `model(x, training=True)` in the training "
+    "step; layers with `trainable=False` never update their statistics."
+)
+_FIX_RECALIBRATE = (
+    "To repair an existing model without retraining: `ckptdoc recalibrate MODEL --data DATA` "
+    "streams training data through it and writes exact population statistics."
+)
+
+
+def rule(code: str, severity: Severity, title: str, explanation: str):  # type: ignore[no-untyped-def]
+    """Register a check under its code, bandit-style: the id sits next to the code."""
+
+    def register(check):  # type: ignore[no-untyped-def]
+        RULES[code] = Rule(code, severity, title, explanation.strip(), check)
+        return check
+
+    return register
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+@rule(
+    "BN001",
+    Severity.ERROR,
+    "moving statistics missing",
+    f"""
+A batch-norm layer has gamma and/or beta in the file but no moving_mean and/or moving_variance.
+Inference needs the moving statistics; whatever loads this checkpoint keeps its initial values
+(mean 0, variance 1) or fails to restore.
+
+Usual cause: a TF1 `tf.compat.v1.train.Saver(var_list=tf.compat.v1.trainable_variables())`
+(or any var_list without the non-trainable variables). The moving statistics are not
+trainable, so they are not saved.
+
+Fix: save with `Saver()` (all global variables) or add
+`tf.compat.v1.global_variables()` / the `moving_*` variables to the var_list. If the training
+run is gone, {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
+""",
+)
+def missing_stats(values: GroupValues, tol: Tolerances) -> Result:
+    members = values.group.members
+    missing = [r for r in ("moving_mean", "moving_variance") if not members.get(r)]
+    if not missing or not (members.get("gamma") or members.get("beta")):
+        return None
+    return (
+        f"{' and '.join(missing)} missing while "
+        f"{' and '.join(r for r in ('gamma', 'beta') if members.get(r))} were saved; "
+        "was the checkpoint written by a Saver with only trainable variables?",
+        {"missing": missing},
+    )
+
+
+@rule(
+    "BN002",
+    Severity.ERROR,
+    "moving statistics never updated",
+    f"""
+The moving statistics are exactly at their initial values (every mean 0.0, every variance 1.0)
+while the layer's gamma / beta were trained, or a zero-debias `local_step` is 0. The update
+ops never ran: in inference mode this layer does not normalize at all, and predictions are
+garbage although training looked fine.
+
+Usual causes:
+- {_FIX_TF1}
+- {_FIX_TF2}
+
+Not always a bug: a model trained with BN in inference mode the whole time (a TF2 loop without
+`training=True`, or `trainable=False` layers) learned its weights *with* mean 0 / variance 1,
+and its inference output is what training saw. To tell the two apart, compare the model's
+accuracy on held-out data with `training=False` against `training=True` (or against its
+training-time metrics): if inference mode is far worse, the statistics are broken. `ckptdoc
+recalibrate` measures exactly this before it writes and refuses to make held-out results worse.
+
+{_FIX_RECALIBRATE}
+""",
+)
+def never_updated(values: GroupValues, tol: Tolerances) -> Result:
+    for name, step in values.present().items():
+        if name.endswith("local_step") and step.size and np.all(step == 0):
+            return (f"zero-debias {name} is 0: the moving-average update never ran", {name: 0})
+    mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
+    if mean is None or var is None or mean.size == 0:
+        return None
+    if not (np.all(mean == 0.0) and np.all(var == 1.0)):
+        return None
+    gamma, beta = values.as_float("gamma"), values.as_float("beta")
+    trained = [
+        name
+        for name, arr, init in (("gamma", gamma, 1.0), ("beta", beta, 0.0))
+        if arr is not None and arr.size and np.max(np.abs(arr - init)) > tol.trained_param
+    ]
+    if (gamma is not None or beta is not None) and not trained:
+        return None  # nothing trained at all: a freshly initialised layer, not this bug
+    why = f"while {' and '.join(trained)} were trained" if trained else "(no gamma/beta to compare)"
+    return (
+        f"moving_mean is all 0 and moving_variance all 1 {why}: the update ops never ran, "
+        "or the model was trained with BN in inference mode (see `ckptdoc rule BN002`)",
+        {"trained": trained},
+    )
+
+
+@rule(
+    "BN003",
+    Severity.ERROR,
+    "NaN or Inf in batch-norm variables",
+    f"""
+A batch-norm variable holds NaN or infinite values. Every output that passes through the layer
+becomes NaN. Usual causes: a diverged training run (too high a learning rate, fp16 overflow),
+a division by a zero variance in custom code, or a corrupted conversion.
+
+Fix: restore an earlier checkpoint from before the divergence. If only the moving statistics
+are affected, {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
+""",
+)
+def not_finite(values: GroupValues, tol: Tolerances) -> Result:
+    bad = {}
+    for name, arr in values.present().items():
+        if np.issubdtype(arr.dtype, np.floating):
+            count = int(np.count_nonzero(~np.isfinite(arr)))
+            if count:
+                bad[name] = count
+    if not bad:
+        return None
+    where = ", ".join(f"{n} ({c} of {values.get(n).size})" for n, c in bad.items())  # type: ignore[union-attr]
+    return f"non-finite values in {where}", {"non_finite": bad}
+
+
+@rule(
+    "BN004",
+    Severity.ERROR,
+    "negative moving variance",
+    f"""
+A moving variance is negative. A variance cannot be: `sqrt(moving_variance + epsilon)` is NaN
+for it at inference. Usual causes: hand-written update code that subtracts, a bad conversion
+from another framework (e.g. storing log-variance or standard deviation with a sign), or
+corruption.
+
+Fix: find the conversion or custom update at fault; {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
+""",
+)
+def negative_variance(values: GroupValues, tol: Tolerances) -> Result:
+    var = values.as_float("moving_variance")
+    if var is None:
+        return None
+    negative = var < 0
+    count = int(np.count_nonzero(negative))
+    if not count:
+        return None
+    return (
+        f"{count} of {var.size} channels have a negative moving_variance (min {_fmt(var.min())})",
+        {"negative_channels": count, "min_variance": float(var.min())},
+    )
+
+
+@rule(
+    "BN005",
+    Severity.WARNING,
+    "moving statistics barely moved",
+    f"""
+The moving statistics are close to, but not exactly at, their initial values 0 / 1. The update
+ran, but too few times for its decay: after k updates with decay d the moving average has
+gone only `1 - d**k` of the way (slim's default 0.999 over 500 steps: 39%). Inference then
+normalizes with statistics that are mostly the initial 0 / 1.
+
+Fix: lower the decay (momentum 0.9-0.99 for short runs), train longer, or
+{_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]} The tolerance is `barely_moved`.
+""",
+)
+def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
+    mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
+    if mean is None or var is None or mean.size == 0 or var.size == 0:
+        return None
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(var))):
+        return None
+    if np.all(mean == 0.0) and np.all(var == 1.0):
+        return None  # exactly at init: BN002's case
+    mean_dev, var_dev = float(np.max(np.abs(mean))), float(np.max(np.abs(var - 1.0)))
+    if mean_dev > tol.barely_moved or var_dev > tol.barely_moved:
+        return None
+    return (
+        f"moving stats within {_fmt(max(mean_dev, var_dev))} of their initial 0 / 1 "
+        f"(max |mean| {_fmt(mean_dev)}, max |variance - 1| {_fmt(var_dev)}): "
+        "decay too high for the length of the run?",
+        {"max_abs_mean": mean_dev, "max_abs_variance_minus_1": var_dev},
+    )
+
+
+@rule(
+    "BN006",
+    Severity.INFO,
+    "channels with near-zero variance",
+    """
+Some channels have a moving variance at or below `dead_variance` (default 1e-6). The unit feeding
+them outputs a constant: a dead ReLU, a pruned filter, or zero padding upstream. Common in
+healthy trained models (real models carry channels at 1e-36), so this is information, not an
+error; many such channels may point at a learning-rate or initialisation problem.
+""",
+)
+def dead_channels(values: GroupValues, tol: Tolerances) -> Result:
+    var = values.as_float("moving_variance")
+    if var is None or var.size == 0:
+        return None
+    dead = (var >= 0) & (var <= tol.dead_variance)
+    count = int(np.count_nonzero(dead))
+    if not count or (np.all(var == 1.0)):
+        return None
+    return (
+        f"{count} of {var.size} channels have variance <= {tol.dead_variance:g} "
+        f"(min {_fmt(float(var.min()))}): dead units upstream",
+        {"dead_channels": count, "channels": int(var.size)},
+    )
+
+
+@rule(
+    "BN007",
+    Severity.ERROR,
+    "members disagree in shape",
+    """
+The variables of one batch-norm layer do not all have the same shape. Every one of gamma, beta,
+moving_mean and moving_variance holds one value per channel, so they must agree; otherwise the
+checkpoint will not restore into the model, or was assembled from two different models.
+
+Fix: check the code that wrote or converted the checkpoint; a checkpoint written by
+`Saver` / `save_weights` from one model never has this.
+""",
+)
+def shape_mismatch(values: GroupValues, tol: Tolerances) -> Result:
+    shapes = {
+        name: tuple(arr.shape)
+        for name, arr in values.present().items()
+        if not name.endswith(("local_step",)) and not name.endswith("_weight")
+    }
+    if len(set(shapes.values())) <= 1:
+        return None
+    listing = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
+    return f"shapes disagree: {listing}", {"shapes": {n: list(s) for n, s in shapes.items()}}
