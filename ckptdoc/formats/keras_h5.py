@@ -1,0 +1,698 @@
+"""Keras HDF5 files: Keras 1/2 and tf-keras `.h5`, Keras 3's legacy `.h5`, Keras 3 `.weights.h5`.
+
+Reads JSON and arrays only: no model is ever deserialized, nothing is unpickled or evaluated.
+
+Formats (`Checkpoint.format`):
+- `keras2-h5`: full model (root attr `model_config`, weights under `model_weights/`);
+- `keras2-weights-h5`: `save_weights` to `.h5` (same layout at the root, no config);
+- `keras3-legacy-h5`: the same layout written by Keras 3 (names without `:0`);
+- `keras3-weights-h5`: Keras 3 `layers/<class_snake>[_N]/vars/<i>` layout (`keras3-zip` when it
+  comes from inside a `.keras` file, see keras_zip.py).
+
+Keys in `.tensors` are HDF5 dataset paths without the leading slash
+(`model_weights/bn/bn/gamma:0`, `layers/batch_normalization/vars/0`). Optimizer state
+(`optimizer_weights/`, Keras 3 `optimizer/`) is not model state and is left out of `.tensors`
+and `.layers` alike.
+
+Layer names: for Keras 1/2 layouts the layer group's name, or `outer/inner` for the layers of a
+nested model; for Keras 3 the chain of `vars` `name` attributes (Keras >= 3.6), else the path.
+Member names are the variable names without `:0`. Keras 1 named BN statistics
+`<layer>_running_mean` / `<layer>_running_std`; they become `moving_mean` / `moving_variance`
+because from Keras 1.1 on `running_std` held the *variance* (it was fed to
+`K.batch_normalization` as the variance and updated with the batch variance).
+
+Keras 3 weights files carry no variable names. For BatchNormalization (known from the config,
+or from the `batch_normalization` / `sync_batch_normalization` path hint) members get role
+names from Keras 3's creation order: gamma (if scale), beta (if center), moving_mean,
+moving_variance, then with renorm moving_stddev, renorm_mean, renorm_stddev. Without a config
+an ambiguous slot (3 or 6 variables: gamma *or* beta) stays `vars/0`. Other layers keep
+`vars/<i>`.
+
+Security: only hard links are followed (a soft or external link on the way to a weight is
+refused), datasets with external storage or a virtual layout are refused, and a dataset whose
+declared size cannot fit in the file is refused before any read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
+from ckptdoc.errors import (
+    CheckpointError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+)
+
+__all__ = ["open_hdf5", "KerasH5Checkpoint", "open_weights_h5_file"]
+
+_CONTAINERS = frozenset({"Functional", "Sequential", "Model"})
+_BN_HINTS = {
+    "batch_normalization": "BatchNormalization",
+    "sync_batch_normalization": "SyncBatchNormalization",
+}
+_BN_CLASSES = frozenset(_BN_HINTS.values())
+_KERAS1_RENAME = {"running_mean": "moving_mean", "running_std": "moving_variance"}
+_OPTIMIZER_TOP = frozenset({"optimizer", "optimizer_weights"})
+# A compressed chunk can inflate ~1000x (zlib's limit); beyond that the size is a lie or a bomb.
+_MAX_COMPRESSION_RATIO = 1100
+_SLACK = 1 << 20
+
+
+@dataclass(frozen=True)
+class _Var:
+    info: TensorInfo
+    bfloat16: bool = False
+
+
+class KerasH5Checkpoint(Checkpoint):
+    """An open Keras HDF5 file (or the weights file inside a `.keras` zip)."""
+
+    def __init__(
+        self,
+        path: Path,
+        h5: h5py.File,
+        fmt: str,
+        variables: dict[str, _Var],
+        layers: list[LayerNode],
+        warnings: list[str],
+        size_limit: int,
+    ) -> None:
+        super().__init__(path)
+        self.format = fmt
+        self._h5: h5py.File | None = h5
+        self._vars = variables
+        self._tensors = {k: v.info for k, v in variables.items()}
+        self._layers = layers
+        self._warnings = warnings
+        self._size_limit = size_limit
+        #: The Keras version that wrote the file, when the file says so.
+        self.keras_version: str | None = None
+
+    def add_warnings(self, notes: list[str]) -> None:
+        """Let a wrapping reader (the `.keras` zip) add what it noticed."""
+        self._warnings.extend(notes)
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        return self._tensors
+
+    @property
+    def layers(self) -> list[LayerNode] | None:
+        return list(self._layers)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    def read(self, key: str) -> np.ndarray:
+        var = self._vars.get(key)
+        if var is None:
+            raise CheckpointError(self.path, f"no variable {key!r} in this file")
+        if self._h5 is None:
+            raise CheckpointError(self.path, "file is closed")
+        dset = _resolve(self._h5, key, self.path)
+        if not isinstance(dset, h5py.Dataset):
+            raise CorruptCheckpointError(self.path, f"{key!r} is not a dataset")
+        _check_dataset(dset, key, self.path, self._size_limit)
+        try:
+            raw = dset[()]
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CorruptCheckpointError(self.path, f"cannot read {key!r}: {exc}") from exc
+        arr = np.asarray(raw)
+        if var.bfloat16:
+            arr = _bfloat16_to_float32(arr)
+        if tuple(arr.shape) != var.info.shape:
+            raise CorruptCheckpointError(self.path, f"{key!r} changed shape while reading")
+        return arr
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            try:
+                self._h5.close()
+            finally:
+                self._h5 = None
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_hdf5(path: Path) -> KerasH5Checkpoint:
+    """Open a Keras `.h5` / `.hdf5` / `.weights.h5` file, sniffing which layout it uses."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        h5 = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise CorruptCheckpointError(path, f"not a readable HDF5 file: {exc}") from exc
+    try:
+        return _open(h5, path, size, config=None, fmt_override=None)
+    except BaseException:
+        h5.close()
+        raise
+
+
+def open_weights_h5_file(
+    data: bytes, path: Path, config: Mapping[str, Any] | None, fmt: str
+) -> KerasH5Checkpoint:
+    """Open a Keras 3 weights file held in memory (the one inside a `.keras` zip)."""
+    try:
+        h5 = h5py.File(io.BytesIO(data), "r")
+    except OSError as exc:
+        raise CorruptCheckpointError(path, f"model.weights.h5 is not valid HDF5: {exc}") from exc
+    try:
+        if not _is_v3_layout(h5):
+            raise UnsupportedFormatError(path, "model.weights.h5 has no Keras 3 weights layout")
+        return _open(h5, path, len(data), config=config, fmt_override=fmt)
+    except BaseException:
+        h5.close()
+        raise
+
+
+def _open(
+    h5: h5py.File,
+    path: Path,
+    size: int,
+    config: Mapping[str, Any] | None,
+    fmt_override: str | None,
+) -> KerasH5Checkpoint:
+    warnings: list[str] = []
+    try:
+        attrs = _attrs(h5)
+        if "layer_names" in attrs or "layer_names0" in attrs:
+            weights_root = h5
+            fmt = "keras2-weights-h5"
+        elif "model_weights" in h5 and isinstance(_child(h5, "model_weights", path), h5py.Group):
+            weights_root = _child(h5, "model_weights", path)
+            fmt = "keras2-h5"
+        elif _is_v3_layout(h5):
+            return _open_v3(h5, path, size, config, fmt_override or "keras3-weights-h5")
+        else:
+            raise UnsupportedFormatError(
+                path, "HDF5 file is neither a Keras model nor a Keras weights file"
+            )
+        version = _text(attrs.get("keras_version", b"")) or _text(
+            _attrs(weights_root).get("keras_version", b"")
+        )
+        if version.startswith("3."):
+            fmt = "keras3-legacy-h5"
+        model_config = _json_attr(attrs, "model_config", path, warnings)
+        ckpt = _open_legacy(h5, weights_root, path, size, fmt, version, model_config, warnings)
+        ckpt.keras_version = version or None
+        return ckpt
+    except CheckpointError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise CorruptCheckpointError(path, f"damaged HDF5 structure: {exc}") from exc
+
+
+def _is_v3_layout(h5: h5py.Group) -> bool:
+    return any(
+        name in h5 and isinstance(h5.get(name, getlink=True), h5py.HardLink)
+        for name in ("layers", "vars")
+    )
+
+
+# --------------------------------------------------------------------------- Keras 1/2 layout
+
+
+def _open_legacy(
+    h5: h5py.File,
+    root: h5py.Group,
+    path: Path,
+    size: int,
+    fmt: str,
+    version: str,
+    model_config: Any,
+    warnings: list[str],
+) -> KerasH5Checkpoint:
+    prefix = "" if root is h5 else root.name.strip("/") + "/"
+    layer_names = _split_attr(root, "layer_names", path)
+    top = _top_entry(model_config)
+    if "top_level_model_weights" in root and "top_level_model_weights" not in layer_names:
+        layer_names.append("top_level_model_weights")
+    keras1 = version.startswith("1.")
+
+    variables: dict[str, _Var] = {}
+    layers: list[LayerNode] = []
+    used: set[str] = set()
+    keras1_seen = False
+    for lname in layer_names:
+        group = _child(root, lname, path)
+        if group is None:
+            warnings.append(f"layer {lname!r} is listed in layer_names but has no group")
+            continue
+        if not isinstance(group, h5py.Group):
+            raise CorruptCheckpointError(path, f"layer {lname!r} is not an HDF5 group")
+        if "weight_names" in _attrs(group) or "weight_names0" in _attrs(group):
+            wnames = _split_attr(group, "weight_names", path)
+        else:  # very old files: no list, take the datasets as they are
+            wnames = [rel for rel, _ in _walk_datasets(group, path, "")]
+        scopes: dict[str, dict[str, str]] = {}
+        for wname in wnames:
+            key = f"{prefix}{lname}/{wname}"
+            dset = _resolve(h5, key, path)
+            if not isinstance(dset, h5py.Dataset):
+                raise CorruptCheckpointError(path, f"weight {key!r} is missing or not a dataset")
+            var = _describe(dset, key, path, size, warnings)
+            if var is None:
+                continue
+            variables[key] = var
+            scope, _, local = wname.rpartition("/")
+            local = re.sub(r":\d+$", "", local)
+            if not scope and local.startswith(lname + "_"):
+                local = local[len(lname) + 1 :]
+                keras1 = True
+            if keras1 and local in _KERAS1_RENAME:
+                local = _KERAS1_RENAME[local]
+                keras1_seen = True
+            scopes.setdefault(scope, {})[local] = key
+        entry = _find_child(top, lname) if top is not None else None
+        for name, members, node_entry in _legacy_nodes(lname, scopes, entry):
+            if name in used:
+                name = f"{name}#{len(used)}"
+            used.add(name)
+            layers.append(_node(name, members, node_entry))
+    if keras1_seen:
+        warnings.append(
+            "Keras 1 names: <layer>_running_mean / <layer>_running_std were read as "
+            "moving_mean / moving_variance (Keras 1.1+ stored the variance in running_std)"
+        )
+    return KerasH5Checkpoint(path, h5, fmt, variables, layers, warnings, size)
+
+
+def _legacy_nodes(
+    lname: str, scopes: dict[str, dict[str, str]], entry: Mapping[str, Any] | None
+) -> Iterator[tuple[str, dict[str, str], Mapping[str, Any] | None]]:
+    """One node per weight scope; a single-scope plain layer keeps the layer group's name."""
+    container = entry is not None and (
+        entry.get("class_name") in _CONTAINERS or bool(_children(entry))
+    )
+    if len(scopes) == 1 and not container:
+        scope, members = next(iter(scopes.items()))
+        last = scope.rsplit("/", 1)[-1]
+        # Old Keras suffixed the TF scope (`batch_normalization_1_1`); a config settles it.
+        if entry is not None or not scope or re.fullmatch(re.escape(lname) + r"(_\d+)?", last):
+            yield lname, members, entry
+            return
+    for scope, members in scopes.items():
+        name = f"{lname}/{scope}" if scope else lname
+        sub = None
+        if entry is not None:
+            last = scope.rsplit("/", 1)[-1]
+            sub = _find_child(entry, last) or _find_child(entry, re.sub(r"_\d+$", "", last))
+        yield name, members, sub
+
+
+# --------------------------------------------------------------------------- Keras 3 layout
+
+
+def _open_v3(
+    h5: h5py.File,
+    path: Path,
+    size: int,
+    config: Mapping[str, Any] | None,
+    fmt: str,
+) -> KerasH5Checkpoint:
+    warnings: list[str] = []
+    variables: dict[str, _Var] = {}
+    layers: list[LayerNode] = []
+    used: set[str] = set()
+    root_entry = _top_entry(config)
+    for owner, vars_group, chain in _walk_v3(h5, path, "", []):
+        members_raw: list[tuple[str, str]] = []
+        for local, obj in _hard_items(vars_group, path):
+            key = f"{owner}/vars/{local}" if owner else f"vars/{local}"
+            if not isinstance(obj, h5py.Dataset):
+                warnings.append(f"unexpected group {key!r} inside a vars group, skipped")
+                continue
+            var = _describe(obj, key, path, size, warnings)
+            if var is not None:
+                variables[key] = var
+                members_raw.append((local, key))
+        if not members_raw:
+            continue
+        members_raw.sort(key=lambda lk: (0, int(lk[0]), "") if lk[0].isdigit() else (1, 0, lk[0]))
+        # Names of the owners below the root model, outermost first (`inner_block/inner_bn`).
+        names = [n for rel, n in chain if rel]
+        entry = _v3_config_entry(root_entry, owner, names) if root_entry is not None else None
+        class_name = entry.get("class_name") if entry is not None else None
+        if not isinstance(class_name, str):
+            hint = re.sub(r"_\d+$", "", owner.rsplit("/", 1)[-1])
+            class_name = _BN_HINTS.get(hint)
+        layer_cfg = _layer_config(entry)
+        if not owner:
+            name = chain[0][1] or "(model)" if chain else "(model)"
+        elif names and all(n is not None for n in names):
+            name = "/".join(n for n in names if n is not None)
+        else:  # Keras < 3.6 wrote no names: the path is the only unique handle
+            name = owner
+        if name in used:
+            name = owner or name
+        used.add(name)
+        layers.append(
+            LayerNode(
+                name=name,
+                members=_v3_members(members_raw, class_name, layer_cfg),
+                class_name=class_name,
+                config=layer_cfg,
+            )
+        )
+    return KerasH5Checkpoint(path, h5, fmt, variables, layers, warnings, size)
+
+
+def _walk_v3(
+    group: h5py.Group, path: Path, rel: str, chain: list[tuple[str, str | None]]
+) -> Iterator[tuple[str, h5py.Group, list[tuple[str, str | None]]]]:
+    """Yield (owner path, its `vars` group, [(owner path, `name` attr)] from the root down)."""
+    items = _hard_items(group, path)
+    vars_group = next((g for n, g in items if n == "vars" and isinstance(g, h5py.Group)), None)
+    if vars_group is not None:
+        raw = _attrs(vars_group).get("name")
+        chain = [*chain, (rel, _text(raw) if raw is not None else None)]
+        yield rel, vars_group, chain
+    for name, child in items:
+        if name == "vars" or not isinstance(child, h5py.Group):
+            continue
+        if not rel and name in _OPTIMIZER_TOP:
+            continue  # optimizer slots are not model state
+        yield from _walk_v3(child, path, f"{rel}/{name}" if rel else name, chain)
+
+
+def _v3_members(
+    raw: list[tuple[str, str]], class_name: str | None, cfg: Mapping[str, Any]
+) -> dict[str, str]:
+    if class_name not in _BN_CLASSES or not all(local.isdigit() for local, _ in raw):
+        return {f"vars/{local}" if local.isdigit() else local: key for local, key in raw}
+    roles = _bn_roles(len(raw), cfg)
+    return {(role or f"vars/{local}"): key for (local, key), role in zip(raw, roles, strict=True)}
+
+
+def _bn_roles(n: int, cfg: Mapping[str, Any]) -> list[str | None]:
+    """Role of each saved BN variable, in Keras 3 creation order; None where unknowable."""
+    stats = ["moving_mean", "moving_variance"]
+    extras = ["moving_stddev", "renorm_mean", "renorm_stddev"]
+    if cfg:
+        expected: list[str | None] = []
+        if cfg.get("scale", True):
+            expected.append("gamma")
+        if cfg.get("center", True):
+            expected.append("beta")
+        expected += stats + (extras if cfg.get("renorm", False) else [])
+        if len(expected) == n:
+            return expected
+    by_count: dict[int, list[str | None]] = {
+        2: [*stats],
+        3: [None, *stats],
+        4: ["gamma", "beta", *stats],
+        5: [*stats, *extras],
+        6: [None, *stats, *extras],
+        7: ["gamma", "beta", *stats, *extras],
+    }
+    return by_count.get(n, [None] * n)
+
+
+def _v3_config_entry(
+    root: Mapping[str, Any], owner: str, names: list[str | None]
+) -> Mapping[str, Any] | None:
+    """The config entry of the layer saved at `owner`: by `name` attributes, else by path."""
+    if not owner:
+        return root
+    if names and all(n is not None for n in names):
+        entry: Mapping[str, Any] | None = root
+        for n in names:
+            entry = _direct_child(entry, n) if entry is not None and n is not None else None
+        if entry is not None:
+            return entry
+    return _entry_by_path(root, owner.split("/"))
+
+
+def _entry_by_path(root: Mapping[str, Any], parts: list[str]) -> Mapping[str, Any] | None:
+    """Replay Keras 3's path naming: `layers/<snake class>[_N]`, or an attribute name."""
+    entry: Mapping[str, Any] | None = root
+    i = 0
+    while entry is not None and i < len(parts):
+        part = parts[i]
+        kids = _children(entry)
+        if part == "layers" and i + 1 < len(parts) and kids:
+            skip_input = entry.get("class_name") == "Sequential"
+            entry = _snake_map(kids, skip_input).get(parts[i + 1])
+            i += 2
+            continue
+        cfg = entry.get("config")
+        sub = cfg.get(part) if isinstance(cfg, Mapping) else None
+        entry = sub if isinstance(sub, Mapping) and "class_name" in sub else None
+        i += 1
+    return entry
+
+
+def _snake_map(kids: list[Mapping[str, Any]], skip_input: bool) -> dict[str, Mapping[str, Any]]:
+    used: dict[str, int] = {}
+    out: dict[str, Mapping[str, Any]] = {}
+    for kid in kids:
+        cls = str(kid.get("class_name", ""))
+        if skip_input and cls == "InputLayer":
+            continue
+        base = _to_snake_case(cls)
+        if base in used:
+            used[base] += 1
+            name = f"{base}_{used[base]}"
+        else:
+            used[base] = 0
+            name = base
+        out[name] = kid
+    return out
+
+
+def _to_snake_case(name: str) -> str:
+    # Same steps as keras.src.utils.naming.to_snake_case.
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+# --------------------------------------------------------------------------- config helpers
+
+
+def _top_entry(config: Any) -> Mapping[str, Any] | None:
+    return config if isinstance(config, Mapping) and "class_name" in config else None
+
+
+def _entry_name(entry: Mapping[str, Any]) -> str | None:
+    name = entry.get("name")
+    cfg = entry.get("config")
+    if name is None and isinstance(cfg, Mapping):
+        name = cfg.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _children(entry: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """Sub-layers listed in a config entry: model layers, or a wrapper's wrapped layer(s)."""
+    cfg = entry.get("config")
+    if isinstance(cfg, list):  # Keras 2.0-2.2 Sequential: config is the layer list
+        return [c for c in cfg if isinstance(c, Mapping)]
+    if not isinstance(cfg, Mapping):
+        return []
+    layers = cfg.get("layers")
+    if isinstance(layers, list):
+        return [c for c in layers if isinstance(c, Mapping)]
+    return [
+        cfg[k]
+        for k in ("layer", "backward_layer")
+        if isinstance(cfg.get(k), Mapping) and "class_name" in cfg[k]
+    ]
+
+
+def _direct_child(entry: Mapping[str, Any], name: str) -> Mapping[str, Any] | None:
+    return next((c for c in _children(entry) if _entry_name(c) == name), None)
+
+
+def _find_child(
+    entry: Mapping[str, Any] | None, name: str, depth: int = 0
+) -> Mapping[str, Any] | None:
+    """A layer entry named `name` under `entry`, nearest level first."""
+    if entry is None or depth > 64:
+        return None
+    found = _direct_child(entry, name)
+    if found is not None:
+        return found
+    for kid in _children(entry):
+        found = _find_child(kid, name, depth + 1)
+        if found is not None:
+            return found
+    return None
+
+
+def _layer_config(entry: Mapping[str, Any] | None) -> dict[str, Any]:
+    cfg = entry.get("config") if entry is not None else None
+    return dict(cfg) if isinstance(cfg, Mapping) else {}
+
+
+def _node(name: str, members: dict[str, str], entry: Mapping[str, Any] | None) -> LayerNode:
+    cls = entry.get("class_name") if entry is not None else None
+    return LayerNode(
+        name=name,
+        members=members,
+        class_name=cls if isinstance(cls, str) else None,
+        config=_layer_config(entry),
+    )
+
+
+# --------------------------------------------------------------------------- HDF5 helpers
+
+
+def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
+    """Attributes as a plain dict; a damaged attribute raises CorruptCheckpointError upstream."""
+    return {k: obj.attrs[k] for k in obj.attrs}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        return _text(value.item())
+    return str(value)
+
+
+def _json_attr(attrs: dict[str, Any], name: str, path: Path, warnings: list[str]) -> Any:
+    if name not in attrs:
+        return None
+    try:
+        return json.loads(_text(attrs[name]))
+    except (ValueError, RecursionError) as exc:
+        warnings.append(f"root attribute {name!r} is not valid JSON ({exc}); config ignored")
+        return None
+
+
+def _split_attr(group: h5py.Group, name: str, path: Path) -> list[str]:
+    """A string-list attribute, joined back from `name0`, `name1`, ... when Keras split it."""
+    attrs = group.attrs
+    if name in attrs:
+        chunks = [attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in attrs:
+            chunks.append(attrs[f"{name}{len(chunks)}"])
+    out: list[str] = []
+    for chunk in chunks:
+        arr = np.asarray(chunk)
+        if arr.size == 0:
+            continue
+        if arr.dtype.kind not in "SUO":
+            raise CorruptCheckpointError(path, f"attribute {name!r} of {group.name} is not text")
+        out.extend(_text(v) for v in arr.reshape(-1))
+    return out
+
+
+def _child(group: h5py.Group, name: str, path: Path) -> h5py.HLObject | None:
+    """`group[name]` through a hard link only; None if absent."""
+    if name not in group:
+        return None
+    link = group.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        kind = "external" if isinstance(link, h5py.ExternalLink) else "soft"
+        target = getattr(link, "filename", None) or getattr(link, "path", "?")
+        raise UnsafeCheckpointError(
+            path,
+            f"{group.name.rstrip('/')}/{name} is a {kind} link (to {target!r}); "
+            "ckptdoc does not follow links",
+        )
+    return group[name]
+
+
+def _resolve(h5: h5py.Group, key: str, path: Path) -> h5py.HLObject | None:
+    """Walk `key` one component at a time so no link, at any depth, is followed."""
+    obj: h5py.HLObject = h5
+    for part in key.split("/"):
+        if not part:
+            continue
+        if not isinstance(obj, h5py.Group):
+            return None
+        nxt = _child(obj, part, path)
+        if nxt is None:
+            return None
+        obj = nxt
+    return obj
+
+
+def _hard_items(group: h5py.Group, path: Path) -> list[tuple[str, h5py.HLObject]]:
+    out = []
+    for name in group:
+        obj = _child(group, name, path)
+        if obj is not None:
+            out.append((name, obj))
+    return out
+
+
+def _walk_datasets(group: h5py.Group, path: Path, rel: str) -> Iterator[tuple[str, h5py.Dataset]]:
+    for name, obj in _hard_items(group, path):
+        sub = f"{rel}/{name}" if rel else name
+        if isinstance(obj, h5py.Dataset):
+            yield sub, obj
+        elif isinstance(obj, h5py.Group):
+            yield from _walk_datasets(obj, path, sub)
+
+
+def _check_dataset(dset: h5py.Dataset, key: str, path: Path, file_size: int) -> None:
+    if dset.external:
+        raise UnsafeCheckpointError(path, f"dataset {key!r} keeps its data in external files")
+    if dset.is_virtual:
+        raise UnsafeCheckpointError(path, f"dataset {key!r} is a virtual dataset")
+    shape = dset.shape
+    if shape is None:  # null dataspace: nothing to read
+        return
+    if any(d < 0 for d in shape):
+        raise CorruptCheckpointError(path, f"dataset {key!r} has a negative dimension")
+    nbytes = int(np.prod(shape, dtype=object)) * dset.dtype.itemsize
+    if dset.chunks is None:  # contiguous or compact: the bytes must be in the file
+        if nbytes > file_size:
+            raise CorruptCheckpointError(
+                path, f"dataset {key!r} declares {nbytes} bytes, more than the whole file"
+            )
+    elif dset.id.get_create_plist().get_nfilters() == 0:
+        if nbytes > 2 * file_size + _SLACK:
+            raise CorruptCheckpointError(
+                path, f"dataset {key!r} declares {nbytes} bytes in a {file_size}-byte file"
+            )
+    elif nbytes > _MAX_COMPRESSION_RATIO * file_size + _SLACK:
+        raise UnsafeCheckpointError(
+            path,
+            f"dataset {key!r} would inflate to {nbytes} bytes from a {file_size}-byte "
+            "file (compression bomb?)",
+        )
+
+
+def _describe(
+    dset: h5py.Dataset, key: str, path: Path, file_size: int, warnings: list[str]
+) -> _Var | None:
+    _check_dataset(dset, key, path, file_size)
+    dtype = dset.dtype
+    if dset.shape is None:
+        warnings.append(f"dataset {key!r} has no dataspace (empty); skipped")
+        return None
+    shape = tuple(int(d) for d in dset.shape)
+    raw_tag = dset.attrs.get("dtype") if "dtype" in dset.attrs else None
+    if raw_tag is not None and _text(raw_tag) == "bfloat16" and dtype.itemsize == 2:
+        # Keras 3 stores bfloat16 as opaque 2-byte values; widen (exactly) to float32.
+        return _Var(TensorInfo(key, np.dtype(np.float32), shape), bfloat16=True)
+    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
+        warnings.append(f"dataset {key!r} has non-numeric dtype {dtype}; skipped")
+        return None
+    return _Var(TensorInfo(key, dtype, shape))
+
+
+def _bfloat16_to_float32(arr: np.ndarray) -> np.ndarray:
+    bits = np.frombuffer(arr.tobytes(), dtype="<u2").astype(np.uint32) << 16
+    return bits.view(np.float32).reshape(arr.shape)

@@ -1,0 +1,155 @@
+"""Keras 3 `.keras` archives: a zip of `metadata.json`, `config.json` and `model.weights.h5`.
+
+The zip is untrusted: every member name is checked (no `..`, absolute paths, drive letters,
+backslashes, symlinks, duplicates, encryption) and every declared size is checked against caps
+and the archive's own size *before* anything is decompressed; members are then read into memory
+with a hard cap. The weights file is opened from memory and read by keras_h5's Keras 3 reader,
+with `config.json` giving each layer its real name, class and config (nested Functional /
+Sequential models included). The config is plain JSON: nothing is deserialized, so a `Lambda`
+layer is just an entry whose `class_name` the audit can report.
+"""
+
+from __future__ import annotations
+
+import json
+import stat
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ckptdoc.errors import (
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+)
+from ckptdoc.formats.keras_h5 import KerasH5Checkpoint, open_weights_h5_file
+
+__all__ = ["open_keras_zip", "MAX_MEMBER_BYTES", "MAX_JSON_BYTES", "MAX_RATIO"]
+
+WEIGHTS_NAME = "model.weights.h5"
+CONFIG_NAME = "config.json"
+METADATA_NAME = "metadata.json"
+
+#: Largest member ckptdoc will inflate into memory.
+MAX_MEMBER_BYTES = 8 << 30
+#: Largest JSON member (config.json of a huge model is a few MB).
+MAX_JSON_BYTES = 64 << 20
+#: Deflate tops out near 1032:1; more than this on a sizeable member is a bomb.
+MAX_RATIO = 200
+_RATIO_FLOOR = 1 << 20
+_MAX_MEMBERS = 100_000
+
+
+def open_keras_zip(path: Path) -> KerasH5Checkpoint:
+    """Open a `.keras` file; raise CheckpointError naming the file and the problem."""
+    path = Path(path)
+    archive_size = path.stat().st_size
+    try:
+        zf = zipfile.ZipFile(path, "r")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CorruptCheckpointError(path, f"not a valid .keras zip: {exc}") from exc
+    with zf:
+        infos = _check_members(zf, path, archive_size)
+        if WEIGHTS_NAME not in infos:
+            if "model.weights.npz" in infos:
+                raise UnsupportedFormatError(
+                    path, ".keras with npz weights (weights_format='npz') is not supported"
+                )
+            raise CorruptCheckpointError(path, f"no {WEIGHTS_NAME} in the archive")
+        config = _read_json(zf, infos.get(CONFIG_NAME), path)
+        metadata = _read_json(zf, infos.get(METADATA_NAME), path)
+        data = _read_member(zf, infos[WEIGHTS_NAME], path, MAX_MEMBER_BYTES)
+    ckpt = open_weights_h5_file(
+        data, path, config if isinstance(config, Mapping) else None, "keras3-zip"
+    )
+    notes: list[str] = []
+    if config is None:
+        notes.append(f"no {CONFIG_NAME}: layer names and classes come from the weights file")
+    elif not isinstance(config, Mapping):
+        notes.append(f"{CONFIG_NAME} is not a JSON object; ignored")
+    if isinstance(metadata, Mapping) and "keras_version" in metadata:
+        ckpt.keras_version = str(metadata["keras_version"])
+    ckpt.add_warnings(notes)
+    return ckpt
+
+
+def _check_members(
+    zf: zipfile.ZipFile, path: Path, archive_size: int
+) -> dict[str, zipfile.ZipInfo]:
+    """Refuse any member that could escape, lie about its size, or inflate without bound."""
+    infos = zf.infolist()
+    if len(infos) > _MAX_MEMBERS:
+        raise UnsafeCheckpointError(path, f"archive lists {len(infos)} members")
+    out: dict[str, zipfile.ZipInfo] = {}
+    for info in infos:
+        name = info.filename
+        _check_name(name, path)
+        mode = info.external_attr >> 16
+        if info.create_system == 3 and stat.S_ISLNK(mode):
+            raise UnsafeCheckpointError(path, f"archive member {name!r} is a symlink")
+        if info.flag_bits & 0x1:
+            raise UnsafeCheckpointError(path, f"archive member {name!r} is encrypted")
+        if name in out:
+            raise UnsafeCheckpointError(path, f"archive member {name!r} appears twice")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise UnsafeCheckpointError(
+                path,
+                f"archive member {name!r} declares {info.file_size} bytes (cap {MAX_MEMBER_BYTES})",
+            )
+        if info.compress_size > archive_size:
+            raise CorruptCheckpointError(
+                path, f"archive member {name!r} is larger than the archive itself"
+            )
+        if info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size:
+            raise CorruptCheckpointError(path, f"stored member {name!r} has mismatched sizes")
+        if info.file_size > _RATIO_FLOOR and info.file_size > MAX_RATIO * max(
+            info.compress_size, 1
+        ):
+            raise UnsafeCheckpointError(
+                path,
+                f"archive member {name!r} would inflate {info.compress_size} bytes to "
+                f"{info.file_size} (compression bomb?)",
+            )
+        out[name] = info
+    return out
+
+
+def _check_name(name: str, path: Path) -> None:
+    bad = (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or name.startswith("/")
+        or (len(name) > 1 and name[1] == ":")  # drive letter
+        or any(part == ".." for part in name.split("/"))
+    )
+    if bad:
+        raise UnsafeCheckpointError(path, f"archive member name {name!r} is not a safe path")
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cap: int) -> bytes:
+    """Inflate one member, never past its declared size or `cap`."""
+    limit = min(info.file_size, cap)
+    try:
+        with zf.open(info) as fh:
+            data = fh.read(limit + 1)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+        raise CorruptCheckpointError(path, f"cannot read {info.filename!r}: {exc}") from exc
+    if len(data) > limit:
+        raise UnsafeCheckpointError(path, f"{info.filename!r} inflates past its declared size")
+    return data
+
+
+def _read_json(zf: zipfile.ZipFile, info: zipfile.ZipInfo | None, path: Path) -> Any:
+    if info is None:
+        return None
+    if info.file_size > MAX_JSON_BYTES:
+        raise UnsafeCheckpointError(path, f"{info.filename!r} is {info.file_size} bytes")
+    raw = _read_member(zf, info, path, MAX_JSON_BYTES)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise CorruptCheckpointError(path, f"{info.filename!r} is not valid JSON: {exc}") from exc
