@@ -1,0 +1,197 @@
+"""Turn a TrackableObjectGraph into layers: which object owns which variables.
+
+Object-based checkpoints save each variable once, under the first path the saver found, so a
+key prefix does not tell which layer a variable belongs to (with Keras 3 and an optimizer,
+`gamma` is saved as `optimizer/_trainable_variables/2/...` while `moving_mean` stays under the
+layer). The graph does: each layer node lists its variables as children by local name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import deque
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ckptdoc.checkpoint import LayerNode
+from ckptdoc.formats.proto import (
+    ProtoError,
+    TrackableObject,
+    decode_keras_metadata_pb,
+    decode_savedmodel_keras_metadata,
+)
+
+VARIABLE_ATTR = "VARIABLE_VALUE"
+OPTIMIZER_EDGES = frozenset({"optimizer", "_optimizer"})
+MAX_SAVED_MODEL_BYTES = 512 << 20
+_DIGITS = re.compile(r"^\d+$")
+
+
+def _variable_nodes(
+    nodes: Sequence[TrackableObject], known: set[str]
+) -> dict[int, tuple[str, str]]:
+    """node id -> (checkpoint_key, full_name) for nodes that are saved variables."""
+    out = {}
+    for i, node in enumerate(nodes):
+        for attr in node.attributes:
+            if attr.name == VARIABLE_ATTR and attr.checkpoint_key in known:
+                out[i] = (attr.checkpoint_key, attr.full_name)
+    return out
+
+
+def _optimizer_nodes(nodes: Sequence[TrackableObject]) -> set[int]:
+    out = set()
+    for i, node in enumerate(nodes):
+        if node.slot_variables:
+            out.add(i)
+        for child in node.children:
+            if child.local_name in OPTIMIZER_EDGES:
+                out.add(child.node_id)
+    return out
+
+
+def _paths_from_root(nodes: Sequence[TrackableObject], blocked: set[int]) -> dict[int, list[str]]:
+    """Shortest child-name path from the root to every node, never passing through `blocked`."""
+    paths: dict[int, list[str]] = {0: []}
+    queue = deque([0])
+    while queue:
+        i = queue.popleft()
+        for child in nodes[i].children:
+            j = child.node_id
+            if j in paths or j in blocked or not 0 <= j < len(nodes):
+                continue
+            paths[j] = [*paths[i], child.local_name]
+            queue.append(j)
+    return paths
+
+
+def _member_name(local: str, taken: set[str]) -> str:
+    # Keras 3 Dense stores its kernel as `_kernel` (for LoRA); report the public name.
+    if local.startswith("_") and not local.startswith("__") and local[1:] not in taken:
+        return local[1:]
+    return local
+
+
+def _clean(parts: list[str]) -> str:
+    return "/".join(p for p in parts if p != ".ATTRIBUTES") or "(root)"
+
+
+def build_layers(
+    nodes: Sequence[TrackableObject],
+    known_keys: set[str],
+    metadata: dict[int, tuple[str, str]] | None = None,
+) -> list[LayerNode]:
+    """One LayerNode per non-optimizer object that owns variables, in graph (BFS) order."""
+    if not nodes:
+        return []
+    variables = _variable_nodes(nodes, known_keys)
+    slots = {s.slot_variable_node_id for n in nodes for s in n.slot_variables}
+    optimizers = _optimizer_nodes(nodes)
+    paths = _paths_from_root(nodes, optimizers)
+
+    candidates: list[tuple[int, dict[str, int]]] = []
+    for i in sorted(paths, key=lambda n: (len(paths[n]), n)):
+        if i in variables:
+            continue
+        owned: dict[str, int] = {}
+        for child in nodes[i].children:
+            j = child.node_id
+            if j in variables and j not in slots and j not in owned.values():
+                owned.setdefault(child.local_name, j)
+        if owned:
+            candidates.append((i, owned))
+
+    # Lists that merely re-list variables owned elsewhere (`variables/0`, `_tracked/3`) are not
+    # layers: drop a node whose members are all numbered and all named elsewhere too.
+    named_elsewhere = {
+        j for _i, owned in candidates for name, j in owned.items() if not _DIGITS.match(name)
+    }
+    kept = [
+        (i, owned)
+        for i, owned in candidates
+        if not all(_DIGITS.match(n) and j in named_elsewhere for n, j in owned.items())
+    ]
+
+    meta = _parse_metadata(metadata or {})
+    names = [_display_name(nodes, i, owned, variables, paths, meta) for i, owned in kept]
+    # Readable names must be unique to be useful; fall back to graph paths where they clash.
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    layers = []
+    for (i, owned), name in zip(kept, names, strict=True):
+        if counts[name] > 1:
+            name = _clean(paths[i])
+        members: dict[str, str] = {}
+        for local, j in owned.items():
+            members[_member_name(local, set(owned))] = variables[j][0]
+        info = meta.get(i, {})
+        class_name = info.get("class_name") if isinstance(info.get("class_name"), str) else None
+        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        layers.append(LayerNode(name=name, members=members, class_name=class_name, config=config))
+    return layers
+
+
+def _display_name(
+    nodes: Sequence[TrackableObject],
+    i: int,
+    owned: dict[str, int],
+    variables: dict[int, tuple[str, str]],
+    paths: dict[int, list[str]],
+    meta: dict[int, dict[str, Any]],
+) -> str:
+    # 1. Variable full names (`sequential/batch_normalization/gamma`) minus the last part, when
+    #    every member agrees; 2. the layer name from Keras metadata; 3. the graph path.
+    prefixes = set()
+    for local, j in owned.items():
+        full = variables[j][1]
+        if "/" in full and full.rsplit("/", 1)[1].split(":")[0] in (local, local.lstrip("_")):
+            prefixes.add(full.rsplit("/", 1)[0])
+        else:
+            prefixes.add("")
+    if len(prefixes) == 1 and "" not in prefixes:
+        return prefixes.pop()
+    name = meta.get(i, {}).get("name")
+    if isinstance(name, str) and name:
+        return name
+    return _clean(paths[i])
+
+
+def _parse_metadata(raw: dict[int, tuple[str, str]]) -> dict[int, dict[str, Any]]:
+    out = {}
+    for i, (_identifier, text) in raw.items():
+        try:
+            value = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            out[i] = value
+    return out
+
+
+def savedmodel_metadata(saved_model_dir: Path) -> tuple[dict[int, tuple[str, str]], list[str]]:
+    """Keras layer metadata by object node id, from keras_metadata.pb or saved_model.pb.
+
+    Best effort: the class names are a convenience, so problems become notes, not errors.
+    """
+    notes: list[str] = []
+    for name, decode in (
+        ("keras_metadata.pb", decode_keras_metadata_pb),
+        ("saved_model.pb", decode_savedmodel_keras_metadata),
+    ):
+        path = saved_model_dir / name
+        try:
+            if not path.is_file():
+                continue
+            if path.stat().st_size > MAX_SAVED_MODEL_BYTES:
+                notes.append(f"{path}: too large to read layer metadata from")
+                continue
+            found = decode(path.read_bytes())
+        except (OSError, ProtoError) as exc:
+            notes.append(f"{path}: could not read layer metadata ({exc})")
+            continue
+        if found:
+            return found, notes
+    return {}, notes

@@ -1,0 +1,210 @@
+"""Turn whatever path a user passes into one checkpoint: which format, and which file(s).
+
+TensorFlow users point at checkpoints in many ways: the prefix (`model.ckpt`), one of its files
+(`.index`, `.data-00000-of-00002`, `.meta`), the training directory (with or without a
+`checkpoint` state file, often holding another machine's absolute path), or a SavedModel
+directory. Keras files are recognised by extension and by magic bytes. Resolution only looks at
+names and a few leading bytes; readers validate contents.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ckptdoc.errors import NotFoundError, UnsupportedFormatError
+
+Kind = Literal["bundle", "savedmodel", "hdf5", "keras-zip"]
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+_DATA_RE = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
+_STATE_RE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
+_STEP_RE = re.compile(r"(\d+)$")
+
+EXPECTED = (
+    "expected a TensorFlow checkpoint prefix or its .index/.data-*/.meta file, a checkpoint "
+    "or SavedModel directory, or a Keras .h5/.hdf5/.weights.h5/.keras file"
+)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What `path` turned out to be.
+
+    For bundles `path` is the prefix (`dir/model.ckpt`); a bundle whose files are literally
+    named `.index` / `.data-*` (empty prefix) is given as the directory itself. For SavedModels
+    it is the variables prefix `dir/variables/variables`.
+    """
+
+    kind: Kind
+    path: Path
+    notes: tuple[str, ...] = ()
+
+
+def bundle_file(prefix: Path, suffix: str) -> Path:
+    """The file `prefix + suffix`, or `dir/suffix` for an empty-prefix bundle (prefix = dir)."""
+    sibling = prefix.parent / (prefix.name + suffix)
+    if prefix.is_dir() and not sibling.exists():
+        return prefix / suffix
+    return sibling
+
+
+def _strip(name: str, suffix: str) -> str:
+    return name[: -len(suffix)] if suffix else name
+
+
+def _prefix_path(path: Path, prefix_name: str) -> Path:
+    # An empty prefix means the files live directly in the directory: represent it by the dir.
+    return path.parent / prefix_name if prefix_name else path.parent
+
+
+def _sniff(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            return f.read(8)
+    except OSError:
+        return b""
+
+
+def _unescape(text: str) -> str:
+    """Undo text-proto C escaping; non-ASCII bytes come as octal escapes of UTF-8."""
+    try:
+        raw = text.encode("latin-1", errors="backslashreplace").decode("unicode_escape")
+        return raw.encode("latin-1").decode("utf-8")
+    except (UnicodeError, ValueError):
+        return text
+
+
+def _step_key(p: Path) -> tuple[float, int, str]:
+    m = _STEP_RE.search(p.name[: -len(".index")])
+    step = int(m.group(1)) if m else -1
+    return (p.stat().st_mtime, step, p.name)
+
+
+def _resolve_dir(path: Path) -> Resolved:
+    has_index = (path / "variables" / "variables.index").is_file()
+    if has_index or any((path / pb).is_file() for pb in ("saved_model.pb", "saved_model.pbtxt")):
+        if not has_index:
+            raise NotFoundError(
+                path,
+                "SavedModel has no variables/variables.index (a model without "
+                "variables, or the variables folder was not copied)",
+            )
+        return Resolved("savedmodel", path / "variables" / "variables")
+    notes: list[str] = []
+    state = path / "checkpoint"
+    if state.is_file():
+        m = _STATE_RE.search(state.read_text(encoding="utf-8", errors="replace"))
+        if m:
+            recorded = _unescape(m.group(1))
+            target = Path(recorded)
+            if not target.is_absolute():
+                target = path / target
+            if bundle_file(target, ".index").is_file() and target.name:
+                return Resolved("bundle", target)
+            by_name = path / Path(recorded.replace("\\", "/")).name
+            if by_name.name and bundle_file(by_name, ".index").is_file():
+                notes.append(
+                    f"{state}: model_checkpoint_path {recorded!r} does not exist here; "
+                    f"using {by_name.name!r} from this folder"
+                )
+                return Resolved("bundle", by_name, tuple(notes))
+            notes.append(
+                f"{state}: model_checkpoint_path {recorded!r} does not exist here or in this folder"
+            )
+    indexes = [p for p in path.glob("*.index") if p.is_file() and p.name != ".index"]
+    if indexes:
+        chosen = max(indexes, key=_step_key)
+        if len(indexes) > 1 or notes:
+            notes.append(
+                f"{path}: using the newest checkpoint {chosen.name[: -len('.index')]!r} "
+                f"of {len(indexes)} in this folder"
+            )
+        return Resolved("bundle", chosen.parent / chosen.name[: -len(".index")], tuple(notes))
+    if (path / ".index").is_file():
+        return Resolved("bundle", path, tuple(notes))
+    raise UnsupportedFormatError(path, f"no checkpoint found in this directory; {EXPECTED}")
+
+
+def resolve(path: Path) -> Resolved:
+    """Classify `path`. Raises NotFoundError or UnsupportedFormatError naming the path."""
+    path = Path(path)
+    if path.is_dir():
+        return _resolve_dir(path)
+    name = path.name
+    if path.is_file():
+        if name.endswith(".index"):
+            return Resolved("bundle", _prefix_path(path, _strip(name, ".index")))
+        m = _DATA_RE.match(name)
+        if m:
+            prefix = _prefix_path(path, m.group("prefix"))
+            if not bundle_file(prefix, ".index").is_file():
+                raise NotFoundError(
+                    path,
+                    f"the bundle index {bundle_file(prefix, '.index')} "
+                    "is missing; the data shard alone cannot be read",
+                )
+            return Resolved("bundle", prefix)
+        if name.endswith(".meta"):
+            prefix = _prefix_path(path, _strip(name, ".meta"))
+            if not bundle_file(prefix, ".index").is_file():
+                raise NotFoundError(
+                    path,
+                    f"a .meta graph holds no variable values and "
+                    f"{bundle_file(prefix, '.index')} is missing",
+                )
+            return Resolved("bundle", prefix)
+        lower = name.lower()
+        magic = _sniff(path)
+        if lower.endswith((".h5", ".hdf5")) or magic == HDF5_MAGIC:
+            return Resolved("hdf5", path)
+        if lower.endswith(".keras") or magic[:4] == ZIP_MAGIC:
+            return Resolved("keras-zip", path)
+        if (path.parent / (name + ".index")).is_file():
+            return Resolved("bundle", path)
+        raise UnsupportedFormatError(path, f"unrecognised file; {EXPECTED}")
+    # Not a file or folder: a bundle prefix names files that start with it.
+    if (path.parent / (name + ".index")).is_file():
+        return Resolved("bundle", path)
+    if path.parent.is_dir() and any(path.parent.glob(glob_escape(name) + ".data-*-of-*")):
+        raise NotFoundError(path, f"data shards exist but the index {name}.index is missing")
+    raise NotFoundError(path, "no such file, directory or checkpoint prefix")
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def find_checkpoints(root: Path) -> list[Path]:
+    """Every checkpoint under `root`, each once: bundle prefixes (not shards), SavedModel
+    directories, Keras .h5/.hdf5/.keras files. Symlinked folders are not followed."""
+    root = Path(root)
+    if not root.is_dir():
+        return [root]
+    found: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        files = set(filenames)
+        if (
+            "saved_model.pb" in files
+            or "saved_model.pbtxt" in files
+            or ("variables" in dirnames and (d / "variables" / "variables.index").is_file())
+        ):
+            found.add(d)
+            # The variables bundle belongs to the SavedModel: do not list it again.
+            if "variables" in dirnames:
+                dirnames.remove("variables")
+        for f in filenames:
+            lower = f.lower()
+            if f == ".index":
+                found.add(d / f)
+            elif f.endswith(".index"):
+                found.add(d / f[: -len(".index")])
+            elif lower.endswith((".h5", ".hdf5", ".keras")):
+                found.add(d / f)
+        dirnames.sort()
+    return sorted(found)
