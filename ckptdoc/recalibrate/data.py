@@ -1,0 +1,444 @@
+"""Data sources for recalibration: files, folders, image folders, or user code.
+
+Every source is a re-iterable factory of `Batch`es (sequential mode walks the data more than
+once). Nothing here materializes a whole dataset: `.npy` files are memory-mapped, uncompressed
+`.npz` members are memory-mapped in place, and only compressed `.npz` members are read whole
+(NumPy cannot seek inside a deflate stream). TensorFlow / Keras are imported lazily, only for
+image folders and `tf.data` datasets.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptdoc.recalibrate import RecalibrationError
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Model inputs (an array, a tensor, or a dict / list of them) and optional labels."""
+
+    x: Any
+    y: Any = None
+
+    @property
+    def size(self) -> int:
+        return batch_size_of(self.x)
+
+
+def batch_size_of(x: Any) -> int:
+    if isinstance(x, Mapping):
+        x = next(iter(x.values()))
+    elif isinstance(x, list | tuple):
+        x = x[0]
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) == 0:
+        raise RecalibrationError("a batch has no batch dimension (got a scalar)")
+    return int(shape[0])
+
+
+def _slice(x: Any, n: int) -> Any:
+    if x is None:
+        return None
+    if isinstance(x, Mapping):
+        return {k: v[:n] for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(v[:n] for v in x)
+    return x[:n]
+
+
+def _to_model_dtype(a: np.ndarray) -> np.ndarray:
+    # Keras' default float is float32; float64 inputs would only force casts inside the model.
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype == np.float64 else a
+
+
+@dataclass
+class DataSource:
+    """A named, re-iterable stream of batches."""
+
+    description: str
+    factory: Callable[[int], Iterable[Batch]]
+    notes: list[str] = field(default_factory=list)
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        for b in self.factory(batch_size):
+            yield b if isinstance(b, Batch) else to_batch(b)
+
+
+@dataclass
+class Budget:
+    """Stop after `samples` samples or `batches` batches, whichever is set."""
+
+    samples: int | None = 4096
+    batches: int | None = None
+
+
+@dataclass
+class Consumed:
+    samples: int = 0
+    batches: int = 0
+    exhausted: bool = False  # the data ran out before the budget was reached
+
+
+def limited(batches: Iterable[Batch], budget: Budget, consumed: Consumed) -> Iterator[Batch]:
+    """Yield batches until the budget is met; the last batch is cut to hit `samples` exactly."""
+    consumed.samples = consumed.batches = 0
+    consumed.exhausted = False
+    for b in batches:
+        if budget.batches is not None and consumed.batches >= budget.batches:
+            return
+        n = b.size
+        if n == 0:
+            continue
+        if budget.samples is not None:
+            left = budget.samples - consumed.samples
+            if left <= 0:
+                return
+            if n > left:
+                b, n = Batch(_slice(b.x, left), _slice(b.y, left)), left
+        consumed.samples += n
+        consumed.batches += 1
+        yield b
+        if budget.samples is not None and consumed.samples >= budget.samples:
+            return
+        if budget.batches is not None and consumed.batches >= budget.batches:
+            return
+    consumed.exhausted = True
+
+
+def to_batch(item: Any) -> Batch:
+    """Interpret one element a user iterable yields: array, (x,), (x, y), (x, y, w) or dict."""
+    if isinstance(item, Batch):
+        return item
+    if isinstance(item, tuple | list) and not _is_array(item):
+        if len(item) == 1:
+            return Batch(_norm_x(item[0]))
+        if len(item) in (2, 3):  # (x, y) or (x, y, sample_weight) as Keras fit() accepts
+            return Batch(_norm_x(item[0]), _norm_y(item[1]))
+        raise RecalibrationError(
+            f"a batch is a {type(item).__name__} of {len(item)} items; expected x, (x,) or (x, y)"
+        )
+    if isinstance(item, Mapping) or _is_array(item):
+        return Batch(_norm_x(item))
+    raise RecalibrationError(
+        f"a batch is a {type(item).__name__}; expected an array, an (x, y) tuple or a dict"
+    )
+
+
+def _is_array(v: Any) -> bool:
+    return hasattr(v, "shape") and hasattr(v, "dtype")
+
+
+def _norm_x(x: Any) -> Any:
+    if isinstance(x, Mapping):
+        return {k: _norm_x(v) for k, v in x.items()}
+    if isinstance(x, np.ndarray):
+        return _to_model_dtype(x)
+    if isinstance(x, list | tuple) and x and all(_is_array(v) for v in x):
+        return [_norm_x(v) for v in x]
+    if _is_array(x):
+        return x  # a tensor: leave it on its device
+    return _to_model_dtype(np.asarray(x))
+
+
+def _norm_y(y: Any) -> Any:
+    if y is None:
+        return None
+    if hasattr(y, "numpy"):
+        y = y.numpy()
+    return np.asarray(y)
+
+
+# -- .npy / .npz ------------------------------------------------------------------------------
+
+
+def _npz_member(path: Path, key: str) -> np.ndarray:
+    """An `.npz` member, memory-mapped when it is stored uncompressed, else read whole."""
+    name = key + ".npy"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if name not in names:
+                keys = ", ".join(n[:-4] for n in names if n.endswith(".npy"))
+                raise RecalibrationError(f"{path}: no array {key!r} (it holds: {keys})")
+            info = zf.getinfo(name)
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, "rb") as f:
+                f.seek(info.header_offset)
+                local = f.read(30)
+                if local[:4] != b"PK\x03\x04":
+                    raise ValueError("bad local header")
+                n_name = int.from_bytes(local[26:28], "little")
+                n_extra = int.from_bytes(local[28:30], "little")
+                start = info.header_offset + 30 + n_name + n_extra
+                f.seek(start)
+                version = np.lib.format.read_magic(f)
+                header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
+                parsed = header(f) if header else None
+                data_start = f.tell()
+            if parsed is not None and not parsed[1] and not parsed[2].hasobject:
+                shape, _, dtype = parsed
+                if int(np.prod(shape)) == 0:
+                    return np.zeros(shape, dtype)
+                return np.memmap(path, dtype=dtype, mode="r", offset=data_start, shape=shape)
+        with np.load(path, allow_pickle=False) as z:
+            return z[key]
+    except RecalibrationError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
+        raise RecalibrationError(f"{path}: cannot read as .npz: {exc}") from exc
+
+
+def _npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RecalibrationError(f"{path}: cannot read as .npy: {exc}") from exc
+
+
+def _npz_keys(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise RecalibrationError(f"{path}: cannot read as .npz: {exc}") from exc
+
+
+def _array_chunks(
+    chunks: list[tuple[np.ndarray, np.ndarray | None]],
+) -> Callable[[int], Iterator[Batch]]:
+    def factory(batch_size: int) -> Iterator[Batch]:
+        for x, y in chunks:
+            for i in range(0, len(x), batch_size):
+                xb = _to_model_dtype(np.ascontiguousarray(x[i : i + batch_size]))
+                yb = None if y is None else np.asarray(y[i : i + batch_size])
+                yield Batch(xb, yb)
+
+    return factory
+
+
+def _load_npz_pair(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray | None]:
+    keys = _npz_keys(path)
+    if x_key not in keys:
+        raise RecalibrationError(
+            f"{path}: no inputs under {x_key!r} (it holds: {', '.join(keys) or 'nothing'}); "
+            "use --x-key"
+        )
+    x = _npz_member(path, x_key)
+    y = _npz_member(path, y_key) if y_key in keys else None
+    _check_pair(path, x, y)
+    return x, y
+
+
+def _check_pair(path: Path, x: np.ndarray, y: np.ndarray | None) -> None:
+    if x.ndim == 0:
+        raise RecalibrationError(f"{path}: inputs are a scalar, expected a batch dimension")
+    if y is not None and len(y) != len(x):
+        raise RecalibrationError(f"{path}: {len(x)} inputs but {len(y)} labels")
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray | None = None, description: str = "arrays") -> DataSource:
+    return DataSource(description, _array_chunks([(x, y)]))
+
+
+def from_path(
+    spec: str, *, x_key: str = "x", y_key: str = "y", image_size: tuple[int, int] = (256, 256)
+) -> DataSource:
+    """Resolve a `--data` value: file, folder, or `module:function`."""
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix == ".npz":
+            return DataSource(str(path), _array_chunks([_load_npz_pair(path, x_key, y_key)]))
+        if path.suffix == ".npy":
+            x = _npy(path)
+            _check_pair(path, x, None)
+            return DataSource(str(path), _array_chunks([(x, None)]))
+        raise RecalibrationError(f"{path}: --data must be .npz, .npy, a folder or module:function")
+    if path.is_dir():
+        return _from_folder(path, x_key=x_key, y_key=y_key, image_size=image_size)
+    if ":" in spec:
+        return from_callable_spec(spec)
+    raise RecalibrationError(f"--data {spec}: no such file or folder, and not module:function")
+
+
+def _from_folder(path: Path, *, x_key: str, y_key: str, image_size: tuple[int, int]) -> DataSource:
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    npz = [p for p in files if p.suffix == ".npz"]
+    npy = [p for p in files if p.suffix == ".npy"]
+    if npz:
+        return DataSource(
+            f"{path} ({len(npz)} .npz files)",
+            _array_chunks([_load_npz_pair(p, x_key, y_key) for p in npz]),
+        )
+    if npy:
+        by_stem = {p.stem: p for p in npy}
+        if x_key in by_stem:  # x.npy (+ y.npy): inputs and labels side by side
+            x = _npy(by_stem[x_key])
+            y = _npy(by_stem[y_key]) if y_key in by_stem else None
+            _check_pair(path, x, y)
+            return DataSource(f"{path} ({x_key}.npy)", _array_chunks([(x, y)]))
+        chunks: list[tuple[np.ndarray, np.ndarray | None]] = []
+        for p in npy:
+            a = _npy(p)
+            _check_pair(p, a, None)
+            chunks.append((a, None))
+        return DataSource(f"{path} ({len(npy)} .npy files)", _array_chunks(chunks))
+    if _has_images(path):
+        return _image_folder(path, image_size)
+    raise RecalibrationError(f"--data {path}: the folder holds no .npz, .npy or image files")
+
+
+def _has_images(path: Path) -> bool:
+    for p in path.rglob("*"):
+        if p.suffix.lower() in IMAGE_EXTS:
+            return True
+    return False
+
+
+def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
+    labelled = any(
+        d.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir())
+        for d in path.iterdir()
+    )
+
+    def factory(batch_size: int) -> Iterator[Batch]:
+        import keras
+
+        ds = keras.utils.image_dataset_from_directory(
+            str(path),
+            labels="inferred" if labelled else None,
+            label_mode="int" if labelled else None,
+            image_size=image_size,
+            batch_size=batch_size,
+            shuffle=False,
+            verbose=False,
+        )
+        for item in ds:
+            if labelled:
+                x, y = item
+                yield Batch(x, y.numpy())
+            else:
+                yield Batch(item)
+
+    note = "labels from sub-folder names" if labelled else "no labels (flat folder)"
+    return DataSource(f"{path} (images, {image_size[0]}x{image_size[1]}, {note})", factory)
+
+
+# -- module:function ---------------------------------------------------------------------------
+
+
+def load_callable(spec: str, what: str) -> Callable[..., Any]:
+    """Import `module:function` or `path/to/file.py:function`; user errors -> RecalibrationError."""
+    mod_name, sep, func_name = spec.rpartition(":")
+    if not sep or not mod_name or not func_name:
+        raise RecalibrationError(f"{what} {spec!r}: expected module:function or file.py:function")
+    try:
+        if mod_name.endswith(".py"):
+            file = Path(mod_name)
+            if not file.is_file():
+                raise RecalibrationError(f"{what} {spec!r}: no such file {file}")
+            unique = f"_ckptdoc_user_{abs(hash(str(file.resolve())))}"
+            module_spec = importlib.util.spec_from_file_location(unique, file)
+            if module_spec is None or module_spec.loader is None:
+                raise RecalibrationError(f"{what} {spec!r}: cannot import {file}")
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[unique] = module
+            module_spec.loader.exec_module(module)
+        else:
+            if "" not in sys.path and "." not in sys.path:
+                sys.path.insert(0, "")  # like `python -m`: the current folder is importable
+            module = importlib.import_module(mod_name)
+    except RecalibrationError:
+        raise
+    except Exception as exc:  # user code: any failure is theirs to fix, show it plainly
+        raise RecalibrationError(
+            f"{what} {spec!r}: importing {mod_name} failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise RecalibrationError(f"{what} {spec!r}: {mod_name} has no function {func_name!r}")
+    return fn  # type: ignore[no-any-return]
+
+
+def from_callable_spec(spec: str) -> DataSource:
+    return from_iterable_factory(load_callable(spec, "--data"), spec)
+
+
+def from_iterable_factory(fn: Callable[[], Any], description: str) -> DataSource:
+    def factory(batch_size: int) -> Iterator[Batch]:
+        try:
+            it = fn()
+        except Exception as exc:
+            raise RecalibrationError(
+                f"--data {description}: the function raised {type(exc).__name__}: {exc}"
+            ) from exc
+        yield from iterate_any(it, batch_size)
+
+    return DataSource(description, factory)
+
+
+def iterate_any(it: Any, batch_size: int) -> Iterator[Batch]:
+    """Batches from a user object: a tf.data.Dataset, a Keras PyDataset, or any iterable."""
+    if _is_tf_dataset(it):
+        for item in it:
+            yield to_batch(item)
+        return
+    if _is_array(it) and not hasattr(it, "__next__"):
+        # A bare array: one dataset, batched here.
+        arr = np.asarray(it)
+        yield from _array_chunks([(arr, None)])(batch_size)
+        return
+    if isinstance(it, Mapping):
+        raise RecalibrationError("--data function returned a dict; return an iterable of batches")
+    try:
+        iterator = iter(it)
+    except TypeError as exc:
+        raise RecalibrationError(
+            f"--data function returned a {type(it).__name__}, which is not iterable"
+        ) from exc
+    for item in iterator:
+        yield to_batch(item)
+
+
+def _is_tf_dataset(obj: Any) -> bool:
+    mod = type(obj).__module__ or ""
+    return mod.startswith("tensorflow") and hasattr(obj, "element_spec")
+
+
+def from_object(data: Any, *, batch_size: int, x_key: str = "x", y_key: str = "y") -> DataSource:
+    """Anything the Python API accepts as `data`."""
+    if isinstance(data, DataSource):
+        return data
+    if isinstance(data, str | Path):
+        return from_path(str(data), x_key=x_key, y_key=y_key)
+    if isinstance(data, np.ndarray):
+        return from_arrays(data)
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data):
+        return from_arrays(data[0], data[1])
+    if callable(data) and not _is_tf_dataset(data):
+        return from_iterable_factory(data, getattr(data, "__name__", "callable"))
+    if _is_tf_dataset(data) or isinstance(data, list | tuple):
+        return DataSource(type(data).__name__, lambda bs: iterate_any(data, bs))
+    if hasattr(data, "__iter__") and not hasattr(data, "__next__"):
+        return DataSource(type(data).__name__, lambda bs: iterate_any(data, bs))
+    if hasattr(data, "__next__"):
+        # A one-shot iterator cannot be walked twice (sequential mode needs that).
+        items = data
+        return DataSource(type(data).__name__, lambda bs: iterate_any(items, bs),
+                          notes=["one-shot iterator: usable for a single pass only"])
+    raise RecalibrationError(f"cannot use a {type(data).__name__} as data")
