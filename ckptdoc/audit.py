@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ckptdoc.errors import CheckpointError
@@ -11,6 +14,8 @@ from ckptdoc.formats.resolve import find_checkpoints
 from ckptdoc.groups import find_groups
 from ckptdoc.report.model import AuditReport, FileReport, GroupResult, worst_code
 from ckptdoc.rules import RuleSelection, check_group
+
+_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 
 
 def audit_file(path: str | Path, selection: RuleSelection | None = None) -> FileReport:
@@ -38,26 +43,83 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
         return FileReport(str(path), None, error=str(exc))
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files and prefixes as given; directories searched for checkpoints.
+def _audit_guarded(path: str | Path, selection: RuleSelection | None) -> FileReport:
+    """audit_file that never raises: a reader bug on one file must not stop the others."""
+    try:
+        return audit_file(path, selection)
+    except Exception as exc:  # noqa: BLE001 - reported per file, exit 2
+        return FileReport(str(path), None, error=f"{path}: internal error: {exc!r}")
 
-    A SavedModel or checkpoint directory is one checkpoint; any other directory is searched.
+
+def canonical_path(path: Path) -> Path:
+    """The name a checkpoint is reported under, whichever of its files was given.
+
+    `model.ckpt.index` and `model.ckpt.data-00000-of-00002` become the prefix `model.ckpt`, so
+    a pre-commit run (given .index files) and a directory scan report the same path, and
+    baselines match between them.
     """
-    out: list[Path] = []
+    name = path.name
+    if name.endswith(".index") and name != ".index" and path.is_file():
+        return path.with_name(name[: -len(".index")])
+    m = _DATA_RE.match(name)
+    if m and path.with_name(m.group("prefix") + ".index").is_file():
+        return path.with_name(m.group("prefix"))
+    return path
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files and prefixes as given; directories searched for checkpoints. Each checkpoint once,
+    in the order given.
+
+    A SavedModel or checkpoint directory is one checkpoint; any other directory is searched
+    recursively for every supported format.
+    """
+    out: dict[Path, None] = {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and not _is_checkpoint_dir(path):
-            out.extend(find_checkpoints(path))
+            out.update(dict.fromkeys(find_checkpoints(path)))
         else:
-            out.append(path)
-    return out
+            out[canonical_path(path)] = None
+    return list(out)
 
 
 def _is_checkpoint_dir(path: Path) -> bool:
     return (path / "saved_model.pb").exists() or (path / "variables" / "variables.index").exists()
 
 
+def audit_files(
+    files: Sequence[str | Path],
+    selection: RuleSelection | Callable[[Path], RuleSelection] | None = None,
+    jobs: int = 1,
+) -> list[FileReport]:
+    """Audit `files` in order; with `jobs > 1` in that many processes (0: one per CPU).
+
+    `selection` may be a function of the path (per-file ignores). The result is in the order
+    of `files` whatever `jobs` is, and each file is audited on its own: one that cannot be read
+    or crashes its worker is reported with `error`, and the others go on.
+    """
+    paths = [Path(f) for f in files]
+    selections = [selection(p) if callable(selection) else selection for p in paths]
+    jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
+    jobs = min(jobs, len(paths))
+    if jobs <= 1:
+        return [_audit_guarded(p, s) for p, s in zip(paths, selections, strict=True)]
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        pairs = zip(paths, selections, strict=True)
+        futures = [pool.submit(_audit_guarded, p, s) for p, s in pairs]
+        reports = []
+        for path, future in zip(paths, futures, strict=True):
+            try:
+                reports.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - a worker died (e.g. a crash in a C library)
+                reports.append(
+                    FileReport(str(path), None, error=f"{path}: audit process failed: {exc!r}")
+                )
+        return reports
+
+
 def audit_paths(
-    paths: Iterable[str | Path], selection: RuleSelection | None = None
+    paths: Iterable[str | Path], selection: RuleSelection | None = None, jobs: int = 1
 ) -> AuditReport:
-    return AuditReport(tuple(audit_file(p, selection) for p in expand_paths(paths)))
+    return AuditReport(tuple(audit_files(expand_paths(paths), selection, jobs)))

@@ -1,23 +1,34 @@
-"""`ckptdoc audit PATH...`: flag broken BN statistics; exit codes for CI."""
+"""`ckptdoc audit PATH...`: flag broken BN statistics; reports and exit codes for CI."""
 
 from __future__ import annotations
 
-from enum import Enum
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ckptdoc.audit import audit_file, expand_paths
+from ckptdoc import baseline as baselines
+from ckptdoc.audit import audit_files, expand_paths
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr, stdout, usage_error
-from ckptdoc.report import json_report, text
-from ckptdoc.report.model import AuditReport
+from ckptdoc.config import Config, ConfigError, discover, load_config
+from ckptdoc.report import text
+from ckptdoc.report.formats import ReportFormat, render, write_atomic
+from ckptdoc.report.model import AuditReport, RenderOptions
 from ckptdoc.rules import RuleSelection, Severity, Tolerances, unknown_codes
 
+# Kept for callers that imported the old name.
+AuditFormat = ReportFormat
+FORMATS = ", ".join(f.value for f in ReportFormat)
 
-class AuditFormat(str, Enum):
-    text = "text"
-    json = "json"
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """One report to produce: a format and a file (None: stdout)."""
+
+    format: ReportFormat
+    path: Path | None
 
 
 def _codes(values: list[str] | None) -> list[str]:
@@ -25,55 +36,258 @@ def _codes(values: list[str] | None) -> list[str]:
     return [c.strip().upper() for v in values or [] for c in v.split(",") if c.strip()]
 
 
+def _report_spec(value: str) -> ReportSpec:
+    fmt, sep, path = value.partition("=")
+    if not sep or not path.strip():
+        raise usage_error(f"--report {value!r}: expected FORMAT=FILE, e.g. sarif=ckptdoc.sarif")
+    try:
+        return ReportSpec(ReportFormat(fmt.strip().lower()), Path(path.strip()))
+    except ValueError:
+        raise usage_error(
+            f"--report {value!r}: unknown format {fmt!r} (one of {FORMATS})"
+        ) from None
+
+
+def _load_config(config_file: Path | None, isolated: bool) -> Config:
+    if isolated:
+        return Config()
+    try:
+        return load_config(config_file) if config_file is not None else discover()
+    except ConfigError as exc:
+        raise usage_error(f"configuration: {exc}") from None
+
+
 def audit(
     paths: Annotated[
         list[Path],
-        typer.Argument(help="Checkpoint prefixes, files, or directories (searched recursively)."),
+        typer.Argument(
+            help="Checkpoint prefixes or their .index files, Keras files, SavedModel or "
+            "checkpoint folders, or any folder (searched recursively for every format)."
+        ),
     ],
     output_format: Annotated[
-        AuditFormat, typer.Option("--format", "-f", help="Report format.")
-    ] = AuditFormat.text,
+        ReportFormat,
+        typer.Option(
+            "--format",
+            "--output-format",
+            "-f",
+            help="Report format: text (tables, the default), json, sarif (GitHub code "
+            "scanning), junit (GitLab / Jenkins test reports), github (workflow annotations), "
+            "markdown (a step summary).",
+        ),
+    ] = ReportFormat.text,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Write the --format report to this file (atomically) instead of stdout; the "
+            "summary line still goes to stderr.",
+        ),
+    ] = None,
+    reports: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--report",
+            metavar="FORMAT=FILE",
+            help="Also write a report in another format, e.g. `--report sarif=ckptdoc.sarif "
+            "--report junit=ckptdoc.xml`. Repeatable; the audit runs once.",
+        ),
+    ] = None,
     fail_on: Annotated[
-        Severity,
-        typer.Option(help="Exit 1 when a finding is at least this severe."),
-    ] = Severity.ERROR,
+        Severity | None,
+        typer.Option(
+            help="Exit 1 when a finding is at least this severe. [default: error, or "
+            "`fail-on` from the configuration]",
+            show_default=False,
+        ),
+    ] = None,
     exit_zero: Annotated[
         bool, typer.Option("--exit-zero", help="Exit 0 even with findings or unreadable files.")
     ] = False,
     select: Annotated[
-        list[str] | None, typer.Option(help="Only these rule codes (comma-separated, prefixes ok).")
+        list[str] | None,
+        typer.Option(
+            help="Only these rule codes (comma-separated, prefixes ok). Replaces the "
+            "configuration's select and ignore."
+        ),
     ] = None,
-    ignore: Annotated[list[str] | None, typer.Option(help="Skip these rule codes.")] = None,
+    ignore: Annotated[
+        list[str] | None,
+        typer.Option(help="Skip these rule codes, in addition to the configuration's ignore."),
+    ] = None,
     barely_moved: Annotated[
-        float, typer.Option(help="BN005: max |mean| and |variance - 1| that count as barely moved.")
-    ] = Tolerances.barely_moved,
+        float | None,
+        typer.Option(
+            help="BN005: max |mean| and |variance - 1| that count as barely moved. "
+            f"[default: {Tolerances.barely_moved}]",
+            show_default=False,
+            min=0.0,
+        ),
+    ] = None,
     dead_variance: Annotated[
-        float, typer.Option(help="BN006: a variance at or below this is a dead channel.")
-    ] = Tolerances.dead_variance,
+        float | None,
+        typer.Option(
+            help="BN006: a variance at or below this is a dead channel. "
+            f"[default: {Tolerances.dead_variance}]",
+            show_default=False,
+            min=0.0,
+        ),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=0,
+            help="Audit this many files in parallel processes (0: one per CPU).",
+        ),
+    ] = 1,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Report only findings not in this baseline file, and list its entries that no "
+            "longer occur. [default: `baseline` from the configuration]",
+            show_default=False,
+        ),
+    ] = None,
+    write_baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record the current findings in this baseline file and exit 0 (2 if a file "
+            "could not be read)."
+        ),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Read this ckptdoc.toml or pyproject.toml instead of searching for one.",
+        ),
+    ] = None,
+    isolated: Annotated[
+        bool, typer.Option("--isolated", help="Ignore every configuration file.")
+    ] = False,
 ) -> None:
     """Audit checkpoints for broken batch-norm statistics.
 
+    Settings come from `[tool.ckptdoc]` in the nearest `pyproject.toml` (or a `ckptdoc.toml`),
+    then the command line.
+
+    Several reports from one run: `--format` picks the main report (stdout, or `--output
+    FILE`), and each `--report FORMAT=FILE` writes one more, e.g. `ckptdoc audit models/
+    --report sarif=ckptdoc.sarif --report markdown=summary.md`.
+
     Exit codes: **0** no finding at or above `--fail-on`; **1** such findings; **2** usage
-    error or a file that could not be read (reported per file, the others still audited).
+    error, bad configuration or baseline, or a file that could not be read (reported per
+    file, the others still audited).
     """
+    config = _load_config(config_file, isolated)
+    specs = [ReportSpec(output_format, output)] + [_report_spec(r) for r in reports or []]
+    selection = _selection(config, select, ignore, barely_moved, dead_variance)
+    threshold = fail_on or config.fail_on or Severity.ERROR
+
+    found = expand_paths(paths)
+    if not found:
+        raise usage_error(f"no checkpoints found under {', '.join(map(str, paths))}")
+    files = [f for f in found if not config.is_excluded(f)]
+    if len(files) < len(found):
+        stderr.print(
+            f"{len(found) - len(files)} of {len(found)} checkpoints excluded by {config.path}",
+            soft_wrap=True,
+        )
+
+    def per_file(path: Path) -> RuleSelection:
+        extra = config.ignored_for(path)
+        if not extra:
+            return selection
+        return RuleSelection(
+            selection.select,
+            selection.ignore | frozenset(extra),
+            selection.severities,
+            selection.tolerances,
+        )
+
+    report = AuditReport(tuple(audit_files(files, per_file, jobs)))
+
+    if write_baseline is not None:
+        count = baselines.write_baseline(report, write_baseline)
+        stderr.print(f"wrote {count} finding(s) to baseline {write_baseline}", soft_wrap=True)
+    else:
+        baseline_file = baseline or config.baseline
+        if baseline_file is not None:
+            try:
+                known = baselines.load_baseline(baseline_file)
+            except baselines.BaselineError as exc:
+                raise usage_error(str(exc)) from None
+            report = baselines.apply_baseline(report, known, baseline_file)
+
+    _emit(report, specs, RenderOptions(fail_on=threshold))
+    if write_baseline is not None:
+        raise typer.Exit(EXIT_USAGE if report.unreadable and not exit_zero else EXIT_OK)
+    raise typer.Exit(exit_code(report, threshold, exit_zero))
+
+
+def _selection(
+    config: Config,
+    select: list[str] | None,
+    ignore: list[str] | None,
+    barely_moved: float | None,
+    dead_variance: float | None,
+) -> RuleSelection:
     selected, ignored = _codes(select), _codes(ignore)
     bad = unknown_codes(selected + ignored)
     if bad:
         raise usage_error(f"unknown rule code(s): {', '.join(bad)} (see `ckptdoc rule`)")
-    selection = RuleSelection(
-        frozenset(selected),
-        frozenset(ignored),
-        tolerances=Tolerances(barely_moved=barely_moved, dead_variance=dead_variance),
-    )
-    files = expand_paths(paths)
-    if not files:
-        raise usage_error(f"no checkpoints found under {', '.join(map(str, paths))}")
-    report = AuditReport(tuple(audit_file(f, selection) for f in files))
-    if output_format == AuditFormat.json:
-        stdout.out(json_report.render(report), highlight=False)
+    if select is not None:  # the command line's selection replaces the file's
+        final_select, final_ignore = frozenset(selected), frozenset(ignored)
     else:
-        text.render(report, stdout)
-    raise typer.Exit(exit_code(report, fail_on, exit_zero))
+        final_select = frozenset(config.select or ())
+        final_ignore = frozenset(config.ignore) | frozenset(ignored)
+    tolerances = dict(config.tolerances)
+    if barely_moved is not None:
+        tolerances["barely_moved"] = barely_moved
+    if dead_variance is not None:
+        tolerances["dead_variance"] = dead_variance
+    return RuleSelection(
+        final_select, final_ignore, dict(config.severity), tolerances=Tolerances(**tolerances)
+    )
+
+
+def _emit(report: AuditReport, specs: list[ReportSpec], options: RenderOptions) -> None:
+    to_stdout_text = False
+    for spec in specs:
+        if spec.path is None and spec.format == ReportFormat.text:
+            text.render(report, stdout)
+            to_stdout_text = True
+            continue
+        content = render(spec.format, report, options)
+        if spec.path is None:
+            sys.stdout.write(content)
+            sys.stdout.flush()
+            continue
+        try:
+            write_atomic(spec.path, content)
+        except OSError as exc:
+            raise usage_error(f"cannot write {spec.path}: {exc.strerror or exc}") from None
+    _print_baseline(report)
+    if not to_stdout_text:
+        stderr.print(text.summary_line(report), soft_wrap=True)
+
+
+def _print_baseline(report: AuditReport) -> None:
+    b = report.baseline
+    if b is None:
+        return
+    stderr.print(f"baseline {b.path}: {b.suppressed} known finding(s) not reported", soft_wrap=True)
+    if b.fixed:
+        stderr.print(
+            f"{len(b.fixed)} baseline entr{'y' if len(b.fixed) == 1 else 'ies'} no longer "
+            "occur; refresh with --write-baseline:",
+            soft_wrap=True,
+        )
+        for e in b.fixed:
+            stderr.print(f"  {e.rule} {e.path} {e.group}", soft_wrap=True, markup=False)
 
 
 def exit_code(report: AuditReport, fail_on: Severity, exit_zero: bool) -> int:
@@ -88,4 +302,4 @@ def register(app: typer.Typer) -> None:
     app.command("audit")(audit)
 
 
-__all__ = ["audit", "exit_code", "register", "stderr"]
+__all__ = ["AuditFormat", "ReportFormat", "audit", "exit_code", "register", "stderr"]

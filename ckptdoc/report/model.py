@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 from ckptdoc.rules import RULES, Finding, Severity
 
@@ -30,8 +32,41 @@ class FileReport:
 
 
 @dataclass(frozen=True)
+class BaselineEntry:
+    """One known finding: matched on rule + path + group, never on offsets."""
+
+    rule: str
+    path: str  # relative to the baseline file's folder, posix
+    group: str
+    severity: str = ""
+    message: str = ""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.rule, self.path, self.group)
+
+
+@dataclass(frozen=True)
+class BaselineOutcome:
+    """What applying a baseline did: how many findings it hid, which entries are gone."""
+
+    path: str
+    suppressed: int
+    fixed: tuple[BaselineEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """What emitters need besides the report: where relative paths start, what fails."""
+
+    root: Path | None = None  # None: the working directory
+    fail_on: Severity = Severity.ERROR
+
+
+@dataclass(frozen=True)
 class AuditReport:
     files: tuple[FileReport, ...]
+    baseline: BaselineOutcome | None = None
 
     @property
     def findings(self) -> list[Finding]:
@@ -45,7 +80,7 @@ class AuditReport:
         return [f for f in self.files if f.error is not None]
 
     def summary(self) -> dict[str, int]:
-        return {
+        out = {
             "files": len(self.files),
             "unreadable": len(self.unreadable),
             "groups": sum(len(f.groups) for f in self.files),
@@ -54,6 +89,10 @@ class AuditReport:
             "warning": self.count(Severity.WARNING),
             "info": self.count(Severity.INFO),
         }
+        if self.baseline is not None:
+            out["baselined"] = self.baseline.suppressed
+            out["baseline_fixed"] = len(self.baseline.fixed)
+        return out
 
     def worst_at_least(self, threshold: Severity) -> bool:
         return any(f.severity.rank >= threshold.rank for f in self.findings)
@@ -64,5 +103,23 @@ def worst_code(findings: list[Finding]) -> str:
     if not findings:
         return "ok"
     order = list(RULES)
-    worst = max(findings, key=lambda f: (f.severity.rank, -order.index(f.rule) if f.rule in order else 0))
+    worst = max(
+        findings, key=lambda f: (f.severity.rank, -order.index(f.rule) if f.rule in order else 0)
+    )
     return worst.rule
+
+
+def relative_posix(path: str | Path, root: str | Path | None = None) -> str:
+    """`path` relative to `root` (default: the working directory) with `/` separators; paths
+    outside `root` stay absolute. Symlinks are not resolved: the name the user sees is kept."""
+    base = os.path.abspath(root if root is not None else os.getcwd())
+    full = os.path.abspath(path)
+    try:
+        rel = os.path.relpath(full, base)
+    except ValueError:  # another drive on Windows
+        return Path(full).as_posix()
+    if rel == os.curdir:
+        return "."
+    if rel.split(os.sep, 1)[0] == os.pardir:
+        return Path(full).as_posix()
+    return PurePosixPath(*Path(rel).parts).as_posix()

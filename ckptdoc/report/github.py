@@ -1,0 +1,43 @@
+"""`--format github`: GitHub Actions workflow commands, one annotation per finding.
+
+`::error file=models/a.h5,title=ckptdoc BN002::bn1: moving_mean is all 0 ...`. Checkpoints are
+binary, so annotations carry no line and appear on the file in the pull request.
+"""
+
+from __future__ import annotations
+
+from ckptdoc.report.model import AuditReport, RenderOptions, relative_posix
+from ckptdoc.rules import Severity
+
+COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
+
+
+def escape_data(text: str) -> str:
+    """The message part of a workflow command: `%`, CR and LF must be escaped."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A property value (`file=`, `title=`): additionally `:` and `,`."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def _command(level: str, path: str, title: str, message: str) -> str:
+    return (
+        f"::{level} file={escape_property(path)},title={escape_property(title)}"
+        f"::{escape_data(message)}"
+    )
+
+
+def render(report: AuditReport, options: RenderOptions | None = None) -> str:
+    options = options or RenderOptions()
+    lines = []
+    for file in report.files:
+        path = relative_posix(file.path, options.root)
+        if file.error is not None:
+            lines.append(_command("error", path, "ckptdoc read error", file.error))
+        for f in file.findings:
+            lines.append(
+                _command(COMMAND[f.severity], path, f"ckptdoc {f.rule}", f"{f.group}: {f.message}")
+            )
+    return "".join(line + "\n" for line in lines)

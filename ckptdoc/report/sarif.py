@@ -1,0 +1,124 @@
+"""`--format sarif`: SARIF 2.1.0 for GitHub code scanning and other SARIF viewers.
+
+Checkpoints are binary, so results carry a file location without a region (GitHub shows them
+at file level) and a logical location naming the BN layer. `partialFingerprints` hash rule +
+path + group, so an alert keeps its identity across runs and rewrites of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from ckptdoc.report.model import AuditReport, FileReport, RenderOptions, relative_posix
+from ckptdoc.rules import RULES, Finding, Rule, Severity
+
+SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
+# Where the tool's documentation lives; update when the project has a home page.
+INFORMATION_URI = "https://pypi.org/project/ckptdoc/"
+FINGERPRINT = "ckptdocFinding/v1"
+SRCROOT = "%SRCROOT%"
+
+LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
+
+
+def fingerprint(rule: str, path: str, group: str) -> str:
+    """Stable identity of a finding: rule + relative posix path + BN group, never offsets."""
+    return hashlib.sha256(f"{rule}\0{path}\0{group}".encode()).hexdigest()
+
+
+def _rule_name(rule: Rule) -> str:
+    # SARIF `name` is an identifier: "moving statistics missing" -> MovingStatisticsMissing
+    return "".join(w[:1].upper() + w[1:] for w in re.split(r"[^A-Za-z0-9]+", rule.title) if w)
+
+
+def _first_paragraph(text: str) -> str:
+    return " ".join(text.strip().split("\n\n", 1)[0].split())
+
+
+def _rule_descriptor(rule: Rule) -> dict[str, Any]:
+    help_text = f"{rule.explanation}\n\nExplain it locally with `ckptdoc rule {rule.code}`."
+    return {
+        "id": rule.code,
+        "name": _rule_name(rule),
+        "shortDescription": {"text": rule.title[:1].upper() + rule.title[1:]},
+        "fullDescription": {"text": _first_paragraph(rule.explanation)},
+        "help": {"text": help_text, "markdown": help_text},
+        "helpUri": INFORMATION_URI,
+        "defaultConfiguration": {"level": LEVEL[rule.severity]},
+        "properties": {"tags": ["batch-norm", "checkpoint", "ml-model"]},
+    }
+
+
+def _location(uri: str, group: str | None = None) -> dict[str, Any]:
+    loc: dict[str, Any] = {
+        "physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": SRCROOT}}
+    }
+    if group is not None:
+        loc["logicalLocations"] = [{"name": group, "kind": "object"}]
+    return loc
+
+
+def _result(finding: Finding, uri: str, rule_index: dict[str, int]) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "ruleId": finding.rule,
+        "level": LEVEL[finding.severity],
+        "message": {"text": f"{finding.group}: {finding.message}"},
+        "locations": [_location(uri, finding.group)],
+        "partialFingerprints": {FINGERPRINT: fingerprint(finding.rule, uri, finding.group)},
+    }
+    if finding.rule in rule_index:
+        result["ruleIndex"] = rule_index[finding.rule]
+    return result
+
+
+def _notification(file: FileReport, uri: str) -> dict[str, Any]:
+    return {
+        "level": "error",
+        "message": {"text": file.error or "could not be read"},
+        "locations": [_location(uri)],
+        "descriptor": {"id": "read-error"},
+    }
+
+
+def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[str, Any]:
+    from ckptdoc import __version__  # late: the package imports the audit, which imports report/
+
+    options = options or RenderOptions()
+    rules = list(RULES.values())
+    rule_index = {r.code: i for i, r in enumerate(rules)}
+    results, notifications = [], []
+    for file in report.files:
+        uri = relative_posix(file.path, options.root)
+        if file.error is not None:
+            notifications.append(_notification(file, uri))
+        results.extend(_result(f, uri, rule_index) for f in file.findings)
+    invocation: dict[str, Any] = {"executionSuccessful": not notifications}
+    if notifications:
+        invocation["toolExecutionNotifications"] = notifications
+    return {
+        "$schema": SCHEMA_URI,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "ckptdoc",
+                        "informationUri": INFORMATION_URI,
+                        "version": __version__,
+                        "semanticVersion": __version__,
+                        "rules": [_rule_descriptor(r) for r in rules],
+                    }
+                },
+                "invocations": [invocation],
+                "columnKind": "unicodeCodePoints",
+                "results": results,
+            }
+        ],
+    }
+
+
+def render(report: AuditReport, options: RenderOptions | None = None) -> str:
+    return json.dumps(to_dict(report, options), indent=2) + "\n"
