@@ -129,7 +129,8 @@ def build_layers(
             members[_member_name(local, set(owned))] = variables[j][0]
         info = meta.get(i, {})
         class_name = info.get("class_name") if isinstance(info.get("class_name"), str) else None
-        config = info.get("config") if isinstance(info.get("config"), dict) else {}
+        raw_config = info.get("config")
+        config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
         layers.append(LayerNode(name=name, members=members, class_name=class_name, config=config))
     return layers
 

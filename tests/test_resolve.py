@@ -1,0 +1,157 @@
+"""Path resolution: every way a user names a checkpoint, and every way that goes wrong."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ckptdoc.errors import NotFoundError, UnsupportedFormatError
+from ckptdoc.formats.resolve import find_checkpoints, resolve
+
+DATA = Path(__file__).parent / "data" / "bundle"
+REAL = Path(__file__).parent / "data" / "real" / "basic-pitch" / "nmp"
+TF1 = DATA / "tf1_bn"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "model.ckpt",
+        "model.ckpt.index",
+        "model.ckpt.data-00000-of-00001",
+    ],
+)
+def test_bundle_forms(given: str) -> None:
+    r = resolve(TF1 / given)
+    assert (r.kind, r.path, r.notes) == ("bundle", TF1 / "model.ckpt", ())
+
+
+def test_meta_file(tmp_path: Path) -> None:
+    shutil.copytree(TF1, tmp_path / "c")
+    (tmp_path / "c" / "model.ckpt.meta").write_bytes(b"\x0a\x00")
+    assert resolve(tmp_path / "c" / "model.ckpt.meta").path == tmp_path / "c" / "model.ckpt"
+    (tmp_path / "c" / "other.meta").write_bytes(b"")
+    with pytest.raises(NotFoundError, match="index"):
+        resolve(tmp_path / "c" / "other.meta")
+
+
+def test_sharded_data_file() -> None:
+    r = resolve(DATA / "tf1_sharded" / "model.ckpt.data-00001-of-00002")
+    assert r.path == DATA / "tf1_sharded" / "model.ckpt"
+
+
+def test_empty_prefix_forms() -> None:
+    d = DATA / "empty_prefix"
+    for given in (d, d / ".index", d / ".data-00000-of-00001"):
+        r = resolve(given)
+        assert (r.kind, r.path) == ("bundle", d)
+
+
+def test_state_file_from_another_machine_falls_back_to_basename() -> None:
+    r = resolve(TF1)
+    assert r.path == TF1 / "model.ckpt"
+    assert len(r.notes) == 1 and "/home/someone/run42/model.ckpt" in r.notes[0]
+
+
+def test_state_file_relative_path(tmp_path: Path) -> None:
+    shutil.copytree(DATA / "tfkeras_save_weights", tmp_path / "w")
+    r = resolve(tmp_path / "w")
+    assert (r.path, r.notes) == (tmp_path / "w" / "weights.ckpt", ())
+
+
+def test_state_file_pointing_nowhere_uses_newest_index(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    d.mkdir()
+    for step, mtime in (("100", 1000), ("200", 3000), ("300", 2000)):
+        for suffix in (".index", ".data-00000-of-00001"):
+            p = d / f"model.ckpt-{step}{suffix}"
+            p.write_bytes(b"x")
+            os.utime(p, (mtime, mtime))
+    (d / "checkpoint").write_text('model_checkpoint_path: "/elsewhere/model.ckpt-999"\n')
+    r = resolve(d)
+    assert r.path == d / "model.ckpt-200"
+    assert any("model.ckpt-999" in n for n in r.notes)
+    assert any("newest" in n for n in r.notes)
+
+
+def test_directory_without_state_file(tmp_path: Path) -> None:
+    shutil.copytree(DATA / "tf2_keras3", tmp_path / "k")
+    assert resolve(tmp_path / "k").path == tmp_path / "k" / "ckpt"
+
+
+def test_savedmodel_dir() -> None:
+    r = resolve(REAL)
+    assert (r.kind, r.path) == ("savedmodel", REAL / "variables" / "variables")
+
+
+def test_savedmodel_without_variables(tmp_path: Path) -> None:
+    (tmp_path / "saved_model.pb").write_bytes(b"")
+    with pytest.raises(NotFoundError, match="variables"):
+        resolve(tmp_path)
+
+
+def test_keras_files_by_extension_and_magic(tmp_path: Path) -> None:
+    (tmp_path / "a.h5").write_bytes(b"")
+    (tmp_path / "b.weights.h5").write_bytes(b"")
+    (tmp_path / "c.hdf5").write_bytes(b"")
+    (tmp_path / "d.keras").write_bytes(b"")
+    (tmp_path / "e.bin").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 8)
+    (tmp_path / "f.bin").write_bytes(b"PK\x03\x04rest")
+    kinds = {
+        p: resolve(tmp_path / p).kind
+        for p in ("a.h5", "b.weights.h5", "c.hdf5", "d.keras", "e.bin", "f.bin")
+    }
+    assert kinds == {
+        "a.h5": "hdf5",
+        "b.weights.h5": "hdf5",
+        "c.hdf5": "hdf5",
+        "d.keras": "keras-zip",
+        "e.bin": "hdf5",
+        "f.bin": "keras-zip",
+    }
+
+
+def test_missing_and_unrecognised(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="no such"):
+        resolve(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(UnsupportedFormatError, match="expected a TensorFlow checkpoint"):
+        resolve(tmp_path / "notes.txt")
+    with pytest.raises(UnsupportedFormatError, match=r"\.keras"):
+        resolve(tmp_path)  # a folder with no checkpoint in it
+
+
+def test_data_shard_without_index(tmp_path: Path) -> None:
+    (tmp_path / "m.ckpt.data-00000-of-00001").write_bytes(b"x")
+    with pytest.raises(NotFoundError, match="index"):
+        resolve(tmp_path / "m.ckpt.data-00000-of-00001")
+    with pytest.raises(NotFoundError, match="index"):
+        resolve(tmp_path / "m.ckpt")
+
+
+def test_find_checkpoints_lists_each_once() -> None:
+    found = find_checkpoints(DATA)
+    assert found == sorted(
+        [
+            DATA / "empty_prefix" / ".index",
+            DATA / "savedmodel" / "model",
+            DATA / "tf1_bn" / "model.ckpt",
+            DATA / "tf1_sharded" / "model.ckpt",  # two shards, one checkpoint
+            DATA / "tf2_keras3" / "ckpt",
+            DATA / "tfkeras_object" / "ckpt",
+            DATA / "tfkeras_save_weights" / "weights.ckpt",
+        ]
+    )
+    for p in found:
+        resolve(p)  # every listed path resolves
+
+
+def test_find_checkpoints_keras_files(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.keras").write_bytes(b"PK\x03\x04")
+    (tmp_path / "w.weights.h5").write_bytes(b"")
+    (tmp_path / "readme.md").write_text("x")
+    assert find_checkpoints(tmp_path) == [tmp_path / "sub" / "m.keras", tmp_path / "w.weights.h5"]
