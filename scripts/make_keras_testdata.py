@@ -33,7 +33,6 @@ def make_keras3() -> None:
     os.environ.pop("TF_USE_LEGACY_KERAS", None)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras
-    import numpy as np
     from keras import layers
 
     keras.utils.set_random_seed(0)
@@ -137,9 +136,7 @@ def make_keras1() -> None:
         g["dense_1_b:0"] = np.zeros(4, "float32")
         g = f.create_group("batchnormalization_1")
         names = ["gamma", "beta", "running_mean", "running_std"]
-        g.attrs["weight_names"] = np.array(
-            [f"batchnormalization_1_{n}:0".encode() for n in names]
-        )
+        g.attrs["weight_names"] = np.array([f"batchnormalization_1_{n}:0".encode() for n in names])
         for n in names:
             g[f"batchnormalization_1_{n}:0"] = rng.uniform(0.5, 1.5, size=4).astype("float32")
 

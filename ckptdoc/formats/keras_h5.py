@@ -98,6 +98,9 @@ class KerasH5Checkpoint(Checkpoint):
         self._size_limit = size_limit
         #: The Keras version that wrote the file, when the file says so.
         self.keras_version: str | None = None
+        #: The model's parsed JSON config (`model_config` / `config.json`), None if absent.
+        #: Plain data for the audit (e.g. to report `Lambda` layers); never deserialized.
+        self.model_config: Mapping[str, Any] | None = None
 
     def add_warnings(self, notes: list[str]) -> None:
         """Let a wrapping reader (the `.keras` zip) add what it noticed."""
@@ -211,6 +214,7 @@ def _open(
         model_config = _json_attr(attrs, "model_config", path, warnings)
         ckpt = _open_legacy(h5, weights_root, path, size, fmt, version, model_config, warnings)
         ckpt.keras_version = version or None
+        ckpt.model_config = _top_entry(model_config)
         return ckpt
     except CheckpointError:
         raise
@@ -347,7 +351,9 @@ def _open_v3(
         members_raw.sort(key=lambda lk: (0, int(lk[0]), "") if lk[0].isdigit() else (1, 0, lk[0]))
         # Names of the owners below the root model, outermost first (`inner_block/inner_bn`).
         names = [n for rel, n in chain if rel]
-        entry = _v3_config_entry(root_entry, owner, names) if root_entry is not None else None
+        entry, cfg_names = (
+            _v3_config_entry(root_entry, owner, names) if root_entry is not None else (None, [])
+        )
         class_name = entry.get("class_name") if entry is not None else None
         if not isinstance(class_name, str):
             hint = re.sub(r"_\d+$", "", owner.rsplit("/", 1)[-1])
@@ -357,6 +363,8 @@ def _open_v3(
             name = chain[0][1] or "(model)" if chain else "(model)"
         elif names and all(n is not None for n in names):
             name = "/".join(n for n in names if n is not None)
+        elif entry is not None and cfg_names:
+            name = "/".join(cfg_names)
         else:  # Keras < 3.6 wrote no names: the path is the only unique handle
             name = owner
         if name in used:
@@ -370,7 +378,9 @@ def _open_v3(
                 config=layer_cfg,
             )
         )
-    return KerasH5Checkpoint(path, h5, fmt, variables, layers, warnings, size)
+    ckpt = KerasH5Checkpoint(path, h5, fmt, variables, layers, warnings, size)
+    ckpt.model_config = root_entry
+    return ckpt
 
 
 def _walk_v3(
@@ -426,22 +436,29 @@ def _bn_roles(n: int, cfg: Mapping[str, Any]) -> list[str | None]:
 
 def _v3_config_entry(
     root: Mapping[str, Any], owner: str, names: list[str | None]
-) -> Mapping[str, Any] | None:
-    """The config entry of the layer saved at `owner`: by `name` attributes, else by path."""
+) -> tuple[Mapping[str, Any] | None, list[str]]:
+    """The config entry of the layer saved at `owner`, and the layer names leading to it.
+
+    Matched by the `vars` `name` attributes when the file has them (Keras >= 3.6), else by
+    replaying how Keras 3 names the path.
+    """
     if not owner:
-        return root
+        return root, []
     if names and all(n is not None for n in names):
         entry: Mapping[str, Any] | None = root
         for n in names:
             entry = _direct_child(entry, n) if entry is not None and n is not None else None
         if entry is not None:
-            return entry
+            return entry, [n for n in names if n is not None]
     return _entry_by_path(root, owner.split("/"))
 
 
-def _entry_by_path(root: Mapping[str, Any], parts: list[str]) -> Mapping[str, Any] | None:
+def _entry_by_path(
+    root: Mapping[str, Any], parts: list[str]
+) -> tuple[Mapping[str, Any] | None, list[str]]:
     """Replay Keras 3's path naming: `layers/<snake class>[_N]`, or an attribute name."""
     entry: Mapping[str, Any] | None = root
+    names: list[str] = []
     i = 0
     while entry is not None and i < len(parts):
         part = parts[i]
@@ -450,12 +467,14 @@ def _entry_by_path(root: Mapping[str, Any], parts: list[str]) -> Mapping[str, An
             skip_input = entry.get("class_name") == "Sequential"
             entry = _snake_map(kids, skip_input).get(parts[i + 1])
             i += 2
-            continue
-        cfg = entry.get("config")
-        sub = cfg.get(part) if isinstance(cfg, Mapping) else None
-        entry = sub if isinstance(sub, Mapping) and "class_name" in sub else None
-        i += 1
-    return entry
+        else:
+            cfg = entry.get("config")
+            sub = cfg.get(part) if isinstance(cfg, Mapping) else None
+            entry = sub if isinstance(sub, Mapping) and "class_name" in sub else None
+            i += 1
+        if entry is not None:
+            names.append(_entry_name(entry) or parts[i - 1])
+    return entry, names
 
 
 def _snake_map(kids: list[Mapping[str, Any]], skip_input: bool) -> dict[str, Mapping[str, Any]]:
