@@ -124,13 +124,15 @@ class KerasH5Checkpoint(Checkpoint):
             raise CheckpointError(self.path, f"no variable {key!r} in this file")
         if self._h5 is None:
             raise CheckpointError(self.path, "file is closed")
-        dset = _resolve(self._h5, key, self.path)
-        if not isinstance(dset, h5py.Dataset):
-            raise CorruptCheckpointError(self.path, f"{key!r} is not a dataset")
-        _check_dataset(dset, key, self.path, self._size_limit)
         try:
+            dset = _resolve(self._h5, key, self.path)
+            if not isinstance(dset, h5py.Dataset):
+                raise CorruptCheckpointError(self.path, f"{key!r} is not a dataset")
+            _check_dataset(dset, key, self.path, self._size_limit)
             raw = dset[()]
-        except (OSError, ValueError, RuntimeError) as exc:
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise CorruptCheckpointError(self.path, f"cannot read {key!r}: {exc}") from exc
         arr = np.asarray(raw)
         if var.bfloat16:
