@@ -34,15 +34,20 @@ def file_to_dict(file: FileReport) -> dict[str, Any]:
 
 
 def render(report: AuditReport) -> str:
-    return json.dumps(
-        {
-            "version": VERSION,
-            "files": [file_to_dict(f) for f in report.files],
-            "summary": report.summary(),
-        },
-        indent=2,
-        default=_jsonable,
-    )
+    out: dict[str, Any] = {
+        "version": VERSION,
+        "files": [file_to_dict(f) for f in report.files],
+        "summary": report.summary(),
+    }
+    if report.baseline is not None:
+        out["baseline"] = {
+            "path": report.baseline.path,
+            "suppressed": report.baseline.suppressed,
+            "fixed": [
+                {"rule": e.rule, "path": e.path, "group": e.group} for e in report.baseline.fixed
+            ],
+        }
+    return json.dumps(out, indent=2, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:

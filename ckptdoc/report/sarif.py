@@ -11,6 +11,7 @@ import hashlib
 import json
 import re
 from typing import Any
+from urllib.parse import quote
 
 from ckptdoc.report.model import AuditReport, FileReport, RenderOptions, relative_posix
 from ckptdoc.rules import RULES, Finding, Rule, Severity
@@ -52,7 +53,9 @@ def _rule_descriptor(rule: Rule) -> dict[str, Any]:
     }
 
 
-def _location(uri: str, group: str | None = None) -> dict[str, Any]:
+def _location(path: str, group: str | None = None) -> dict[str, Any]:
+    # A URI reference: spaces and the like percent-encoded, `/` kept.
+    uri = quote(path, safe="/")
     loc: dict[str, Any] = {
         "physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": SRCROOT}}
     }
@@ -61,24 +64,26 @@ def _location(uri: str, group: str | None = None) -> dict[str, Any]:
     return loc
 
 
-def _result(finding: Finding, uri: str, rule_index: dict[str, int]) -> dict[str, Any]:
-    result: dict[str, Any] = {
-        "ruleId": finding.rule,
-        "level": LEVEL[finding.severity],
-        "message": {"text": f"{finding.group}: {finding.message}"},
-        "locations": [_location(uri, finding.group)],
-        "partialFingerprints": {FINGERPRINT: fingerprint(finding.rule, uri, finding.group)},
-    }
+def _result(finding: Finding, path: str, rule_index: dict[str, int]) -> dict[str, Any]:
+    result: dict[str, Any] = {"ruleId": finding.rule}
     if finding.rule in rule_index:
         result["ruleIndex"] = rule_index[finding.rule]
+    result.update(
+        {
+            "level": LEVEL[finding.severity],
+            "message": {"text": f"{finding.group}: {finding.message}"},
+            "locations": [_location(path, finding.group)],
+            "partialFingerprints": {FINGERPRINT: fingerprint(finding.rule, path, finding.group)},
+        }
+    )
     return result
 
 
-def _notification(file: FileReport, uri: str) -> dict[str, Any]:
+def _notification(file: FileReport, path: str) -> dict[str, Any]:
     return {
         "level": "error",
         "message": {"text": file.error or "could not be read"},
-        "locations": [_location(uri)],
+        "locations": [_location(path)],
         "descriptor": {"id": "read-error"},
     }
 
@@ -91,10 +96,10 @@ def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[s
     rule_index = {r.code: i for i, r in enumerate(rules)}
     results, notifications = [], []
     for file in report.files:
-        uri = relative_posix(file.path, options.root)
+        path = relative_posix(file.path, options.root)
         if file.error is not None:
-            notifications.append(_notification(file, uri))
-        results.extend(_result(f, uri, rule_index) for f in file.findings)
+            notifications.append(_notification(file, path))
+        results.extend(_result(f, path, rule_index) for f in file.findings)
     invocation: dict[str, Any] = {"executionSuccessful": not notifications}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
