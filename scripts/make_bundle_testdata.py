@@ -27,6 +27,7 @@ CASES = {
     "tfkeras_save_weights": True,
     "tfkeras_object": True,
     "savedmodel": True,
+    "tfkeras_model_save": True,
     "empty_prefix": False,
 }
 
@@ -185,6 +186,24 @@ def case_savedmodel(d: Path) -> None:
     model = _small_model(keras)
     _train_step(model, keras)
     tf.saved_model.save(model, str(d / "model"))
+
+
+def case_tfkeras_model_save(d: Path) -> None:
+    """tf-keras model.save(save_format="tf"): layer classes/configs live in keras_metadata.pb.
+
+    saved_model.pb (the graph, ~100 KB) is deleted to keep the test data small: the reader
+    needs only variables/ and keras_metadata.pb.
+    """
+    import tensorflow as tf
+
+    keras = tf.keras
+    tf.random.set_seed(0)
+    model = _small_model(keras)
+    _train_step(model, keras)
+    model.save(str(d / "model"), save_format="tf")
+    for name in ("saved_model.pb", "fingerprint.pb"):
+        (d / "model" / name).unlink()
+    shutil.rmtree(d / "model" / "assets", ignore_errors=True)
 
 
 def case_empty_prefix(d: Path) -> None:

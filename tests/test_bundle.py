@@ -36,6 +36,10 @@ CASES = {
     "tfkeras_save_weights": (DATA / "tfkeras_save_weights" / "weights.ckpt", "tf2-object"),
     "tfkeras_object": (DATA / "tfkeras_object" / "ckpt", "tf2-object"),
     "savedmodel": (DATA / "savedmodel" / "model" / "variables" / "variables", "savedmodel"),
+    "tfkeras_model_save": (
+        DATA / "tfkeras_model_save" / "model" / "variables" / "variables",
+        "savedmodel",
+    ),
     "empty_prefix": (DATA / "empty_prefix", "tf2-object"),
     "basic_pitch": (REAL / "variables" / "variables", "savedmodel"),
 }

@@ -59,6 +59,15 @@ def test_savedmodel_variables() -> None:
     assert set(layers["bn"]) == BN
 
 
+def test_keras_metadata_gives_classes_and_configs() -> None:
+    with open_checkpoint(DATA / "tfkeras_model_save" / "model") as ckpt:
+        layers = {layer.name: layer for layer in ckpt.layers or []}
+    assert layers["bn"].class_name == "BatchNormalization"
+    assert layers["bn"].config["epsilon"] == pytest.approx(1e-3)
+    assert layers["bn"].config["axis"] in (-1, [1], 1)
+    assert layers["dense"].class_name == "Dense"
+
+
 def test_basic_pitch_has_three_bn_layers_with_classes() -> None:
     with open_checkpoint(REAL) as ckpt:
         assert ckpt.format == "savedmodel"

@@ -141,6 +141,7 @@ def test_find_checkpoints_lists_each_once() -> None:
             DATA / "tf1_bn" / "model.ckpt",
             DATA / "tf1_sharded" / "model.ckpt",  # two shards, one checkpoint
             DATA / "tf2_keras3" / "ckpt",
+            DATA / "tfkeras_model_save" / "model",
             DATA / "tfkeras_object" / "ckpt",
             DATA / "tfkeras_save_weights" / "weights.ckpt",
         ]
