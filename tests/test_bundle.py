@@ -22,7 +22,7 @@ from ckptdoc.formats import bundle as bundle_mod
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.bundle import BundleCheckpoint, open_bundle
 from ckptdoc.formats.proto import ProtoError, parse, read_varint
-from ckptdoc.formats.table import mask_crc, snappy_decompress, unmask_crc
+from ckptdoc.formats.table import crc32c, mask_crc, snappy_decompress, unmask_crc
 from tests import bundle_writer as bw
 
 DATA = Path(__file__).parent / "data" / "bundle"
@@ -83,6 +83,11 @@ def test_tf1_values_and_dtypes() -> None:
     assert ckpt.read("extra/f64_scalar").item() == 2.5
     assert ckpt.read("extra/strings").tolist() == [b"hello", b"", b"w\x00rld"]
     assert ckpt.layers is None
+
+
+def test_unknown_key_is_a_checkpoint_error() -> None:
+    with pytest.raises(CheckpointError, match="no tensor 'nope'"):
+        _open("tf1_bn").read("nope")
 
 
 def test_partitioned_variable_is_listed_once_and_reassembled() -> None:
@@ -344,6 +349,32 @@ def test_unknown_dtype_skipped_with_warning(tmp_path: Path) -> None:
     ckpt = open_bundle(prefix)
     assert not ckpt.tensors
     assert any("resource" in w for w in ckpt.warnings)
+
+
+def _partitioned(tmp_path: Path, full_shape: tuple[int, ...]) -> Path:
+    """Variable `a` stored as two slices [0:2] and [2:4], keys as TF's OrderedCode writes them."""
+    lo = np.array([1, 2], np.float32).tobytes()
+    hi = np.array([3, 4], np.float32).tobytes()
+    slices = b"".join(
+        bw.field_bytes(7, bw.field_bytes(1, bw.field_varint(1, start) + bw.field_varint(2, 2)))
+        for start in (0, 2)
+    )
+    full = bw.field_varint(1, 1) + bw.field_bytes(2, bw.shape_proto(full_shape)) + slices
+    entries = [
+        (b"", bw.header_proto(1)),
+        (b"\x00a\x00\x01\x01\x01\x80\x82", bw.entry_proto(1, (2,), 0, 0, 8, mask_crc(crc32c(lo)))),
+        (b"\x00a\x00\x01\x01\x01\x82\x82", bw.entry_proto(1, (2,), 0, 8, 8, mask_crc(crc32c(hi)))),
+        (b"a", full),
+    ]
+    return _bundle_with(tmp_path, entries, lo + hi)
+
+
+def test_partitioned_reassembly_and_coverage(tmp_path: Path) -> None:
+    ckpt = open_bundle(_partitioned(tmp_path, (4,)))
+    assert list(ckpt.tensors) == ["a"]
+    assert ckpt.read("a").tolist() == [1, 2, 3, 4]
+    with pytest.raises(CorruptCheckpointError, match="out of range|cover"):
+        open_bundle(_partitioned(tmp_path, (1 << 40,)))
 
 
 def test_crc_masking_roundtrip() -> None:

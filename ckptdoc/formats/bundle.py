@@ -221,6 +221,12 @@ class BundleCheckpoint(Checkpoint):
                         self.index_path, f"{key!r}: stored slice does not match its extent"
                     )
                 matched.append(_Piece(piece, tuple(index)))
+            # Partitions tile the variable; anything else would make `read` allocate a
+            # declared shape that no stored bytes back.
+            if sum(_numel(p.entry.shape) for p in matched) != _numel(entry.shape):
+                raise CorruptCheckpointError(
+                    self.index_path, f"partitioned variable {key!r}: slices do not cover it"
+                )
             self._pieces[key] = matched
         if raw:
             self._warnings.append(
@@ -293,10 +299,17 @@ class BundleCheckpoint(Checkpoint):
         return self._graph_nodes
 
     def read(self, key: str) -> np.ndarray:
-        entry = self._entries[key]  # KeyError for unknown keys, like a Mapping
-        if entry.slices:
-            return self._read_partitioned(key, entry)
-        return self._read_entry(key, entry)
+        entry = self._entries.get(key)
+        if entry is None:
+            raise CheckpointError(self.index_path, f"no tensor {key!r} in this checkpoint")
+        try:
+            if entry.slices:
+                return self._read_partitioned(key, entry)
+            return self._read_entry(key, entry)
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, MemoryError) as exc:
+            raise CheckpointError(self.prefix, f"could not read tensor {key!r}: {exc}") from exc
 
     def _read_partitioned(self, key: str, entry: BundleEntry) -> np.ndarray:
         out = np.zeros(entry.shape, dtype=_np_dtype(entry.dtype))
