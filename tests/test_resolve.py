@@ -156,3 +156,11 @@ def test_find_checkpoints_keras_files(tmp_path: Path) -> None:
     (tmp_path / "w.weights.h5").write_bytes(b"")
     (tmp_path / "readme.md").write_text("x")
     assert find_checkpoints(tmp_path) == [tmp_path / "sub" / "m.keras", tmp_path / "w.weights.h5"]
+
+
+def test_legacy_v1_single_file_checkpoint_is_named(tmp_path: Path) -> None:
+    from tests import bundle_writer as bw
+
+    (tmp_path / "model.ckpt-1000").write_bytes(bw.table([(b"global_step", b"\x08\x01")]))
+    with pytest.raises(UnsupportedFormatError, match="V1 checkpoint"):
+        resolve(tmp_path / "model.ckpt-1000")

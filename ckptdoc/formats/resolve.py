@@ -21,6 +21,7 @@ Kind = Literal["bundle", "savedmodel", "hdf5", "keras-zip"]
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
+_TABLE_MAGIC_BYTES = bytes.fromhex("57fb808b247547db")  # LevelDB table footer, little-endian
 _DATA_RE = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
 _STATE_RE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
 _STEP_RE = re.compile(r"(\d+)$")
@@ -65,6 +66,17 @@ def _prefix_path(path: Path, prefix_name: str) -> Path:
 def _sniff(path: Path) -> bytes:
     try:
         with path.open("rb") as f:
+            return f.read(8)
+    except OSError:
+        return b""
+
+
+def _tail(path: Path) -> bytes:
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, 2) < 48:
+                return b""
+            f.seek(-8, 2)
             return f.read(8)
     except OSError:
         return b""
@@ -166,6 +178,13 @@ def resolve(path: Path) -> Resolved:
             return Resolved("keras-zip", path)
         if (path.parent / (name + ".index")).is_file():
             return Resolved("bundle", path)
+        if _tail(path) == _TABLE_MAGIC_BYTES:
+            # A table that is not a bundle's .index: the pre-2017 single-file V1 Saver format.
+            raise UnsupportedFormatError(
+                path,
+                "legacy TensorFlow V1 checkpoint (single-file SavedTensorSlices) is not "
+                "supported; re-save it with a TF2 Saver (V2 format) and audit the .index",
+            )
         raise UnsupportedFormatError(path, f"unrecognised file; {EXPECTED}")
     # Not a file or folder: a bundle prefix names files that start with it.
     if (path.parent / (name + ".index")).is_file():
