@@ -68,10 +68,9 @@ def missing_stats(values: GroupValues, tol: Tolerances) -> Result:
     missing = [r for r in ("moving_mean", "moving_variance") if not members.get(r)]
     if not missing or not (members.get("gamma") or members.get("beta")):
         return None
+    saved = " and ".join(r for r in ("gamma", "beta") if members.get(r))
     return (
-        f"{' and '.join(missing)} missing while "
-        f"{' and '.join(r for r in ('gamma', 'beta') if members.get(r))} were saved; "
-        "was the checkpoint written by a Saver with only trainable variables?",
+        f"{' and '.join(missing)} missing, {saved} saved: written by a trainable-only Saver?",
         {"missing": missing},
     )
 
@@ -117,10 +116,10 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     ]
     if (gamma is not None or beta is not None) and not trained:
         return None  # nothing trained at all: a freshly initialised layer, not this bug
-    why = f"while {' and '.join(trained)} were trained" if trained else "(no gamma/beta to compare)"
+    why = f"{' and '.join(trained)} trained" if trained else "no gamma / beta to compare"
     return (
-        f"moving_mean is all 0 and moving_variance all 1 {why}: the update ops never ran, "
-        "or the model was trained with BN in inference mode (see `ckptdoc rule BN002`)",
+        f"mean all 0, variance all 1, {why}: the updates never ran, or BN was trained in "
+        "inference mode (`ckptdoc rule BN002` tells them apart)",
         {"trained": trained},
     )
 
@@ -173,7 +172,7 @@ def negative_variance(values: GroupValues, tol: Tolerances) -> Result:
     if not count:
         return None
     return (
-        f"{count} of {var.size} channels have a negative moving_variance (min {_fmt(var.min())})",
+        f"{count} of {var.size} channels have a negative variance (min {_fmt(var.min())})",
         {"negative_channels": count, "min_variance": float(var.min())},
     )
 
@@ -204,9 +203,8 @@ def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
     if mean_dev > tol.barely_moved or var_dev > tol.barely_moved:
         return None
     return (
-        f"moving stats within {_fmt(max(mean_dev, var_dev))} of their initial 0 / 1 "
-        f"(max |mean| {_fmt(mean_dev)}, max |variance - 1| {_fmt(var_dev)}): "
-        "decay too high for the length of the run?",
+        f"stats within {_fmt(max(mean_dev, var_dev))} of their initial 0 / 1 "
+        f"(max |mean| {_fmt(mean_dev)}, max |var - 1| {_fmt(var_dev)}): decay too high for the run?",
         {"max_abs_mean": mean_dev, "max_abs_variance_minus_1": var_dev},
     )
 
