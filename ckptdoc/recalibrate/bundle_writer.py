@@ -29,8 +29,15 @@ import numpy as np
 
 from ckptdoc.atomic import fsync_dir, fsync_file
 from ckptdoc.errors import CheckpointError
-from ckptdoc.formats.proto import WIRE_FIXED32, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT, iter_fields
-from ckptdoc.formats.proto import decode_bundle_entry, decode_bundle_header
+from ckptdoc.formats.proto import (
+    WIRE_FIXED32,
+    WIRE_FIXED64,
+    WIRE_LEN,
+    WIRE_VARINT,
+    decode_bundle_entry,
+    decode_bundle_header,
+    iter_fields,
+)
 from ckptdoc.formats.resolve import bundle_file
 from ckptdoc.formats.table import TABLE_MAGIC, Table, crc32c, mask_crc
 
@@ -145,9 +152,7 @@ def encode_table(entries: list[tuple[bytes, bytes]]) -> bytes:
 
 
 def shard_paths(prefix: Path, num_shards: int) -> list[Path]:
-    return [
-        bundle_file(prefix, f".data-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)
-    ]
+    return [bundle_file(prefix, f".data-{i:05d}-of-{num_shards:05d}") for i in range(num_shards)]
 
 
 def encode_values(key: str, dtype: int, shape: tuple[int, ...], value: np.ndarray) -> bytes:
@@ -243,7 +248,7 @@ class Staged:
 def _bundle_files(src_prefix: Path) -> list[str]:
     """Suffixes of the input's bundle files that must not be overwritten."""
     return [".index", ".meta"] + [
-        p.name[len(src_prefix.name):]
+        p.name[len(src_prefix.name) :]
         for p in src_prefix.parent.glob(f"{src_prefix.name}.data-*-of-*")
     ]
 
