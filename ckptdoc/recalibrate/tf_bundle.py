@@ -1,0 +1,358 @@
+"""`recalibrate_bundle`: recalibrate a TensorFlow checkpoint bundle and write a patched copy.
+
+Two kinds of input, told apart by the bundle itself:
+- TF1 name-based checkpoints (`Saver`): the graph comes from the `.meta` beside the prefix, or
+  from `--model module:function` that rebuilds it (see `tf1.py`);
+- TF2 object checkpoints (`tf.train.Checkpoint` of a Keras model): `--model` builds the model,
+  the Keras engine recalibrates it (see `tf2_checkpoint.py`).
+Either way the result is a set of new values for checkpoint keys; `write_bundle` puts them in
+a copy of the input (see `bundle_writer.py`), every other byte unchanged. The before / after
+report, held-out evaluation and refusal-to-make-worse are the Keras path's own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptdoc.errors import CheckpointError
+from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object, limited
+from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    """What recalibration computed: the report and the new value of each checkpoint key."""
+
+    prefix: Path
+    kind: str  # "tf1-graph" or "tf2-object"
+    report: RecalibrationReport
+    replacements: Mapping[str, np.ndarray]
+
+
+def is_bundle(path: str | Path) -> bool:
+    """True for a TF bundle prefix, its .index / .data / .meta file or a checkpoint folder."""
+    from ckptdoc.formats.resolve import resolve
+
+    try:
+        return resolve(Path(path)).kind == "bundle"
+    except CheckpointError:
+        return False
+
+
+def parse_pairs(items: Sequence[str], option: str) -> dict[str, str]:
+    """`NAME=VALUE` strings -> dict; the split is at the last `=` (tensor names hold none)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name or not value:
+            raise RecalibrationError(f"{option} {item!r}: expected PLACEHOLDER=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def _npz_files(spec: str) -> list[Path]:
+    p = Path(spec)
+    if p.is_file() and p.suffix == ".npz":
+        return [p]
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if f.is_file() and f.suffix == ".npz")
+    return []
+
+
+def feed_source(
+    spec: Any, keys: set[str], *, batch_size: int, x_key: str, y_key: str
+) -> DataSource:
+    """The data for the feeds: dict batches `{key: array}` when several `.npz` keys are fed."""
+    from ckptdoc.recalibrate.data import _npz_keys, _npz_member
+
+    if len(keys) <= 1 or not isinstance(spec, str | Path) or not _npz_files(str(spec)):
+        key = next(iter(keys)) if keys else x_key
+        return from_object(spec, batch_size=batch_size, x_key=key, y_key=y_key)
+    files = _npz_files(str(spec))
+    for f in files:
+        missing = keys - set(_npz_keys(f))
+        if missing:
+            raise RecalibrationError(f"{f}: no array {', '.join(sorted(missing))} for --feed")
+
+    def factory(bs: int) -> Iterator[Batch]:
+        for f in files:
+            arrays = {k: _npz_member(f, k) for k in keys}
+            y = _npz_member(f, y_key) if y_key in _npz_keys(f) else None
+            n = len(next(iter(arrays.values())))
+            for i in range(0, n, bs):
+                x = {k: np.ascontiguousarray(a[i : i + bs]) for k, a in arrays.items()}
+                yield Batch(x, None if y is None else np.asarray(y[i : i + bs]))
+
+    return DataSource(f"{spec} ({', '.join(sorted(keys))})", factory)
+
+
+# --- TF1 ---------------------------------------------------------------------------------------
+
+
+def _tf1(
+    prefix: Path,
+    ck: Any,
+    groups: Sequence[Any],
+    data: Any,
+    *,
+    model_spec: str | None,
+    feeds: Mapping[str, str],
+    sets: Mapping[str, str],
+    predictions: str | None,
+    batch_size: int,
+    budget: Budget,
+    eval_data: Any,
+    x_key: str,
+    y_key: str,
+    progress: Callable[[int], None] | None,
+) -> BundleResult:
+    from ckptdoc.formats.resolve import bundle_file
+    from ckptdoc.recalibrate import tf1
+
+    started = time.perf_counter()
+    meta = bundle_file(prefix, ".meta")
+    gm = tf1.open_graph(
+        prefix,
+        meta=meta if meta.is_file() and model_spec is None else None,
+        model_spec=model_spec,
+        feeds=feeds,
+        sets=sets,
+        predictions=predictions,
+    )
+    try:
+        plans, problems = tf1.plan_layers(gm, groups)
+        if problems:
+            raise RecalibrationError("cannot recalibrate: " + "; ".join(problems))
+        keys = set(gm.feeds)
+        source = feed_source(data, keys, batch_size=batch_size, x_key=x_key, y_key=y_key)
+        eval_source = (
+            feed_source(eval_data, keys, batch_size=batch_size, x_key=x_key, y_key=y_key)
+            if eval_data is not None
+            else None
+        )
+        notes = list(gm.notes) + list(source.notes)
+
+        def ev() -> EvalResult | None:
+            if eval_source is not None:
+                return tf1.evaluate(
+                    gm, eval_source.batches(batch_size), f"eval data {eval_source.description}"
+                )
+            return tf1.evaluate(
+                gm,
+                limited(source.batches(batch_size), budget, Consumed()),
+                "calibration data (its labels)",
+            )
+
+        before = ev()
+        if gm.predictions is None:
+            notes.append(
+                "no predictions tensor found (give --predictions): no before/after evaluation"
+            )
+        consumed = Consumed()
+        moments = tf1.run_pass(
+            gm, plans, limited(source.batches(batch_size), budget, consumed), progress
+        )
+        if consumed.samples == 0:
+            raise RecalibrationError(f"--data {source.description}: no samples")
+        replacements: dict[str, np.ndarray] = {}
+        changes = []
+        for p in plans:
+            g = p.group
+            m = moments[g.name]
+            old_mean, old_var = ck.read(g.key("moving_mean")), ck.read(g.key("moving_variance"))
+            if m.mean.size != old_mean.size or m.mean.size != old_var.size:
+                raise RecalibrationError(
+                    f"{g.name}: the graph's input has {m.mean.size} channels, the checkpoint "
+                    f"stores {old_mean.size}"
+                )
+            new_mean = m.mean.reshape(old_mean.shape).astype(old_mean.dtype)
+            new_var = m.variance.reshape(old_var.shape).astype(old_var.dtype)
+            replacements[g.key("moving_mean")] = new_mean
+            replacements[g.key("moving_variance")] = new_var
+            tf1.assign(gm, p, {"moving_mean": new_mean, "moving_variance": new_var})
+            changes.append(LayerChange.build(g.name, m.total, old_mean, new_mean, old_var, new_var))
+            if g.extras:
+                notes.append(f"{g.name}: {', '.join(sorted(g.extras))} left as they were")
+        after = ev() if before is not None else None
+    finally:
+        gm.close()
+    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
+        notes.append(
+            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
+        )
+    report = RecalibrationReport(
+        mode="precise",
+        samples=consumed.samples,
+        batches=consumed.batches,
+        passes=1,
+        budget_samples=budget.samples,
+        budget_batches=budget.batches,
+        data_exhausted=consumed.exhausted,
+        data=source.description,
+        variance_convention=tf1.VARIANCE_CONVENTION,
+        seconds=time.perf_counter() - started,
+        layers=tuple(changes),
+        eval_before=before,
+        eval_after=after,
+        notes=tuple(notes),
+    )
+    return BundleResult(prefix, "tf1-graph", report, replacements)
+
+
+# --- TF2 ---------------------------------------------------------------------------------------
+
+
+def _tf2(
+    prefix: Path,
+    ck: Any,
+    data: Any,
+    *,
+    model_spec: str | None,
+    mode: str,
+    batch_size: int,
+    budget: Budget,
+    eval_data: Any,
+    x_key: str,
+    y_key: str,
+    progress: Callable[[int], None] | None,
+) -> BundleResult:
+    from ckptdoc.recalibrate import tf2_checkpoint as t2
+    from ckptdoc.recalibrate.api import recalibrate
+    from ckptdoc.recalibrate.engine import find_bn_layers
+
+    if model_spec is None:
+        raise RecalibrationError(
+            f"{prefix} is a TF2 object checkpoint: pass --model module:function (or "
+            "file.py:function) that builds the Keras model"
+        )
+    model = t2.build_model(model_spec)
+    root = t2.restore(model, prefix, ck)
+    layers = find_bn_layers(model)
+    variables = [v for bn in layers for v in bn.stat_variables().values()]
+    keys = t2.stat_keys(model, root, variables)
+    t2.check_keys(ck, keys, [np.asarray(v.numpy()) for v in variables])
+    report = recalibrate(
+        model,
+        data,
+        mode=mode,
+        batch_size=batch_size,
+        samples=budget.samples,
+        batches=budget.batches,
+        eval_data=eval_data,
+        progress=progress,
+        x_key=x_key,
+        y_key=y_key,
+    )
+    replacements = {}
+    for key, v in zip(keys, variables, strict=True):
+        stored = ck.tensors[key].dtype
+        replacements[key] = np.asarray(v.numpy()).astype(stored)
+    report = dataclasses.replace(
+        report, notes=(*report.notes, f"model restored from the checkpoint's {root!r} object")
+    )
+    return BundleResult(prefix, "tf2-object", report, replacements)
+
+
+# --- public entry points -----------------------------------------------------------------------
+
+
+def recalibrate_bundle(
+    path: str | Path,
+    data: Any,
+    *,
+    model_spec: str | None = None,
+    feeds: Mapping[str, str] | None = None,
+    sets: Mapping[str, str] | None = None,
+    predictions: str | None = None,
+    mode: str = "precise",
+    batch_size: int = 64,
+    samples: int | None = 4096,
+    batches: int | None = None,
+    eval_data: Any = None,
+    x_key: str = "x",
+    y_key: str = "y",
+    progress: Callable[[int], None] | None = None,
+) -> BundleResult:
+    """Compute exact BN statistics for a TF1 or TF2 checkpoint bundle; nothing is written.
+
+    `feeds` maps placeholder names to data keys (`{"x:0": "x"}`), `sets` fixes placeholders
+    (`{"is_training:0": "true"}`); both are TF1 only. Pass the result to `write_bundle`.
+    """
+    from ckptdoc.formats import open_checkpoint
+    from ckptdoc.formats.resolve import resolve
+    from ckptdoc.groups import find_groups
+
+    resolved = resolve(Path(path))
+    if resolved.kind != "bundle":
+        raise RecalibrationError(f"{path}: not a TensorFlow checkpoint bundle")
+    prefix = resolved.path
+    budget = Budget(samples=samples, batches=batches)
+    with open_checkpoint(prefix) as ck:
+        if ck.format == "tf2-object":
+            if feeds or sets:
+                raise RecalibrationError("--feed / --set apply to TF1 graph checkpoints only")
+            return _tf2(
+                prefix,
+                ck,
+                data,
+                model_spec=model_spec,
+                mode=mode,
+                batch_size=batch_size,
+                budget=budget,
+                eval_data=eval_data,
+                x_key=x_key,
+                y_key=y_key,
+                progress=progress,
+            )
+        if mode != "precise":
+            raise RecalibrationError("TF1 graph checkpoints support --mode precise only")
+        groups = find_groups(ck)
+        if not groups:
+            raise RecalibrationError(f"{prefix}: no batch-norm layer in the checkpoint")
+        return _tf1(
+            prefix,
+            ck,
+            groups,
+            data,
+            model_spec=model_spec,
+            feeds=feeds or {},
+            sets=sets or {},
+            predictions=predictions,
+            batch_size=batch_size,
+            budget=budget,
+            eval_data=eval_data,
+            x_key=x_key,
+            y_key=y_key,
+            progress=progress,
+        )
+
+
+def write_bundle(
+    result: BundleResult, dest: str | Path, check: Callable[[Path], None] | None = None
+) -> list[str]:
+    """Write the recalibrated copy at prefix `dest` (atomically; see `bundle_writer`).
+
+    `check(tmp_prefix)` runs on the staged copy before anything is moved into place; raising
+    there leaves nothing behind. Returns notes (e.g. a `checkpoint` state file left alone).
+    """
+    from ckptdoc.recalibrate.bundle_writer import staged_bundle, write_patched_bundle
+
+    with staged_bundle(result.prefix, Path(dest)) as staged:
+        write_patched_bundle(result.prefix, staged.prefix, result.replacements)
+        if check is not None:
+            check(staged.prefix)
+    return staged.notes
+
+
+__all__ = ["BundleResult", "is_bundle", "parse_pairs", "recalibrate_bundle", "write_bundle"]
