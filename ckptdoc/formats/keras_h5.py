@@ -178,7 +178,11 @@ def open_weights_h5_file(
     except OSError as exc:
         raise CorruptCheckpointError(path, f"model.weights.h5 is not valid HDF5: {exc}") from exc
     try:
-        if not _is_v3_layout(h5):
+        try:
+            v3 = _is_v3_layout(h5)
+        except (OSError, RuntimeError, KeyError, ValueError) as exc:  # damaged root group
+            raise CorruptCheckpointError(path, f"damaged model.weights.h5: {exc}") from exc
+        if not v3:
             raise UnsupportedFormatError(path, "model.weights.h5 has no Keras 3 weights layout")
         return _open(h5, path, len(data), config=config, fmt_override=fmt)
     except BaseException:
