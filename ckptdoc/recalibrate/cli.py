@@ -57,7 +57,8 @@ class _Refused(Exception):
 
 
 def recalibrate(
-    model_path: Annotated[Path, typer.Argument(help="`.keras`, full-model `.h5`, or weights file.")],
+    model_path: Annotated[Path, typer.Argument(help="`.keras`, full-model `.h5`, weights file, "
+                                               "or TF checkpoint (prefix, .index, folder).")],
     data: Annotated[
         str,
         typer.Option(
@@ -106,6 +107,18 @@ def recalibrate(
         OutputFormat, typer.Option("--format", "-f", help="Report format.")
     ] = OutputFormat.text,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    feed: Annotated[
+        list[str] | None, typer.Option("--feed", help="TF1 graphs: PLACEHOLDER=KEY feeds the "
+                                       "data's KEY (an .npz key) to a placeholder, e.g. x:0=x.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="TF1 graphs: PLACEHOLDER=VALUE fixes a "
+                                       "placeholder, e.g. is_training:0=true.")
+    ] = None,
+    predictions: Annotated[
+        str | None, typer.Option("--predictions", help="TF1 graphs: the logits / predictions "
+                                 "tensor for the held-out check (default: the loss's input).")
+    ] = None,
 ) -> None:
     """Recompute batch-norm moving statistics from data and write a fixed, audited copy.
 
@@ -119,6 +132,20 @@ def recalibrate(
         raise usage_error("give --samples or --batches, not both")
     if samples is None and batches is None:
         samples = 4096
+    from ckptdoc.recalibrate.tf_bundle import is_bundle, run_cli
+
+    if is_bundle(model_path):  # TF1 graph / TF2 object checkpoints: see tf_bundle.py
+        try:
+            code = run_cli(
+                model_path, output, data=data, model_spec=model_spec, feeds=feed or [],
+                sets=set_ or [], predictions=predictions, in_place=in_place, mode=mode.value,
+                batch_size=batch_size, samples=samples, batches=batches, eval_data=eval_data,
+                x_key=x_key, y_key=y_key, force=force,
+                as_json=output_format is OutputFormat.json, show_progress=progress,
+            )
+        except (CheckpointError, RecalibrationError) as exc:
+            raise usage_error(str(exc)) from None
+        raise typer.Exit(code)
     dest = model_path if in_place else (output or default_output(model_path))
     if not in_place and dest.resolve() == model_path.resolve():
         raise usage_error("--output is the input file; use --in-place to overwrite it")
