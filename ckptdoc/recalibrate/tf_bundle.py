@@ -356,3 +356,111 @@ def write_bundle(
 
 
 __all__ = ["BundleResult", "is_bundle", "parse_pairs", "recalibrate_bundle", "write_bundle"]
+
+
+# --- the `ckptdoc recalibrate` command for bundles ----------------------------------------------
+
+
+def run_cli(
+    model_path: Path,
+    output: Path | None,
+    *,
+    data: str,
+    model_spec: str | None,
+    feeds: Sequence[str],
+    sets: Sequence[str],
+    predictions: str | None,
+    in_place: bool,
+    mode: str,
+    batch_size: int,
+    samples: int | None,
+    batches: int | None,
+    eval_data: str | None,
+    x_key: str,
+    y_key: str,
+    force: bool,
+    as_json: bool,
+    show_progress: bool,
+) -> int:
+    """`ckptdoc recalibrate` on a TF checkpoint bundle; same exit codes and report as Keras."""
+    import os
+
+    from ckptdoc.formats.resolve import resolve
+    from ckptdoc.recalibrate import cli
+    from ckptdoc.recalibrate.bundle_writer import default_output
+    from ckptdoc.recalibrate.report import render
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if in_place:
+        raise RecalibrationError(
+            "--in-place is not supported for checkpoint bundles: the output is a new prefix "
+            "(default: a sibling folder `<dir>.recalibrated/`); use --output to choose it"
+        )
+    prefix = resolve(Path(model_path)).path
+    dest = output or default_output(prefix)
+    result = cli._with_progress(
+        show_progress,
+        lambda cb: recalibrate_bundle(
+            prefix,
+            data,
+            model_spec=model_spec,
+            feeds=parse_pairs(feeds, "--feed"),
+            sets=parse_pairs(sets, "--set"),
+            predictions=predictions,
+            mode=mode,
+            batch_size=batch_size,
+            samples=samples,
+            batches=batches,
+            eval_data=eval_data,
+            x_key=x_key,
+            y_key=y_key,
+            progress=cb,
+        ),
+        total=samples,
+        passes_hint=mode,
+    )
+    report = result.report
+    out: dict[str, Any] = {
+        "input": str(prefix),
+        "output": None,
+        "written": False,
+        "refused": None,
+        "audit": None,
+        "report": report.to_dict(),
+    }
+    refusal: str | None = None
+    if report.got_worse:
+        refusal = (
+            "held-out results are WORSE after recalibration "
+            f"({cli._eval_line(report.eval_before)} before, "
+            f"{cli._eval_line(report.eval_after)} after). The model was probably trained with "
+            "BN in inference mode, so its weights expect the old statistics. Nothing written"
+            + ("" if not force else "; --force: writing anyway")
+        )
+    if refusal and not force:
+        out["refused"] = refusal
+        return cli._finish(out, report, as_json, render, refusal, cli.EXIT_FINDINGS)
+    audit: dict[str, Any] = {}
+
+    def check(tmp_prefix: Path) -> None:
+        audit.update(cli._audit(tmp_prefix))
+        errors = audit.get("errors", [])
+        if errors and not force:
+            raise cli._Refused(
+                "the audit of the recalibrated checkpoint still finds errors: "
+                + "; ".join(errors)
+                + ". Nothing written"
+            )
+
+    try:
+        notes = write_bundle(result, dest, check)
+    except cli._Refused as exc:
+        out.update(audit=audit, refused=str(exc))
+        return cli._finish(out, report, as_json, render, str(exc), cli.EXIT_FINDINGS)
+    if notes:
+        report = dataclasses.replace(report, notes=(*report.notes, *notes))
+        out["report"] = report.to_dict()
+    out.update(output=str(dest), written=True, audit=audit)
+    if refusal:
+        out["warning"] = refusal
+    return cli._finish(out, report, as_json, render, refusal if force else None, cli.EXIT_OK)
