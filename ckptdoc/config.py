@@ -117,8 +117,9 @@ def glob_match(rel: str, pattern: str) -> bool:
     if "/" not in pattern:
         return any(fnmatch.fnmatchcase(part, pattern) for part in parts)
     variants = {pattern}
-    while any(v.startswith("**/") for v in variants):
-        variants |= {v[3:] for v in variants if v.startswith("**/")}
+    while pattern.startswith("**/"):  # `**/x` also matches `x` at the root
+        pattern = pattern[3:]
+        variants.add(pattern)
     return any(fnmatch.fnmatchcase(c, v) for c in candidates for v in variants)
 
 
