@@ -1,0 +1,237 @@
+"""Recalibration of TF1 graph checkpoints: `.meta` graphs (tf.layers, slim-style, hand-made
+tf.nn.moments) and `--model` rebuilt graphs. Checked against float64 NumPy and TensorFlow.
+
+Data: tests/data/tf1_recal/ (scripts/make_tf1_recal_testdata.py) and the sample
+sample_ckpts/tf1_update_ops_missing/ (trained with the UPDATE_OPS bug, real training .meta).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.tf
+tf = pytest.importorskip("tensorflow")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from ckptdoc.audit import audit_file  # noqa: E402
+from ckptdoc.formats import open_checkpoint  # noqa: E402
+from ckptdoc.groups import find_groups  # noqa: E402
+from ckptdoc.recalibrate import RecalibrationError  # noqa: E402
+from ckptdoc.recalibrate.tf_bundle import recalibrate_bundle, write_bundle  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data" / "tf1_recal"
+SAMPLE = ROOT / "sample_ckpts" / "tf1_update_ops_missing"
+MODELS = str(DATA / "models.py")
+sys.path.insert(0, str(DATA))
+import models  # noqa: E402
+
+v1 = tf.compat.v1
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("tf1data")
+    x, y = models.make_data(512, seed=7)
+    xe, ye = models.make_data(512, seed=11)
+    out = {"calib": d / "calib.npz", "heldout": d / "heldout.npz", "slim": d / "slim.npz"}
+    np.savez(out["calib"], x=x, y=y)
+    np.savez(out["heldout"], x=xe, y=ye)
+    np.savez(out["slim"], x=(x - x.mean()) / x.std(), y=y)
+    return out
+
+
+def _cli(*args: str) -> Any:
+    from ckptdoc.cli import app
+
+    return CliRunner().invoke(app, ["recalibrate", *args, "--no-progress", "--format", "json"])
+
+
+@pytest.fixture(scope="module")
+def fixed_sample(npz: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
+    before = _hashes(SAMPLE)
+    out = tmp_path_factory.mktemp("tf1out") / "fixed" / "model.ckpt"
+    res = _cli(
+        str(SAMPLE),
+        "--data",
+        str(npz["calib"]),
+        "--eval-data",
+        str(npz["heldout"]),
+        "--feed",
+        "x:0=x",
+        "--set",
+        "is_training:0=true",
+        "--samples",
+        "512",
+        "--output",
+        str(out),
+    )
+    return res, out, before
+
+
+def _conv_stats(x: np.ndarray, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    h = tf.nn.conv2d(x.astype(np.float64), kernel.astype(np.float64), 1, "SAME").numpy()
+    return h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+
+
+def _graph_accuracy(
+    meta: Path,
+    prefix: Path,
+    x: np.ndarray,
+    y: np.ndarray,
+    training: bool,
+    logits: str = "dense_1/BiasAdd:0",
+) -> float:
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        v1.train.import_meta_graph(str(meta)).restore(sess, str(prefix))
+        out = [
+            sess.run(logits, {"x:0": x[i : i + 64], "is_training:0": training})
+            for i in range(0, len(x), 64)
+        ]
+    return float((np.concatenate(out).argmax(1) == y).mean())
+
+
+def test_update_ops_bug_fixed_to_training_mode_accuracy(fixed_sample: Any, npz: Any) -> None:
+    res, out, _ = fixed_sample
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["written"] and doc["audit"]["errors"] == []
+    report = doc["report"]
+    assert any("is_training:0 is the training switch" in n for n in report["notes"])
+    with np.load(npz["heldout"]) as z:
+        xe, ye = z["x"], z["y"]
+    train_mode = _graph_accuracy(SAMPLE / "model.ckpt.meta", SAMPLE / "model.ckpt", xe, ye, True)
+    assert report["eval_before"]["accuracy"] < 0.5
+    assert report["eval_after"]["accuracy"] >= train_mode - 0.01
+    # Independently: the original graph, restored from the output, in inference mode.
+    inference = _graph_accuracy(SAMPLE / "model.ckpt.meta", out, xe, ye, False)
+    assert inference == pytest.approx(report["eval_after"]["accuracy"])
+
+
+def test_first_layer_stats_equal_float64_reference(fixed_sample: Any, npz: Any) -> None:
+    _, out, _ = fixed_sample
+    with np.load(npz["calib"]) as z:
+        x = z["x"]
+    reader = tf.train.load_checkpoint(str(out))
+    mean, var = _conv_stats(x, reader.get_tensor("conv2d/kernel"))
+    np.testing.assert_allclose(
+        reader.get_tensor("batch_normalization/moving_mean"), mean, rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        reader.get_tensor("batch_normalization/moving_variance"), var, rtol=1e-5
+    )
+
+
+def test_output_is_a_faithful_bundle_and_input_untouched(fixed_sample: Any) -> None:
+    _, out, before = fixed_sample
+    assert _hashes(SAMPLE) == before
+    assert (out.parent / "model.ckpt.meta").read_bytes() == (
+        SAMPLE / "model.ckpt.meta"
+    ).read_bytes()
+    state = (out.parent / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "model.ckpt"' in state
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(
+        ["checkpoint", "model.ckpt.index", "model.ckpt.meta", "model.ckpt.data-00000-of-00001"]
+    )
+    with open_checkpoint(SAMPLE) as a, open_checkpoint(out) as b:
+        assert {k: (i.dtype, i.shape) for k, i in a.tensors.items()} == {
+            k: (i.dtype, i.shape) for k, i in b.tensors.items()
+        }
+        stats = {g.key(r) for g in find_groups(a) for r in ("moving_mean", "moving_variance")}
+        for key in a.tensors:
+            if key not in stats:
+                assert a.read(key).tobytes() == b.read(key).tobytes(), key
+    # The original training graph restores it with its own Saver; the directory form resolves.
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        v1.train.import_meta_graph(str(SAMPLE / "model.ckpt.meta")).restore(
+            sess, v1.train.latest_checkpoint(str(out.parent))
+        )
+        var = next(
+            v for v in v1.global_variables() if v.op.name == "batch_normalization/moving_mean"
+        )
+        mm = sess.run(var)
+    assert not np.allclose(mm, 0)
+    assert not audit_file(out).findings and audit_file(SAMPLE).findings
+
+
+def test_hand_made_moments_graph_meta_and_model_agree(npz: Any) -> None:
+    r_meta = recalibrate_bundle(
+        DATA / "moments",
+        npz["calib"],
+        predictions="logits:0",
+        eval_data=npz["heldout"],
+        samples=None,
+    )
+    r_model = recalibrate_bundle(
+        DATA / "moments" / "model.ckpt.index",
+        npz["calib"],
+        model_spec=f"{MODELS}:moments_graph",
+        samples=None,
+    )
+    assert set(r_meta.replacements) == {
+        f"{s}/bn/{r}" for s in ("conv1", "fc") for r in ("moving_mean", "moving_variance")
+    }
+    for key, value in r_meta.replacements.items():
+        np.testing.assert_array_equal(value, r_model.replacements[key])
+    with np.load(npz["calib"]) as z:
+        x = z["x"]
+    kernel = tf.train.load_checkpoint(str(DATA / "moments" / "model.ckpt")).get_tensor(
+        "conv1/weights"
+    )
+    mean, var = _conv_stats(x, kernel)
+    np.testing.assert_allclose(r_meta.replacements["conv1/bn/moving_mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(r_meta.replacements["conv1/bn/moving_variance"], var, rtol=1e-5)
+    rep = r_meta.report
+    assert rep.eval_before.accuracy < 0.5 < 0.9 < rep.eval_after.accuracy
+    assert not rep.got_worse
+
+
+def test_slim_style_no_gamma_keeps_optimizer_slots(npz: Any, tmp_path: Path) -> None:
+    src = DATA / "slim"
+    r = recalibrate_bundle(src, npz["slim"], samples=None)
+    assert set(r.replacements) == {"conv1/BatchNorm/moving_mean", "conv1/BatchNorm/moving_variance"}
+    with np.load(npz["slim"]) as z:
+        x = z["x"]
+    reader = tf.train.load_checkpoint(str(src / "model.ckpt"))
+    mean, var = _conv_stats(x, reader.get_tensor("conv1/weights"))
+    np.testing.assert_allclose(r.replacements["conv1/BatchNorm/moving_mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(r.replacements["conv1/BatchNorm/moving_variance"], var, rtol=1e-5)
+    out = tmp_path / "out" / "model.ckpt"
+    write_bundle(r, out)
+    after = tf.train.load_checkpoint(str(out))
+    slots = [k for k in reader.get_variable_to_shape_map() if k.endswith("/Momentum")]
+    assert slots and "conv1/BatchNorm/beta/Momentum" in slots
+    for key in [*slots, "global_step", "conv1/BatchNorm/beta"]:
+        assert reader.get_tensor(key).tobytes() == after.get_tensor(key).tobytes()
+
+
+def test_errors_name_the_problem(npz: Any, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for p in (DATA / "moments").iterdir():
+        if p.suffix != ".meta":
+            (bare / p.name).write_bytes(p.read_bytes())
+    with pytest.raises(RecalibrationError, match="needs --model"):
+        recalibrate_bundle(bare, npz["calib"])
+    with pytest.raises(RecalibrationError, match=r"--feed nope:0: no such tensor.*x:0"):
+        recalibrate_bundle(DATA / "moments", npz["calib"], feeds={"nope:0": "x"})
+    with pytest.raises(RecalibrationError, match="not a boolean"):
+        recalibrate_bundle(DATA / "moments", npz["calib"], sets={"is_training:0": "maybe"})
+    res = _cli(str(DATA / "moments"), "--data", str(npz["calib"]), "--in-place")
+    assert res.exit_code == 2 and "--in-place is not supported" in res.output
