@@ -94,7 +94,8 @@ def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[s
     options = options or RenderOptions()
     rules = list(RULES.values())
     rule_index = {r.code: i for i, r in enumerate(rules)}
-    results, notifications = [], []
+    results: list[dict[str, Any]] = []
+    notifications: list[dict[str, Any]] = []
     for file in report.files:
         path = relative_posix(file.path, options.root)
         if file.error is not None:
