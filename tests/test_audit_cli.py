@@ -167,6 +167,23 @@ def test_index_file_is_reported_as_its_prefix(repo: Path) -> None:
     assert len(as_json("ckpt/model.ckpt.index", "ckpt")["files"]) == 1
 
 
+def test_annotations_point_at_files_that_exist(repo: Path) -> None:
+    if not (BUNDLE / "model.ckpt.index").is_file():
+        pytest.skip("bundle test data not present")
+    shutil.copytree(BUNDLE, repo / "ckpt")
+    # The sample bundle is healthy: give the emitters a finding on its real prefix.
+    from ckptdoc.report import github, sarif
+    from ckptdoc.report.model import AuditReport, FileReport
+    from ckptdoc.rules import Finding, Severity
+
+    finding = Finding("BN002", Severity.ERROR, "bn", "m")
+    report = AuditReport((FileReport("ckpt/model.ckpt", "tf1-bundle", findings=(finding,)),))
+    doc = sarif.to_dict(report)
+    loc = doc["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]
+    assert loc["uri"] == "ckpt/model.ckpt.index"
+    assert github.render(report).startswith("::error file=ckpt/model.ckpt.index,")
+
+
 # --- configuration ---------------------------------------------------------------------------
 
 

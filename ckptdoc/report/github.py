@@ -6,7 +6,7 @@ binary, so annotations carry no line and appear on the file in the pull request.
 
 from __future__ import annotations
 
-from ckptdoc.report.model import AuditReport, RenderOptions, relative_posix
+from ckptdoc.report.model import AuditReport, RenderOptions, artifact_path, relative_posix
 from ckptdoc.rules import Severity
 
 COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
@@ -33,7 +33,7 @@ def render(report: AuditReport, options: RenderOptions | None = None) -> str:
     options = options or RenderOptions()
     lines = []
     for file in report.files:
-        path = relative_posix(file.path, options.root)
+        path = relative_posix(artifact_path(file.path), options.root)
         if file.error is not None:
             lines.append(_command("error", path, "ckptdoc read error", file.error))
         for f in file.findings:

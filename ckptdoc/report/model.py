@@ -123,3 +123,19 @@ def relative_posix(path: str | Path, root: str | Path | None = None) -> str:
     if rel.split(os.sep, 1)[0] == os.pardir:
         return Path(full).as_posix()
     return PurePosixPath(*Path(rel).parts).as_posix()
+
+
+def artifact_path(path: str | Path) -> str:
+    """A file that stands for the checkpoint `path`, for viewers that attach results to files
+    (code scanning, pull-request annotations): a bundle prefix is not a file, so its `.index`
+    is used, and a SavedModel folder is represented by its `saved_model.pb`."""
+    p = Path(path)
+    if p.is_file():
+        return str(path)
+    if p.is_dir():
+        for name in ("saved_model.pb", "saved_model.pbtxt", ".index"):
+            if (p / name).is_file():
+                return str(p / name)
+        return str(path)
+    index = p.with_name(p.name + ".index")
+    return str(index) if index.is_file() else str(path)

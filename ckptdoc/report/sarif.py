@@ -1,5 +1,8 @@
 """`--format sarif`: SARIF 2.1.0 for GitHub code scanning and other SARIF viewers.
 
+Results point at a file that exists in the repository: a TensorFlow checkpoint's `.index`, a
+SavedModel's `saved_model.pb`, a Keras file itself.
+
 Checkpoints are binary, so results carry a file location without a region (GitHub shows them
 at file level) and a logical location naming the BN layer. `partialFingerprints` hash rule +
 path + group, so an alert keeps its identity across runs and rewrites of the file.
@@ -13,7 +16,13 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from ckptdoc.report.model import AuditReport, FileReport, RenderOptions, relative_posix
+from ckptdoc.report.model import (
+    AuditReport,
+    FileReport,
+    RenderOptions,
+    artifact_path,
+    relative_posix,
+)
 from ckptdoc.rules import RULES, Finding, Rule, Severity
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -97,7 +106,7 @@ def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[s
     results: list[dict[str, Any]] = []
     notifications: list[dict[str, Any]] = []
     for file in report.files:
-        path = relative_posix(file.path, options.root)
+        path = relative_posix(artifact_path(file.path), options.root)
         if file.error is not None:
             notifications.append(_notification(file, path))
         results.extend(_result(f, path, rule_index) for f in file.findings)
