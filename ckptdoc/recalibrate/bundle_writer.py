@@ -24,6 +24,7 @@ import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ from ckptdoc.formats.resolve import bundle_file
 from ckptdoc.formats.table import TABLE_MAGIC, Table, crc32c, mask_crc
 
 # TF DataType -> little-endian NumPy dtype, for the dtypes BN statistics can have.
-_WRITABLE = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 19: np.dtype("<f2")}
+_WRITABLE: dict[int, np.dtype[Any]] = {1: np.dtype("<f4"), 2: np.dtype("<f8"), 19: np.dtype("<f2")}
 _BFLOAT16 = 14
 BLOCK_SIZE = 4096  # LevelDB's default; TF's bundle writer uses the same table format
 RESTART_INTERVAL = 16
@@ -166,7 +167,7 @@ def encode_values(key: str, dtype: int, shape: tuple[int, ...], value: np.ndarra
         u32 = arr.astype("<f4").reshape(-1).view("<u4").astype(np.uint64)
         rounded = (u32 + 0x7FFF + ((u32 >> 16) & 1)) >> 16
         return rounded.astype("<u2").tobytes()
-    np_dtype = _WRITABLE.get(dtype)
+    np_dtype: np.dtype[Any] | None = _WRITABLE.get(dtype)
     if np_dtype is None:
         raise ValueError(f"{key}: cannot write a tensor of TF dtype {dtype} (not floating point)")
     return np.ascontiguousarray(arr.reshape(shape).astype(np_dtype)).tobytes()

@@ -391,7 +391,8 @@ def open_graph(
                 saver = v1.train.import_meta_graph(str(meta), clear_devices=True)
             except Exception as exc:
                 raise RecalibrationError(
-                    f"{meta}: TensorFlow could not import the meta graph: {type(exc).__name__}: {exc}"
+                    f"{meta}: TensorFlow could not import the meta graph: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
             if saver is None:
                 saver = v1.train.Saver()

@@ -105,9 +105,9 @@ def stat_keys(model: Any, root: str, variables: Sequence[Any]) -> list[str]:
                 if len(info.shape) != 1 or info.size == 0 or info.dtype.kind != "f":
                     continue
                 a = probe.read(key)
-                j = wanted.get(float(a[0]))
-                if j is not None and np.all(a == a[0]) and a.shape == tuple(variables[j].shape):
-                    keys[j] = key
+                hit = wanted.get(float(a[0]))
+                if hit is not None and np.all(a == a[0]) and a.shape == tuple(variables[hit].shape):
+                    keys[hit] = key
     missing = [variables[j].path for j, k in enumerate(keys) if k is None]
     if missing:
         raise RecalibrationError(f"cannot locate {', '.join(missing)} in a checkpoint of the model")

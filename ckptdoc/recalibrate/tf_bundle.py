@@ -170,7 +170,8 @@ def _tf1(
         for p in plans:
             g = p.group
             m = moments[g.name]
-            old_mean, old_var = ck.read(g.key("moving_mean")), ck.read(g.key("moving_variance"))
+            mean_key, var_key = str(g.key("moving_mean")), str(g.key("moving_variance"))
+            old_mean, old_var = ck.read(mean_key), ck.read(var_key)
             if m.mean.size != old_mean.size or m.mean.size != old_var.size:
                 raise RecalibrationError(
                     f"{g.name}: the graph's input has {m.mean.size} channels, the checkpoint "
@@ -178,8 +179,8 @@ def _tf1(
                 )
             new_mean = m.mean.reshape(old_mean.shape).astype(old_mean.dtype)
             new_var = m.variance.reshape(old_var.shape).astype(old_var.dtype)
-            replacements[g.key("moving_mean")] = new_mean
-            replacements[g.key("moving_variance")] = new_var
+            replacements[mean_key] = new_mean
+            replacements[var_key] = new_var
             tf1.assign(gm, p, {"moving_mean": new_mean, "moving_variance": new_var})
             changes.append(LayerChange.build(g.name, m.total, old_mean, new_mean, old_var, new_var))
             if g.extras:
