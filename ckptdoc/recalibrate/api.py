@@ -85,7 +85,8 @@ def recalibrate(
         if eval_source is not None:
             return evaluate(model, eval_source.batches(batch_size), eval_label)
         return evaluate(
-            model, limited(source.batches(batch_size), budget, Consumed()),
+            model,
+            limited(source.batches(batch_size), budget, Consumed()),
             "calibration data (its labels)",
         )
 
@@ -99,7 +100,9 @@ def recalibrate(
         with capture.installed():
             if mode == "precise":
                 result = run_pass(
-                    model, capture, limited(source.batches(batch_size), budget, consumed),
+                    model,
+                    capture,
+                    limited(source.batches(batch_size), budget, consumed),
                     progress,
                 )
                 moments = result.moments
@@ -122,9 +125,12 @@ def recalibrate(
         m = moments.get(i)
         changes.append(
             LayerChange.build(
-                bn.path, m.total if m is not None else 0,
-                old[i]["moving_mean"], new["moving_mean"],
-                old[i]["moving_variance"], new["moving_variance"],
+                bn.path,
+                m.total if m is not None else 0,
+                old[i]["moving_mean"],
+                new["moving_mean"],
+                old[i]["moving_variance"],
+                new["moving_variance"],
             )
         )
     if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
@@ -132,11 +138,20 @@ def recalibrate(
             f"the data holds fewer samples than the budget: all {consumed.samples} were used"
         )
     return RecalibrationReport(
-        mode=mode, samples=consumed.samples, batches=consumed.batches, passes=passes,
-        budget_samples=budget.samples, budget_batches=budget.batches,
-        data_exhausted=consumed.exhausted, data=source.description,
-        variance_convention=VARIANCE_CONVENTION, seconds=time.perf_counter() - started,
-        layers=tuple(changes), eval_before=eval_before, eval_after=eval_after, notes=tuple(notes),
+        mode=mode,
+        samples=consumed.samples,
+        batches=consumed.batches,
+        passes=passes,
+        budget_samples=budget.samples,
+        budget_batches=budget.batches,
+        data_exhausted=consumed.exhausted,
+        data=source.description,
+        variance_convention=VARIANCE_CONVENTION,
+        seconds=time.perf_counter() - started,
+        layers=tuple(changes),
+        eval_before=eval_before,
+        eval_after=eval_after,
+        notes=tuple(notes),
     )
 
 
@@ -147,7 +162,9 @@ def _has_labels(source: DataSource, batch_size: int) -> bool:
 
 
 def _apply(
-    layers: list[BNLayer], moments: dict[int, Moments], notes: list[str],
+    layers: list[BNLayer],
+    moments: dict[int, Moments],
+    notes: list[str],
     only: list[int] | None = None,
 ) -> None:
     for i in range(len(layers)) if only is None else only:
@@ -160,8 +177,14 @@ def _apply(
 
 
 def _sequential(
-    model: Any, capture: Capture, layers: list[BNLayer], source: DataSource, batch_size: int,
-    budget: Budget, consumed: Consumed, progress: Callable[[int], None] | None,
+    model: Any,
+    capture: Capture,
+    layers: list[BNLayer],
+    source: DataSource,
+    batch_size: int,
+    budget: Budget,
+    consumed: Consumed,
+    progress: Callable[[int], None] | None,
     notes: list[str],
 ) -> tuple[dict[int, Moments], int]:
     first: Batch | None = next(iter(limited(source.batches(batch_size), budget, Consumed())), None)

@@ -31,7 +31,7 @@ class OutputFormat(str, Enum):
 
 
 def default_output(path: Path) -> Path:
-    """`model.keras` -> `model.recalibrated.keras`; `w.weights.h5` -> `w.recalibrated.weights.h5`."""
+    """`m.keras` -> `m.recalibrated.keras`; `w.weights.h5` -> `w.recalibrated.weights.h5`."""
     name = path.name
     for ext in (".weights.h5", ".keras", ".hdf5", ".h5"):
         if name.endswith(ext) and len(name) > len(ext):
@@ -86,7 +86,9 @@ def recalibrate(
     samples: Annotated[
         int | None, typer.Option(min=1, help="Use at most this many samples (default 4096).")
     ] = None,
-    batches: Annotated[int | None, typer.Option(min=1, help="Use at most this many batches.")] = None,
+    batches: Annotated[
+        int | None, typer.Option(min=1, help="Use at most this many batches.")
+    ] = None,
     eval_data: Annotated[
         str | None, typer.Option("--eval-data", help="Labelled held-out data for before/after.")
     ] = None,
@@ -282,7 +284,11 @@ def _with_progress(enabled: bool, run: Any, *, total: int | None, passes_hint: s
     if not enabled:
         return run(None)
     from rich.progress import (
-        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
     )
 
     with Progress(

@@ -252,7 +252,9 @@ def _check_pair(path: Path, x: np.ndarray, y: np.ndarray | None) -> None:
         raise RecalibrationError(f"{path}: {len(x)} inputs but {len(y)} labels")
 
 
-def from_arrays(x: np.ndarray, y: np.ndarray | None = None, description: str = "arrays") -> DataSource:
+def from_arrays(
+    x: np.ndarray, y: np.ndarray | None = None, description: str = "arrays"
+) -> DataSource:
     return DataSource(description, _array_chunks([(x, y)]))
 
 
@@ -439,6 +441,9 @@ def from_object(data: Any, *, batch_size: int, x_key: str = "x", y_key: str = "y
     if hasattr(data, "__next__"):
         # A one-shot iterator cannot be walked twice (sequential mode needs that).
         items = data
-        return DataSource(type(data).__name__, lambda bs: iterate_any(items, bs),
-                          notes=["one-shot iterator: usable for a single pass only"])
+        return DataSource(
+            type(data).__name__,
+            lambda bs: iterate_any(items, bs),
+            notes=["one-shot iterator: usable for a single pass only"],
+        )
     raise RecalibrationError(f"cannot use a {type(data).__name__} as data")

@@ -41,9 +41,7 @@ def _batch_scores(pred: np.ndarray, y: np.ndarray) -> tuple[str, float, float | 
         p = np.clip(p, _EPS, 1 - _EPS)
         loss = -(t * np.log(p) + (1 - t) * np.log(1 - p)).sum()
         return "binary crossentropy", float(loss), float(((p > 0.5) == (t > 0.5)).sum())
-    if k > 1 and (
-        (y_flat.shape[1] == 1 and integral) or y_flat.shape[1] == k
-    ):
+    if k > 1 and ((y_flat.shape[1] == 1 and integral) or y_flat.shape[1] == k):
         labels = y_flat[:, 0].astype(np.int64) if y_flat.shape[1] == 1 else y_flat.argmax(axis=1)
         if labels.min() >= 0 and labels.max() < k:
             probs = p2
@@ -83,6 +81,9 @@ def evaluate(model: Any, batches: Iterable[Batch], source: str) -> EvalResult | 
     if n == 0:
         return None
     return EvalResult(
-        samples=n, loss=loss_sum / n, accuracy=None if correct is None else correct / n,
-        loss_name=loss_name, source=source,
+        samples=n,
+        loss=loss_sum / n,
+        accuracy=None if correct is None else correct / n,
+        loss_name=loss_name,
+        source=source,
     )

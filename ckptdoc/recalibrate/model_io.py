@@ -17,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ckptdoc.errors import CheckpointError, NotFoundError, UnsafeCheckpointError, UnsupportedFormatError
+from ckptdoc.errors import (
+    CheckpointError,
+    NotFoundError,
+    UnsafeCheckpointError,
+    UnsupportedFormatError,
+)
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import load_callable
 
@@ -37,8 +42,9 @@ def detect_kind(path: Path) -> str:
         raise NotFoundError(path, "no such file")
     if path.is_dir():
         raise UnsupportedFormatError(
-            path, "a folder (SavedModel / TF checkpoint): recalibrate takes .keras, .h5 or "
-            ".weights.h5 files"
+            path,
+            "a folder (SavedModel / TF checkpoint): recalibrate takes .keras, .h5 or "
+            ".weights.h5 files",
         )
     if zipfile.is_zipfile(path):
         try:
@@ -111,8 +117,10 @@ def _named_for_keras(path: Path, kind: str) -> Iterator[Path]:
         yield path
 
 
-def load(path: str | Path, *, model_spec: str | None = None, allow_unsafe: bool = False) -> ModelFile:
-    """Build the Keras model for `path`. User mistakes raise CheckpointError / RecalibrationError."""
+def load(
+    path: str | Path, *, model_spec: str | None = None, allow_unsafe: bool = False
+) -> ModelFile:
+    """Build the model for `path`; user mistakes raise CheckpointError / RecalibrationError."""
     path = Path(path)
     kind = detect_kind(path)
     import keras
@@ -156,11 +164,15 @@ def load(path: str | Path, *, model_spec: str | None = None, allow_unsafe: bool 
         )
     try:
         model = keras.saving.load_model(
-            str(path), compile=False, safe_mode=not allow_unsafe,
+            str(path),
+            compile=False,
+            safe_mode=not allow_unsafe,
             custom_objects=_legacy_custom_objects() if kind == "legacy-h5-full" else None,
         )
     except Exception as exc:
-        raise CheckpointError(path, f"Keras could not load the model: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(
+            path, f"Keras could not load the model: {type(exc).__name__}: {exc}"
+        ) from exc
     return ModelFile(path, kind, model)
 
 

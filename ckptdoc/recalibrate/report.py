@@ -39,18 +39,28 @@ class LayerChange:
 
     @classmethod
     def build(
-        cls, layer: str, samples: int, old_mean: np.ndarray, new_mean: np.ndarray,
-        old_var: np.ndarray, new_var: np.ndarray,
+        cls,
+        layer: str,
+        samples: int,
+        old_mean: np.ndarray,
+        new_mean: np.ndarray,
+        old_var: np.ndarray,
+        new_var: np.ndarray,
     ) -> LayerChange:
         om, nm = np.asarray(old_mean, np.float64), np.asarray(new_mean, np.float64)
         ov, nv = np.asarray(old_var, np.float64), np.asarray(new_var, np.float64)
         return cls(
-            layer=layer, channels=int(nm.size), samples=samples,
-            old_mean_max_abs=_max_abs(om), new_mean_max_abs=_max_abs(nm),
-            mean_max_abs_change=_max_abs(nm - om), mean_rel_change=_rel(nm, om),
+            layer=layer,
+            channels=int(nm.size),
+            samples=samples,
+            old_mean_max_abs=_max_abs(om),
+            new_mean_max_abs=_max_abs(nm),
+            mean_max_abs_change=_max_abs(nm - om),
+            mean_rel_change=_rel(nm, om),
             old_var_mean=float(ov.mean()) if ov.size else 0.0,
             new_var_mean=float(nv.mean()) if nv.size else 0.0,
-            var_max_abs_change=_max_abs(nv - ov), var_rel_change=_rel(nv, ov),
+            var_max_abs_change=_max_abs(nv - ov),
+            var_rel_change=_rel(nv, ov),
         )
 
 
@@ -120,16 +130,26 @@ def render(report: RecalibrationReport, console: Any) -> None:
 
     table = Table(title=f"BN statistics, {report.mode} mode", title_justify="left")
     for col, justify in [
-        ("layer", "left"), ("ch", "right"), ("values/ch", "right"),
-        ("mean: max|Δ|", "right"), ("rel Δ", "right"),
-        ("var: old avg", "right"), ("new avg", "right"), ("rel Δ", "right"),
+        ("layer", "left"),
+        ("ch", "right"),
+        ("values/ch", "right"),
+        ("mean: max|Δ|", "right"),
+        ("rel Δ", "right"),
+        ("var: old avg", "right"),
+        ("new avg", "right"),
+        ("rel Δ", "right"),
     ]:
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for ch in report.layers:
         table.add_row(
-            ch.layer, str(ch.channels), str(ch.samples),
-            f"{ch.mean_max_abs_change:.4g}", f"{ch.mean_rel_change:.1%}",
-            f"{ch.old_var_mean:.4g}", f"{ch.new_var_mean:.4g}", f"{ch.var_rel_change:.1%}",
+            ch.layer,
+            str(ch.channels),
+            str(ch.samples),
+            f"{ch.mean_max_abs_change:.4g}",
+            f"{ch.mean_rel_change:.1%}",
+            f"{ch.old_var_mean:.4g}",
+            f"{ch.new_var_mean:.4g}",
+            f"{ch.var_rel_change:.1%}",
         )
     console.print(table)
     used = f"{report.samples} samples in {report.batches} batches"

@@ -65,7 +65,6 @@ def _sentinel(j: int) -> float:
 
 def map_keras3(model: Any, layers: list[BNLayer]) -> dict[int, str]:
     """id(variable) -> dataset path in a Keras 3 weights file, found via sentinel values."""
-    import h5py
 
     variables = [v for bn in layers for v in bn.stat_variables().values()]
     saved = [np.array(v.numpy()) for v in variables]
@@ -82,24 +81,36 @@ def map_keras3(model: Any, layers: list[BNLayer]) -> dict[int, str]:
             finally:
                 for v, s in zip(variables, saved, strict=True):
                     v.assign(s)
-            wanted = {_sentinel(j): j for j in range(len(chunk))}
-            found: dict[int, str] = {}
-
-            def visit(name: str, obj: Any) -> None:
-                if not isinstance(obj, h5py.Dataset) or obj.ndim != 1 or obj.size == 0:
-                    return
-                a = obj[()]
-                j = wanted.get(float(a[0]))
-                if j is not None and np.all(a == a[0]) and tuple(a.shape) == tuple(chunk[j].shape):
-                    found.setdefault(j, name)
-
-            with h5py.File(probe, "r") as f:
-                f.visititems(visit)
+            found = _find_sentinels(probe, chunk)
             for j, v in enumerate(chunk):
                 if j not in found:
-                    raise CheckpointError(probe, f"cannot locate variable {v.path} in the saved weights")
+                    raise CheckpointError(
+                        probe, f"cannot locate variable {v.path} in the saved weights"
+                    )
                 out[id(v)] = found[j]
     return out
+
+
+def _find_sentinels(probe: Path, chunk: list[Any]) -> dict[int, str]:
+    """Index in `chunk` -> dataset path whose values are all that variable's sentinel."""
+    import h5py
+
+    wanted = {_sentinel(j): j for j in range(len(chunk))}
+    found: dict[int, str] = {}
+
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset) or obj.ndim != 1 or obj.size == 0:
+            return
+        if obj.dtype.kind != "f":
+            return
+        a = obj[()]
+        j = wanted.get(float(a[0]))
+        if j is not None and np.all(a == a[0]) and tuple(a.shape) == tuple(chunk[j].shape):
+            found.setdefault(j, name)
+
+    with h5py.File(probe, "r") as f:
+        f.visititems(visit)
+    return found
 
 
 def map_legacy(h5file: Any, model: Any, layers: list[BNLayer]) -> dict[int, str]:
@@ -108,16 +119,21 @@ def map_legacy(h5file: Any, model: Any, layers: list[BNLayer]) -> dict[int, str]
     prefix = group.name.rstrip("/") + "/"
     wanted = {id(v) for bn in layers for v in bn.stat_variables().values()}
     with_weights = [ly for ly in model.layers if ly.trainable_weights + ly.non_trainable_weights]
-    names = [n for n in _h5_attr_list(group, "layer_names")
-             if _h5_attr_list(group[n], "weight_names")]
+    names = [
+        n for n in _h5_attr_list(group, "layer_names") if _h5_attr_list(group[n], "weight_names")
+    ]
     if len(names) != len(with_weights):
-        raise CheckpointError(h5file.filename, "layer count differs from the model: cannot map weights")
+        raise CheckpointError(
+            h5file.filename, "layer count differs from the model: cannot map weights"
+        )
     out: dict[int, str] = {}
     for layer, name in zip(with_weights, names, strict=True):
         weights = layer.trainable_weights + layer.non_trainable_weights
         weight_names = _h5_attr_list(group[name], "weight_names")
         if len(weights) != len(weight_names):
-            raise CheckpointError(h5file.filename, f"layer {name}: weight count differs from the model")
+            raise CheckpointError(
+                h5file.filename, f"layer {name}: weight count differs from the model"
+            )
         for v, wn in zip(weights, weight_names, strict=True):
             if id(v) in wanted:
                 out[id(v)] = (prefix + name + "/" + wn).lstrip("/")
@@ -125,7 +141,11 @@ def map_legacy(h5file: Any, model: Any, layers: list[BNLayer]) -> dict[int, str]
 
 
 def plan(
-    original: Path, kind: str, model: Any, layers: list[BNLayer], old: list[dict[str, np.ndarray]],
+    original: Path,
+    kind: str,
+    model: Any,
+    layers: list[BNLayer],
+    old: list[dict[str, np.ndarray]],
 ) -> list[Patch]:
     """The patches that put the model's current BN statistics into a copy of `original`."""
     import h5py
@@ -140,16 +160,22 @@ def plan(
             for local, v in bn.stat_variables().items():
                 path = where.get(id(v))
                 if path is None:
-                    raise CheckpointError(original, f"{bn.path}/{local}: no dataset for it in the file")
+                    raise CheckpointError(
+                        original, f"{bn.path}/{local}: no dataset for it in the file"
+                    )
                 ds = f[path]
                 if not isinstance(ds, h5py.Dataset) or tuple(ds.shape) != tuple(v.shape):
-                    raise CheckpointError(original, f"{path}: not a dataset of shape {tuple(v.shape)}")
-                stored = ds[()]
-                if not np.array_equal(stored.astype(np.float64), before[local].astype(np.float64),
-                                      equal_nan=True):
                     raise CheckpointError(
-                        original, f"{path} does not hold the value the model loaded for "
-                        f"{bn.path}/{local}: refusing to guess where the statistics live"
+                        original, f"{path}: not a dataset of shape {tuple(v.shape)}"
+                    )
+                stored = ds[()]
+                if not np.array_equal(
+                    stored.astype(np.float64), before[local].astype(np.float64), equal_nan=True
+                ):
+                    raise CheckpointError(
+                        original,
+                        f"{path} does not hold the value the model loaded for "
+                        f"{bn.path}/{local}: refusing to guess where the statistics live",
                     )
                 patches.append(Patch(path, np.asarray(v.numpy()), stored))
     return patches
@@ -167,7 +193,11 @@ class _weights_h5:  # noqa: N801 - used as a context manager like open()
             return self.path
         self._tmp = tempfile.TemporaryDirectory()
         out = Path(self._tmp.name) / KERAS_WEIGHTS_MEMBER
-        with zipfile.ZipFile(self.path) as zf, zf.open(KERAS_WEIGHTS_MEMBER) as src, open(out, "wb") as dst:
+        with (
+            zipfile.ZipFile(self.path) as zf,
+            zf.open(KERAS_WEIGHTS_MEMBER) as src,
+            open(out, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
         return out
 
@@ -202,8 +232,14 @@ def write_patched(original: Path, kind: str, patches: list[Patch], out: Path) ->
                     # Same name, date, compression and attributes; only the weights change.
                     if info.filename == KERAS_WEIGHTS_MEMBER:
                         info.file_size = member.stat().st_size
-                        with open(member, "rb") as src, zout.open(info, "w", force_zip64=True) as dst:
+                        with (
+                            open(member, "rb") as src,
+                            zout.open(info, "w", force_zip64=True) as dst,
+                        ):
                             shutil.copyfileobj(src, dst, 1 << 20)
                     else:
-                        with zin.open(info) as src, zout.open(info, "w", force_zip64=info.file_size > 2**31) as dst:
+                        with (
+                            zin.open(info) as src,
+                            zout.open(info, "w", force_zip64=info.file_size > 2**31) as dst,
+                        ):
                             shutil.copyfileobj(src, dst, 1 << 20)
