@@ -113,6 +113,7 @@ def test_update_ops_bug_fixed_to_training_mode_accuracy(fixed_sample: Any, npz: 
     assert doc["written"] and doc["audit"]["errors"] == []
     report = doc["report"]
     assert any("is_training:0 is the training switch" in n for n in report["notes"])
+    assert not any("update ops run" in n for n in report["notes"])  # UPDATE_OPS not fetched
     with np.load(npz["heldout"]) as z:
         xe, ye = z["x"], z["y"]
     train_mode = _graph_accuracy(SAMPLE / "model.ckpt.meta", SAMPLE / "model.ckpt", xe, ye, True)

@@ -577,3 +577,15 @@ def assign(gm: GraphModel, plan: LayerPlan, values: Mapping[str, np.ndarray]) ->
             if role in values:
                 value = np.asarray(values[role]).astype(var.dtype.base_dtype.as_numpy_dtype)
                 var.load(value.reshape(var.shape.as_list()), gm.session)
+
+
+def stats_moved(gm: GraphModel, plan: LayerPlan, ck: Any) -> bool:
+    """Whether the session's moving statistics differ from the checkpoint's after the pass."""
+    for role, var in plan.variables.items():
+        key = plan.group.key(role)
+        if key is None:
+            continue
+        now = np.asarray(gm.session.run(var))
+        if not np.array_equal(now, np.asarray(ck.read(key)).reshape(now.shape), equal_nan=True):
+            return True
+    return False

@@ -165,6 +165,12 @@ def _tf1(
         )
         if consumed.samples == 0:
             raise RecalibrationError(f"--data {source.description}: no samples")
+        moved = [p.group.name for p in plans if tf1.stats_moved(gm, p, ck)]
+        if moved:  # harmless (stats come from the inputs), but the user should know
+            notes.append(
+                f"the moving statistics of {', '.join(moved)} changed in the session during the "
+                "pass: update ops run as part of the fetched tensors (control dependencies)"
+            )
         replacements: dict[str, np.ndarray] = {}
         changes = []
         for p in plans:
