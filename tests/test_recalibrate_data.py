@@ -111,3 +111,16 @@ def test_default_output_and_image_size() -> None:
     assert parse_image_size("64") == (64, 64) and parse_image_size("32x48") == (32, 48)
     with pytest.raises(RecalibrationError):
         parse_image_size("big")
+
+
+def test_recalibrate_modules_import_without_tensorflow() -> None:
+    import subprocess
+
+    code = (
+        "import sys, ckptdoc, ckptdoc.recalibrate.cli, ckptdoc.recalibrate.data, "
+        "ckptdoc.recalibrate.report, ckptdoc.recalibrate.stats, ckptdoc.atomic\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras')]\n"
+        "assert not bad, bad\n"
+        "assert callable(ckptdoc.recalibrate)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

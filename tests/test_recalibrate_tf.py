@@ -160,6 +160,19 @@ def test_restores_training_mode_accuracy_and_exact_first_layer(files, data) -> N
     assert {c.layer for c in rep.layers} == {"bn1", "bn2"}
 
 
+def test_public_api_is_callable_repeatedly(data) -> None:  # type: ignore[no-untyped-def]
+    import ckptdoc
+
+    m = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    x = data["xtr"].reshape(len(data["xtr"]), -1)[:, :3]
+    ckptdoc.recalibrate(m, x)
+    rep = ckptdoc.recalibrate(m, x, batch_size=10)  # the subpackage import must not shadow it
+    assert rep.samples == len(x) and rep.layers[0].mean_max_abs_change < 1e-5
+    np.testing.assert_allclose(
+        m.layers[0].moving_mean.numpy(), x.astype(np.float64).mean(0), rtol=1e-5
+    )
+
+
 def test_no_trace_of_old_statistics(files, data) -> None:  # type: ignore[no-untyped-def]
     """A reset, not a moving average: the old values do not matter at all."""
     a, b = load_broken(files), load_broken(files)

@@ -6,6 +6,8 @@ module that needs them imports them inside functions.
 
 from __future__ import annotations
 
+import sys
+import types
 from typing import Any
 
 
@@ -21,3 +23,17 @@ def recalibrate(*args: Any, **kwargs: Any) -> Any:
 
 
 __all__ = ["RecalibrationError", "recalibrate"]
+
+
+class _CallableModule(types.ModuleType):
+    """`ckptdoc.recalibrate(model, data)` keeps working once this subpackage is imported.
+
+    Importing `ckptdoc.recalibrate.*` rebinds the attribute `ckptdoc.recalibrate` from the
+    lazy API function to this package; making the package callable keeps both spellings valid.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return recalibrate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
