@@ -139,7 +139,8 @@ def render(report: RecalibrationReport, console: Any) -> None:
         ("new avg", "right"),
         ("rel Δ", "right"),
     ]:
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+        # Layer paths fold instead of being cut: they are the one column users act on.
+        table.add_column(col, justify=justify, overflow="fold" if col == "layer" else "ellipsis")  # type: ignore[arg-type]
     for ch in report.layers:
         table.add_row(
             ch.layer,
