@@ -25,8 +25,10 @@ from ckptdoc.errors import (
 from ckptdoc.formats.proto import (
     BundleEntry,
     ProtoError,
+    TrackableObject,
     decode_bundle_entry,
     decode_bundle_header,
+    decode_object_graph,
     read_varint,
 )
 from ckptdoc.formats.resolve import bundle_file
@@ -88,7 +90,7 @@ class BundleCheckpoint(Checkpoint):
         self._pieces: dict[str, list[_Piece]] = {}
         self._load_index()
         self._check_shards()
-        self._graph_nodes = None
+        self._graph_nodes: list[TrackableObject] | None = None
         self._layers: list[LayerNode] | None = None
         if OBJECT_GRAPH_KEY in self._entries:
             self._load_object_graph(savedmodel)
@@ -266,8 +268,6 @@ class BundleCheckpoint(Checkpoint):
         buf = raw.item() if isinstance(raw, np.ndarray) else raw
         if not isinstance(buf, bytes):
             raise CorruptCheckpointError(self.index_path, "object graph is not a string tensor")
-        from ckptdoc.formats.proto import decode_object_graph
-
         try:
             nodes = decode_object_graph(buf)
         except ProtoError as exc:
@@ -276,7 +276,7 @@ class BundleCheckpoint(Checkpoint):
         if savedmodel:
             metadata, notes = savedmodel_metadata(self.prefix.parent.parent)
             self._warnings.extend(notes)
-        self._graph_nodes = nodes  # type: ignore[assignment]
+        self._graph_nodes = nodes
         self._layers = build_layers(nodes, set(self._tensors), metadata)
 
     # --- Checkpoint API -----------------------------------------------------------------------
@@ -294,7 +294,7 @@ class BundleCheckpoint(Checkpoint):
         return list(self._warnings)
 
     @property
-    def object_graph(self):  # type: ignore[no-untyped-def]
+    def object_graph(self) -> list[TrackableObject] | None:
         """Decoded TrackableObjectGraph nodes, or None for name-based checkpoints."""
         return self._graph_nodes
 
