@@ -8,12 +8,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.resolve import find_checkpoints
 from ckptdoc.groups import find_groups
 from ckptdoc.report.model import AuditReport, FileReport, GroupResult, worst_code
-from ckptdoc.rules import RuleSelection, check_group
+from ckptdoc.rules import RULES, Finding, RuleSelection, check_group, code_findings
 
 _DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 
@@ -36,11 +37,21 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
                         dict(group.members),
                     )
                 )
+            findings.extend(_file_findings(ckpt, selection))
             return FileReport(
                 str(path), ckpt.format, tuple(results), tuple(findings), None, tuple(ckpt.warnings)
             )
     except CheckpointError as exc:
         return FileReport(str(path), None, error=str(exc))
+
+
+def _file_findings(ckpt: Checkpoint, selection: RuleSelection) -> list[Finding]:
+    """Findings about the file as a whole: CK001 (code in the model config), read as JSON only."""
+    rule = RULES["CK001"]
+    config = getattr(ckpt, "model_config", None)
+    if config is None or rule not in selection.active():
+        return []
+    return code_findings(config, selection.severity(rule))
 
 
 def _audit_guarded(path: str | Path, selection: RuleSelection | None) -> FileReport:

@@ -10,6 +10,7 @@ import numpy as np
 from ckptdoc.groups import BNGroup
 from ckptdoc.rules.base import Finding, GroupValues, Rule, Severity, Tolerances
 from ckptdoc.rules.checks import RULES
+from ckptdoc.rules.code import code_findings  # registers CK001 (file-level)
 
 __all__ = [
     "RULES",
@@ -19,6 +20,7 @@ __all__ = [
     "Severity",
     "Tolerances",
     "check_group",
+    "code_findings",
     "unknown_codes",
 ]
 
