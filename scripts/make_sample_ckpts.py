@@ -591,7 +591,19 @@ def verify() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def write_calibration_data() -> None:
+    """Small labelled sets from the training distribution, so a new user can try
+    `ckptdoc recalibrate` on the broken samples (seeds differ from the training data)."""
+    (OUT / "data").mkdir(exist_ok=True)
+    for name, seed in (("calib", SEED + 100), ("heldout", SEED + 200)):
+        x, y = make_data(256, seed=seed)
+        np.savez_compressed(OUT / "data" / f"{name}.npz", x=x, y=y)
+
+
 def main() -> None:
+    if len(sys.argv) == 2 and sys.argv[1] == "--data-only":
+        write_calibration_data()
+        return
     if len(sys.argv) == 3 and sys.argv[1] == "--part":
         {"tf1": part_tf1, "tfkeras": part_tfkeras, "keras3": part_keras3, "verify": verify}[
             sys.argv[2]
@@ -611,6 +623,7 @@ def main() -> None:
         env = {**base, "TF_USE_LEGACY_KERAS": "1"} if legacy else base
         subprocess.run([sys.executable, __file__, "--part", part], env=env, check=True)
     (OUT / "expected.json").write_text(json.dumps(EXPECTED, indent=2, sort_keys=True) + "\n")
+    write_calibration_data()
     print("== verify", flush=True)
     subprocess.run([sys.executable, __file__, "--part", "verify"], env=base, check=True)
 

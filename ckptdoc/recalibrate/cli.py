@@ -134,8 +134,16 @@ def recalibrate(
         raise usage_error("give --samples or --batches, not both")
     if samples is None and batches is None:
         samples = 4096
+    from ckptdoc.recalibrate.quiet import import_tensorflow_quietly
     from ckptdoc.recalibrate.tf_bundle import is_bundle, run_cli
 
+    try:
+        import_tensorflow_quietly()
+    except ImportError as exc:
+        raise usage_error(
+            f"recalibration runs the model, so it needs TensorFlow ({exc}); "
+            "install it with `pip install 'ckptdoc[recalibrate]'`"
+        ) from None
     if is_bundle(model_path):  # TF1 graph / TF2 object checkpoints: see tf_bundle.py
         try:
             code = run_cli(
