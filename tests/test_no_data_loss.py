@@ -1,0 +1,339 @@
+"""No data lost: recalibrate's write path under SIGKILL, Ctrl-C and a full disk.
+
+The write under test is exactly what `ckptdoc recalibrate` does once the new statistics are
+known (recalibrate/cli.py): `atomic.atomic_path(dest)` or `atomic.in_place(model)` around
+`writer.write_patched` (copy the input, patch the BN datasets with h5py, rebuild the zip for
+`.keras`) and the audit of the temporary file. No TensorFlow is needed: the patches are made
+from the file itself (new mean = old + 1, new variance = old * 2).
+
+Faults are injected at *points*: every call of the functions a write goes through (each
+16 KiB chunk copied, every h5py file opened or closed, every dataset written, os.open / fsync /
+replace) is numbered, and each test runs the write once per point, faulting at that point:
+SIGKILL (in a forked child), KeyboardInterrupt, or OSError(ENOSPC). Random-time SIGKILL and
+real SIGINT cover what happens between points (inside libhdf5). After every run: the input is
+byte-identical (or, for --in-place, either the original or the complete new file with the
+original in `.bak`), and the output is absent or complete and valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import random
+import shutil
+import signal
+import time
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ckptdoc import atomic
+from ckptdoc.formats import open_checkpoint
+from ckptdoc.groups import find_groups
+from ckptdoc.recalibrate import writer
+from ckptdoc.recalibrate.cli import _audit
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = {
+    "legacy-h5-full": ROOT / "sample_ckpts" / "keras2_healthy.h5",
+    "keras-zip": ROOT / "tests" / "data" / "keras" / "k3_seq.keras",
+}
+CHUNK = 16 << 10
+
+
+# --------------------------------------------------------------------------- the write
+
+
+def _values(path: Path) -> dict[str, np.ndarray]:
+    with open_checkpoint(path) as ckpt:
+        return {k: ckpt.read(k) for k in ckpt.tensors}
+
+
+def _plan(src: Path) -> tuple[list[writer.Patch], dict[str, np.ndarray]]:
+    """Patches for every BN statistic, and every tensor's expected value after the write."""
+    expected = _values(src)
+    patches = []
+    with open_checkpoint(src) as ckpt:
+        groups = find_groups(ckpt)
+    for group in groups:
+        for role, change in (("moving_mean", lambda v: v + 1), ("moving_variance", lambda v: v * 2)):
+            key = group.members.get(role)
+            if key:
+                new = change(expected[key]).astype(expected[key].dtype)
+                patches.append(writer.Patch(key, new, expected[key]))
+                expected[key] = new
+    assert len(patches) >= 4
+    return patches, expected
+
+
+def _write(src: Path, dest: Path, kind: str, in_place: bool, patches: list[writer.Patch]) -> None:
+    """The write section of `ckptdoc recalibrate`."""
+    ctx = atomic.in_place(src) if in_place else atomic.atomic_path(dest)
+    with ctx as tmp:
+        writer.write_patched(src, kind, patches, tmp)
+        summary = _audit(tmp)
+        if summary["errors"]:  # e.g. the fault hit the audit's own read: the CLI refuses
+            raise Refused("; ".join(summary["errors"]))
+
+
+class Refused(Exception):
+    """recalibrate's `_Refused`: the new file failed its audit, nothing is written."""
+
+
+# --------------------------------------------------------------------------- fault points
+
+
+class Faults:
+    """Numbers every call of the write's I/O functions; runs `action` at call number `at`."""
+
+    def __init__(self, at: int, action: Callable[[str], None]) -> None:
+        self.at, self.action, self.count, self.hit = at, action, 0, ""
+
+    def point(self, name: str) -> None:
+        self.count += 1
+        if self.count == self.at:
+            self.hit = name
+            self.action(name)
+
+
+def _chunked_copyfileobj(faults: Faults, delay: float) -> Callable[..., None]:
+    def copy(fsrc, fdst, length: int = 0) -> None:  # type: ignore[no-untyped-def]
+        while chunk := fsrc.read(CHUNK):
+            faults.point("write chunk")
+            fdst.write(chunk)
+            if delay:
+                time.sleep(delay)
+
+    return copy
+
+
+@contextlib.contextmanager
+def installed(faults: Faults, delay: float = 0.0) -> Iterator[None]:
+    """Route the write's I/O through `faults` (undone on exit; children just exit)."""
+    patches: list[tuple[object, str, object]] = []
+
+    def wrap(owner: object, name: str) -> None:
+        original = getattr(owner, name)
+
+        def hooked(*args, **kwargs):  # type: ignore[no-untyped-def]
+            faults.point(f"{getattr(owner, '__name__', owner)}.{name}")
+            return original(*args, **kwargs)
+
+        patches.append((owner, name, original))
+        setattr(owner, name, hooked)
+
+    patches.append((shutil, "_USE_CP_SENDFILE", shutil._USE_CP_SENDFILE))  # type: ignore[attr-defined]
+    shutil._USE_CP_SENDFILE = False  # type: ignore[attr-defined]  # copyfile -> copyfileobj
+    patches.append((shutil, "copyfileobj", shutil.copyfileobj))
+    shutil.copyfileobj = _chunked_copyfileobj(faults, delay)
+    for owner, name in [
+        (os, "open"), (os, "fsync"), (os, "replace"), (os, "unlink"),
+        (h5py.File, "__init__"), (h5py.File, "close"), (h5py.Dataset, "__setitem__"),
+        (zipfile.ZipFile, "open"), (zipfile.ZipFile, "close"),
+    ]:  # fmt: skip
+        wrap(owner, name)
+    try:
+        yield
+    finally:
+        for owner, name, original in reversed(patches):
+            setattr(owner, name, original)
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class Case:
+    """One model copied into a fresh folder, with what a correct write must produce."""
+
+    def __init__(self, root: Path, kind: str) -> None:
+        self.kind = kind
+        self.dir = root / kind
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.original = MODELS[kind].read_bytes()
+        self.src = self.dir / MODELS[kind].name
+        name = MODELS[kind].name
+        stem, dot, ext = name.partition(".")
+        self.dest = self.dir / f"{stem}.recalibrated{dot}{ext}"
+        self.reset()
+        self.patches, self.expected = _plan(self.src)
+        self.old = _values(self.src)
+
+    def reset(self) -> None:
+        for p in self.dir.iterdir():
+            p.unlink()
+        self.src.write_bytes(self.original)
+
+    def _valid_new(self, path: Path) -> None:
+        got = _values(path)
+        assert set(got) == set(self.expected)
+        for key, want in self.expected.items():
+            assert np.array_equal(got[key], want), f"{path}: {key} is wrong"
+
+    def check(self, in_place: bool, where: str) -> str:
+        """Assert the no-data-loss contract; return "old" or "new" (what the user now has)."""
+        leftovers = sorted(p.name for p in self.dir.iterdir() if p.name.startswith(".ckptdoc-tmp-"))
+        if not in_place:
+            assert self.src.read_bytes() == self.original, f"{where}: input changed"
+            assert not atomic.backup_path(self.src).exists()
+            if not self.dest.exists():
+                return "old"
+            self._valid_new(self.dest)
+            return "new"
+        bak = atomic.backup_path(self.src)
+        if bak.exists():
+            assert bak.read_bytes() == self.original, f"{where}: backup is not the original"
+        if self.src.read_bytes() == self.original:
+            return "old"
+        assert bak.exists(), f"{where}: input replaced without a backup ({leftovers})"
+        self._valid_new(self.src)
+        return "new"
+
+    def no_leftovers(self) -> None:
+        assert not [p.name for p in self.dir.iterdir() if p.name.startswith(".ckptdoc-tmp-")]
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _count_points(case: Case, in_place: bool) -> int:
+    faults = Faults(0, lambda _n: None)
+    with installed(faults):
+        _write(case.src, case.dest, case.kind, in_place, case.patches)
+    assert case.check(in_place, "clean run") == "new"
+    case.no_leftovers()
+    case.reset()
+    assert faults.count > 10
+    return faults.count
+
+
+def _in_child(body: Callable[[], None]) -> int:
+    """Run `body` in a forked child; return its wait status (killed children are expected)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            body()
+            code = 0
+        except KeyboardInterrupt:
+            code = 3
+        except BaseException:  # noqa: BLE001
+            code = 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return status
+
+
+# --------------------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["output", "in-place"])
+def test_sigkill_at_every_point(tmp_path: Path, kind: str, in_place: bool) -> None:
+    case = Case(tmp_path, kind)
+    total = _count_points(case, in_place)
+    seen = {"old": 0, "new": 0}
+    for at in range(1, total + 1):
+
+        def body(at: int = at) -> None:
+            with installed(Faults(at, lambda _n: os.kill(os.getpid(), signal.SIGKILL))):
+                _write(case.src, case.dest, kind, in_place, case.patches)
+
+        status = _in_child(body)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (at, status)
+        seen[case.check(in_place, f"SIGKILL at point {at}/{total}")] += 1
+        case.reset()
+    # Killed before the rename: the old file; after it: the new one. Both happened.
+    assert seen["old"] and seen["new"], seen
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(lambda _n: (_ for _ in ()).throw(KeyboardInterrupt()), id="ctrl-c"),
+        pytest.param(
+            lambda n: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device", n)),
+            id="disk-full",
+        ),
+    ],
+)
+@pytest.mark.parametrize("in_place", [False, True], ids=["output", "in-place"])
+def test_interrupt_and_full_disk_at_every_point(
+    tmp_path: Path, kind: str, in_place: bool, fault: Callable[[str], None]
+) -> None:
+    case = Case(tmp_path, kind)
+    total = _count_points(case, in_place)
+    for at in range(1, total + 1):
+        faults = Faults(at, fault)
+        with installed(faults), contextlib.suppress(KeyboardInterrupt, OSError, Refused):
+            _write(case.src, case.dest, kind, in_place, case.patches)
+        where = f"fault at point {at}/{total} ({faults.hit})"
+        outcome = case.check(in_place, where)
+        if faults.hit in ("posix.unlink", "os.unlink"):
+            # The fault hit the clean-up itself (after an earlier error or after the rename).
+            pass
+        elif outcome == "old":
+            case.no_leftovers()  # the exception path removed its temporary files
+        case.reset()
+
+
+def test_in_place_failure_keeps_original_and_backup(tmp_path: Path) -> None:
+    case = Case(tmp_path, "legacy-h5-full")
+    with pytest.raises(RuntimeError), atomic.in_place(case.src) as tmp:
+        writer.write_patched(case.src, case.kind, case.patches, tmp)
+        raise RuntimeError("the audit of the new file failed")
+    assert case.src.read_bytes() == case.original
+    assert atomic.backup_path(case.src).read_bytes() == case.original
+    case.no_leftovers()
+    # A failure noticed after the rename: the backup puts the original back.
+    _write(case.src, case.dest, case.kind, True, case.patches)
+    assert case.check(True, "after in-place write") == "new"
+    atomic.restore_backup(case.src)
+    assert case.src.read_bytes() == case.original
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("in_place", [False, True], ids=["output", "in-place"])
+def test_signal_at_random_times(tmp_path: Path, kind: str, in_place: bool, sig: int) -> None:
+    """Real signals at random moments of a slowed-down write (also inside libhdf5 calls)."""
+    case = Case(tmp_path, kind)
+    delay = 0.002
+
+    def body() -> None:
+        with installed(Faults(0, lambda _n: None), delay=delay):
+            _write(case.src, case.dest, kind, in_place, case.patches)
+
+    started = time.perf_counter()
+    assert os.WEXITSTATUS(_in_child(body)) == 0
+    duration = time.perf_counter() - started
+    case.reset()
+    rng = random.Random(f"{kind}{in_place}{sig}")
+    for i in range(12):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                body()
+                code = 0
+            except KeyboardInterrupt:
+                code = 3
+            finally:
+                os._exit(code)
+        time.sleep(rng.uniform(0, duration))
+        os.kill(pid, sig)
+        os.waitpid(pid, 0)
+        case.check(in_place, f"{signal.Signals(sig).name} #{i}")
+        case.reset()
