@@ -61,8 +61,12 @@ def _plan(src: Path) -> tuple[list[writer.Patch], dict[str, np.ndarray]]:
     patches = []
     with open_checkpoint(src) as ckpt:
         groups = find_groups(ckpt)
+    changes: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "moving_mean": lambda v: v + 1,
+        "moving_variance": lambda v: v * 2,
+    }
     for group in groups:
-        for role, change in (("moving_mean", lambda v: v + 1), ("moving_variance", lambda v: v * 2)):
+        for role, change in changes.items():
             key = group.members.get(role)
             if key:
                 new = change(expected[key]).astype(expected[key].dtype)
