@@ -65,6 +65,14 @@ def check_group(
         result = rule.check(values, selection.tolerances)
         if result is None:
             continue
-        message, details = result if isinstance(result, tuple) else (result, {})
-        findings.append(Finding(rule.code, selection.severity(rule), group.name, message, details))
+        findings.append(
+            Finding(
+                rule.code,
+                selection.severity(rule),
+                group.name,
+                result.message,
+                dict(result.details),
+                result.evidence,
+            )
+        )
     return findings

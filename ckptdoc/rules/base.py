@@ -36,6 +36,22 @@ class Finding:
     group: str
     message: str
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: The numbers alone, short enough for a table cell (the message adds the likely cause).
+    evidence: str = ""
+
+
+@dataclass(frozen=True)
+class Tripped:
+    """What a check returns when it fires: the numbers that tripped it, the likely cause, and
+    the same numbers as data for machine-readable reports."""
+
+    evidence: str
+    cause: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def message(self) -> str:
+        return f"{self.evidence}: {self.cause}" if self.cause else self.evidence
 
 
 @dataclass(frozen=True)
@@ -79,7 +95,7 @@ class GroupValues:
         return {n: v for n in names if (v := self.get(n)) is not None}
 
 
-Check = Callable[[GroupValues, Tolerances], "str | tuple[str, dict[str, Any]] | None"]
+Check = Callable[[GroupValues, Tolerances], "Tripped | None"]
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,19 @@ A check looks at one group's values and returns None (fine) or `(message, detail
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from ckptdoc.rules.base import GroupValues, Rule, Severity, Tolerances
+from ckptdoc.rules.base import GroupValues, Rule, Severity, Tolerances, Tripped
 
 RULES: dict[str, Rule] = {}
 
-Result = tuple[str, dict[str, Any]] | None
+Result = Tripped | None
 
 _FIX_TF1 = (
     "TF1 (tf.compat.v1.layers / slim): the moving averages are updated by ops in the "
     "UPDATE_OPS collection; build the train op inside "
-    "`with tf.control_dependencies(tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):`."
+    "`with tf.control_dependencies(\n"
+    "    tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):`."
 )
 _FIX_TF2 = (
     "TF2 / Keras custom loop: call the model with `model(x, training=True)` in the training "
@@ -69,8 +68,9 @@ def missing_stats(values: GroupValues, tol: Tolerances) -> Result:
     if not missing or not (members.get("gamma") or members.get("beta")):
         return None
     saved = " and ".join(r for r in ("gamma", "beta") if members.get(r))
-    return (
-        f"{' and '.join(missing)} missing, {saved} saved: written by a trainable-only Saver?",
+    return Tripped(
+        f"{' and '.join(missing)} missing, {saved} saved",
+        "written by a trainable-only Saver?",
         {"missing": missing},
     )
 
@@ -102,7 +102,9 @@ recalibrate` measures exactly this before it writes and refuses to make held-out
 def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     for name, step in values.present().items():
         if name.endswith("local_step") and step.size and np.all(step == 0):
-            return (f"zero-debias {name} is 0: the moving-average update never ran", {name: 0})
+            return Tripped(
+                f"zero-debias {name} is 0", "the moving-average update never ran", {name: 0}
+            )
     mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
     if mean is None or var is None or mean.size == 0:
         return None
@@ -117,9 +119,10 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     if (gamma is not None or beta is not None) and not trained:
         return None  # nothing trained at all: a freshly initialised layer, not this bug
     why = f"{' and '.join(trained)} trained" if trained else "no gamma / beta to compare"
-    return (
-        f"mean all 0, variance all 1, {why}: the updates never ran, or BN was trained in "
-        "inference mode (`ckptdoc rule BN002` tells them apart)",
+    return Tripped(
+        f"mean all 0, variance all 1, {why}",
+        "the updates never ran, or BN was trained in inference mode "
+        "(`ckptdoc rule BN002` tells them apart)",
         {"trained": trained},
     )
 
@@ -147,7 +150,7 @@ def not_finite(values: GroupValues, tol: Tolerances) -> Result:
     if not bad:
         return None
     where = ", ".join(f"{n} ({c} of {values.get(n).size})" for n, c in bad.items())  # type: ignore[union-attr]
-    return f"non-finite values in {where}", {"non_finite": bad}
+    return Tripped(f"non-finite values in {where}", "", {"non_finite": bad})
 
 
 @rule(
@@ -160,7 +163,8 @@ for it at inference. Usual causes: hand-written update code that subtracts, a ba
 from another framework (e.g. storing log-variance or standard deviation with a sign), or
 corruption.
 
-Fix: find the conversion or custom update at fault; {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
+Fix: find the conversion or custom update at fault;
+{_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
 """,
 )
 def negative_variance(values: GroupValues, tol: Tolerances) -> Result:
@@ -171,8 +175,9 @@ def negative_variance(values: GroupValues, tol: Tolerances) -> Result:
     count = int(np.count_nonzero(negative))
     if not count:
         return None
-    return (
+    return Tripped(
         f"{count} of {var.size} channels have a negative variance (min {_fmt(var.min())})",
+        "",
         {"negative_channels": count, "min_variance": float(var.min())},
     )
 
@@ -202,9 +207,10 @@ def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
     mean_dev, var_dev = float(np.max(np.abs(mean))), float(np.max(np.abs(var - 1.0)))
     if mean_dev > tol.barely_moved or var_dev > tol.barely_moved:
         return None
-    return (
-        f"stats within {_fmt(max(mean_dev, var_dev))} of their initial 0 / 1 "
-        f"(max |mean| {_fmt(mean_dev)}, max |var - 1| {_fmt(var_dev)}): decay too high for the run?",
+    return Tripped(
+        f"max |mean| {_fmt(mean_dev)}, max |var - 1| {_fmt(var_dev)}: within "
+        f"{tol.barely_moved:g} of the initial 0 / 1",
+        "decay too high for the run?",
         {"max_abs_mean": mean_dev, "max_abs_variance_minus_1": var_dev},
     )
 
@@ -228,9 +234,10 @@ def dead_channels(values: GroupValues, tol: Tolerances) -> Result:
     count = int(np.count_nonzero(dead))
     if not count or (np.all(var == 1.0)):
         return None
-    return (
+    return Tripped(
         f"{count} of {var.size} channels have variance <= {tol.dead_variance:g} "
-        f"(min {_fmt(float(var.min()))}): dead units upstream",
+        f"(min {_fmt(float(var.min()))})",
+        "dead units upstream",
         {"dead_channels": count, "channels": int(var.size)},
     )
 
@@ -257,4 +264,6 @@ def shape_mismatch(values: GroupValues, tol: Tolerances) -> Result:
     if len(set(shapes.values())) <= 1:
         return None
     listing = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
-    return f"shapes disagree: {listing}", {"shapes": {n: list(s) for n, s in shapes.items()}}
+    return Tripped(
+        f"shapes disagree: {listing}", "", {"shapes": {n: list(s) for n, s in shapes.items()}}
+    )
