@@ -200,8 +200,8 @@ def table_md() -> str:
 
 
 def table_text() -> str:
-    cols = [("#", 2), ("measurement", 46), ("ckptdoc", 17), ("baseline", 17), ("ratio", 13),
-            ("target", 14), ("", 6)]
+    cols = [("#", 2), ("measurement", 56), ("ckptdoc", 10), ("baseline", 14), ("ratio", 12),
+            ("target", 16), ("", 6)]
     head = " ".join(n.ljust(w) for n, w in cols)
     out = [head, "-" * len(head)]
     for r in ROWS:
@@ -288,6 +288,13 @@ def bench_audit(cache: Path, quick: bool) -> None:
             f"process start and imports ({imp.wall:.2f} s for `import ckptdoc.cli`: NumPy, Typer, "
             f"Rich, and pydantic, which Typer imports), not reading the checkpoint; TensorFlow's "
             f"side is dominated by `import tensorflow`. On a loaded machine both stretch.")
+    if s["tf_keras"].wall / s["ours_keras"].wall < 10:
+        NOTES.append(
+            f"For `.keras` ckptdoc also inflates the whole `model.weights.h5` member into memory "
+            f"before reading the BN datasets (a safety choice of the zip reader: members are "
+            f"read with a size cap, never seeked into), so its time and memory "
+            f"({s['ours_keras'].rss:.0f} MB here, against {s['ours_ckpt'].rss:.0f} MB for the TF "
+            f"checkpoint) grow with the file, unlike the TF checkpoint audit.")
 
 
 # -- 2. audit scaling --------------------------------------------------------------------------
@@ -442,9 +449,9 @@ def bench_accuracy(cache: Path, quick: bool, size: int) -> None:
         "mean_of_batch_stats": "plain mean of per-batch statistics (swa_utils / AIMET style)",
     }
     row("4", "max error of the mean (in channel std devs)", f"{ours['mean_max']:.1e}",
-        f"{rows['ema_0.99']['mean_max']:.2g} (EMA)", "", "float64-exact", ours["mean_max"] < 1e-4)
+        f"{rows['ema_0.99']['mean_max']:.2g} (EMA)", "", "<= 1e-4", ours["mean_max"] <= 1e-4)
     row("4", "max relative error of the variance", f"{ours['var_max']:.1e}",
-        f"{rows['ema_0.99']['var_max']:.3g} (EMA)", "", "float64-exact", ours["var_max"] < 1e-4)
+        f"{rows['ema_0.99']['var_max']:.3g} (EMA)", "", "<= 1e-4", ours["var_max"] <= 1e-4)
     lines = ["| estimate | mean err, max | mean err, median | var rel err, max | "
              "var rel err, median |", "|---|---|---|---|---|"]
     for key, label in labels.items():
@@ -458,7 +465,9 @@ def bench_accuracy(cache: Path, quick: bool, size: int) -> None:
            f"then squared deviations). Mean error is |mean - ref| / sqrt(ref var); variance "
            f"error is |var - ref| / ref var ({a['skipped_channels']} channels with ref var "
            f"<= 1e-12 skipped). The EMA rows replay `moving = m * moving + (1 - m) * batch_stat` "
-           f"from the 0 / 1 initial values over the same batch statistics (float64).\n\n"
+           f"from the 0 / 1 initial values over the same batch statistics (float64). The 1e-4 "
+           f"bound on ckptdoc's error is this benchmark's own: the model runs in float32, so "
+           f"agreement to float32 rounding is what exact means here.\n\n"
            + "\n".join(lines))
 
 
@@ -551,7 +560,8 @@ def update_readme(readme: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smaller inputs, fewer runs (~3 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller inputs, fewer runs (~3 min on a quiet 2-core machine)")
     ap.add_argument("--cache", type=Path, default=BENCH / ".cache",
                     help="where inputs are built (default benchmarks/.cache, ignored by git)")
     ap.add_argument("--output", type=Path, default=None,
