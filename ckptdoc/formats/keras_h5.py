@@ -53,6 +53,7 @@ from ckptdoc.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
+from ckptdoc.formats.h5_heaps import check_global_heaps, check_global_heaps_in_file
 
 __all__ = ["open_hdf5", "KerasH5Checkpoint", "open_weights_h5_file"]
 
@@ -157,6 +158,7 @@ def open_hdf5(path: Path) -> KerasH5Checkpoint:
     path = Path(path)
     try:
         size = path.stat().st_size
+        check_global_heaps_in_file(path)  # before libhdf5 reads any string attribute
         h5 = h5py.File(path, "r")
     except FileNotFoundError:
         raise
@@ -173,6 +175,7 @@ def open_weights_h5_file(
     data: bytes, path: Path, config: Mapping[str, Any] | None, fmt: str
 ) -> KerasH5Checkpoint:
     """Open a Keras 3 weights file held in memory (the one inside a `.keras` zip)."""
+    check_global_heaps(data, path)
     try:
         h5 = h5py.File(io.BytesIO(data), "r")
     except OSError as exc:
