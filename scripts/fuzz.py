@@ -21,6 +21,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -77,8 +78,10 @@ def worker(wid: int, nworkers: int, start: int, total: int, args: argparse.Names
         seed, ops = make_case(seeds, args.seed, i)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        (work.parent / f"w{wid}.current").write_text(str(i))
+        marker = work.parent / f"w{wid}.current"
+        marker.write_text(f"{i} materialize")  # a mutator stuck on its own input is no finding
         path = fuzzlib.materialize(seed, ops, work)
+        marker.write_text(f"{i} contract")
         outcome = fuzzlib.run_contract(path, args.time_limit,
                                        check_memory=i % args.memory_every == 0)
         counts[outcome.status] = counts.get(outcome.status, 0) + 1
@@ -151,6 +154,18 @@ def main() -> int:
 
     for wid in range(args.jobs):
         spawn(wid, wid)
+    # Workers are daemons, but a SIGTERM to this process would orphan them: stop them too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return _supervise(args, seeds, queue, procs, spawn)
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.kill()
+
+
+def _supervise(args: argparse.Namespace, seeds: list[fuzzlib.Seed], queue: Any,
+               procs: dict[int, Any], spawn: Any) -> int:
     started = time.monotonic()
     totals: dict[str, int] = {}
     done = 0
@@ -177,23 +192,30 @@ def main() -> int:
         for wid, p in list(procs.items()):
             if wid in finished:
                 continue
-            stalled = time.monotonic() - heartbeat[wid] > max(60.0, 20 * args.time_limit)
-            if p.is_alive() and not stalled:
-                continue
+            stalled = time.monotonic() - heartbeat[wid] > max(30.0, 10 * args.time_limit)
+            if (p.is_alive() and not stalled) or p.exitcode == 0:
+                continue  # running, or done with its "finished" message still queued
             # Died (a crash in C code) or hung past the in-process timer: record and replace.
             if p.is_alive():
                 p.kill()
             p.join()
             cur = Path(args.workdir) / f"w{wid}.current"
-            i = int(cur.read_text()) if cur.exists() else wid
+            state = cur.read_text() if cur.exists() else f"{wid} contract"
+            i_text, _, phase = state.partition(" ")
+            i = int(i_text)
             seed, ops = make_case(seeds, args.seed, i)
             status = "hang" if stalled else f"died({p.exitcode})"
-            saved = _save(Path(args.crashes), seed, ops, {"status": status, "detail": status},
-                          None, args.seed, i)
-            violations.append((i, status, status, str(saved)))
-            totals[status] = totals.get(status, 0) + 1
+            if phase == "materialize":
+                totals["mutator-failed"] = totals.get("mutator-failed", 0) + 1
+                print(f"  (case {i}: the mutator itself {status}; skipped)", flush=True)
+            else:
+                # The worker's folder still holds the mutated input it was reading.
+                saved = _save(Path(args.crashes), seed, ops, {"status": status, "detail": status},
+                              Path(args.workdir) / f"w{wid}", args.seed, i)
+                violations.append((i, status, status, str(saved)))
+                totals[status] = totals.get(status, 0) + 1
+                print(f"  VIOLATION case {i}: worker {status} -> {saved}", flush=True)
             done += 1
-            print(f"  VIOLATION case {i}: worker {status} -> {saved}", flush=True)
             heartbeat[wid] = time.monotonic()
             spawn(wid, i + args.jobs)
         now = time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import shutil
 import struct
 import tempfile
@@ -237,3 +238,29 @@ def test_damaged_global_heap_is_refused_before_libhdf5_loops(tmp_path: Path) -> 
         assert outcome.status == "error" and outcome.seconds < 5, (name, outcome)
         with pytest.raises(CorruptCheckpointError, match="global heap"):
             open_checkpoint(tmp_path / name)
+
+
+def test_cli_reports_damaged_files_per_file_without_traceback(tmp_path: Path) -> None:
+    """`ckptdoc audit` over a folder of damaged files of every format: each unreadable one is
+    its own error, the others are still audited, exit code 2, and never a traceback."""
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    rng = random.Random(7)
+    paths = []
+    for i in range(24):
+        seed = SEEDS[i % len(SEEDS)]
+        case = tmp_path / f"case{i}"
+        case.mkdir()
+        ops = [(rng.randrange(2), *(rng.getrandbits(32) for _ in range(5)))]
+        paths.append(str(fuzzlib.materialize(seed, ops, case)))
+    result = CliRunner().invoke(app, ["audit", *paths, "--format", "json"])
+    assert "Traceback" not in result.output
+    files = json.loads(result.stdout)["files"]
+    assert len(files) == len(paths)
+    unreadable = [f for f in files if f.get("error")]
+    assert unreadable and result.exit_code == 2
+    for f in unreadable:
+        case_dir = Path(f["path"]).resolve().relative_to(tmp_path.resolve()).parts[0]
+        assert "internal error" not in f["error"] and f"{case_dir}/" in f["error"], f
