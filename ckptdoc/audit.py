@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ckptdoc.checkpoint import Checkpoint
@@ -116,6 +115,8 @@ def audit_files(
     jobs = min(jobs, len(paths))
     if jobs <= 1:
         return [_audit_guarded(p, s) for p, s in zip(paths, selections, strict=True)]
+    from concurrent.futures import ProcessPoolExecutor  # only for --jobs > 1: slow to import
+
     with ProcessPoolExecutor(max_workers=jobs) as pool:
         pairs = zip(paths, selections, strict=True)
         futures = [pool.submit(_audit_guarded, p, s) for p, s in pairs]
