@@ -463,7 +463,9 @@ def materialize(seed: Seed, ops: Sequence[Op], case: Path) -> Path:
         shutil.copytree(seed.root, case, dirs_exist_ok=True)
     else:
         shutil.copy(seed.root / seed.entry, case / seed.entry)
-    for op in ops:
+    # Structural edits first: they parse the file (h5py, zipfile, the table reader), which
+    # goes best on the intact seed; byte-level damage comes after.
+    for op in sorted(ops, key=lambda o: o[0] % 2 != STRUCT):
         kind, rest = op[0] % 2, (op[1:] + (0, 0, 0, 0, 0))[:5]
         if kind == BYTE:
             files = sorted(p for p in case.rglob("*") if p.is_file())
