@@ -56,28 +56,25 @@ def _batch_scores(pred: np.ndarray, y: np.ndarray) -> tuple[str, float, float | 
     raise ValueError(f"predictions of shape {pred.shape} do not match labels of shape {y.shape}")
 
 
-def evaluate(model: Any, batches: Iterable[Batch], source: str) -> EvalResult | None:
-    """Inference-mode loss / accuracy over labelled batches; None when there are no labels."""
-    import tensorflow as tf
-
-    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+def score(
+    predictions: Iterable[tuple[Any, np.ndarray | None, int]], source: str
+) -> EvalResult | None:
+    """Loss / accuracy over `(predictions, labels, batch size)` triples; None when a batch has
+    no labels or the predictions cannot be scored against them (several outputs, odd shapes)."""
     n = 0
     loss_sum = 0.0
     correct: float | None = 0.0
     loss_name = ""
-    for b in batches:
-        if b.y is None:
+    for out, y, size in predictions:
+        if y is None or isinstance(out, list | tuple | dict):
             return None
-        out = fn(b.x)
-        if isinstance(out, list | tuple | dict):
-            return None  # several outputs: no single loss to compare
         try:
-            loss_name, loss, corr = _batch_scores(np.asarray(out), np.asarray(b.y))
+            loss_name, loss, corr = _batch_scores(np.asarray(out), np.asarray(y))
         except ValueError:
             return None
         loss_sum += loss
         correct = None if corr is None or correct is None else correct + corr
-        n += b.size
+        n += size
     if n == 0:
         return None
     return EvalResult(
@@ -87,3 +84,12 @@ def evaluate(model: Any, batches: Iterable[Batch], source: str) -> EvalResult | 
         loss_name=loss_name,
         source=source,
     )
+
+
+def evaluate(model: Any, batches: Iterable[Batch], source: str) -> EvalResult | None:
+    """Inference-mode loss / accuracy over labelled batches; None when there are no labels."""
+    import tensorflow as tf
+
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    # Labels are checked before the model runs on a batch: an unlabelled set costs nothing.
+    return score(((fn(b.x) if b.y is not None else None, b.y, b.size) for b in batches), source)

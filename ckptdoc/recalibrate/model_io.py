@@ -117,6 +117,29 @@ def _named_for_keras(path: Path, kind: str) -> Iterator[Path]:
         yield path
 
 
+def build_model(model_spec: str) -> Any:
+    """Call the user's `--model module:function`; it must return a built keras.Model."""
+    import keras
+
+    fn = load_callable(model_spec, "--model")
+    try:
+        model = fn()
+    except Exception as exc:
+        raise RecalibrationError(
+            f"--model {model_spec}: the function raised {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, keras.Model):
+        raise RecalibrationError(
+            f"--model {model_spec}: returned a {type(model).__name__}, not a keras.Model"
+        )
+    if not model.built:
+        raise RecalibrationError(
+            f"--model {model_spec}: the model is not built; give it an Input or call "
+            "model.build(input_shape) before returning it"
+        )
+    return model
+
+
 def load(
     path: str | Path, *, model_spec: str | None = None, allow_unsafe: bool = False
 ) -> ModelFile:
@@ -126,22 +149,7 @@ def load(
     import keras
 
     if model_spec is not None:
-        fn = load_callable(model_spec, "--model")
-        try:
-            model = fn()
-        except Exception as exc:
-            raise RecalibrationError(
-                f"--model {model_spec}: the function raised {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(model, keras.Model):
-            raise RecalibrationError(
-                f"--model {model_spec}: returned a {type(model).__name__}, not a keras.Model"
-            )
-        if not model.built:
-            raise RecalibrationError(
-                f"--model {model_spec}: the model is not built; give it an Input or call "
-                "model.build(input_shape) before returning it"
-            )
+        model = build_model(model_spec)
         try:
             with _named_for_keras(path, kind) as p:
                 model.load_weights(str(p))

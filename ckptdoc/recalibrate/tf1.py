@@ -37,7 +37,7 @@ import numpy as np
 from ckptdoc.groups import BNGroup
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Batch
-from ckptdoc.recalibrate.evaluate import _batch_scores
+from ckptdoc.recalibrate.evaluate import score
 from ckptdoc.recalibrate.report import EvalResult
 from ckptdoc.recalibrate.stats import Moments
 
@@ -544,29 +544,18 @@ def evaluate(gm: GraphModel, batches: Iterable[Batch], source: str) -> EvalResul
     """Inference-mode (training switch False) loss / accuracy over labelled batches."""
     if gm.predictions is None:
         return None
-    n = 0
-    loss_sum = 0.0
-    correct: float | None = 0.0
-    loss_name = ""
-    for b in batches:
-        if b.y is None:
-            return None
-        out = gm.session.run(gm.predictions, gm.feed_dict(b, training=False))
-        try:
-            loss_name, loss, corr = _batch_scores(np.asarray(out), np.asarray(b.y))
-        except ValueError:
-            return None
-        loss_sum += loss
-        correct = None if corr is None or correct is None else correct + corr
-        n += b.size
-    if n == 0:
-        return None
-    return EvalResult(
-        samples=n,
-        loss=loss_sum / n,
-        accuracy=None if correct is None else correct / n,
-        loss_name=loss_name,
-        source=source,
+    return score(
+        (
+            (
+                gm.session.run(gm.predictions, gm.feed_dict(b, training=False))
+                if b.y is not None
+                else None,
+                b.y,
+                b.size,
+            )
+            for b in batches
+        ),
+        source,
     )
 
 

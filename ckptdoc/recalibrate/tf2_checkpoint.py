@@ -21,7 +21,6 @@ import numpy as np
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.data import load_callable
 
 
 def _sentinel(j: int) -> float:
@@ -35,28 +34,6 @@ def root_names(ck: Checkpoint) -> list[str]:
     if not nodes:
         return []
     return [c.local_name for c in nodes[0].children]
-
-
-def build_model(model_spec: str) -> Any:
-    import keras
-
-    fn = load_callable(model_spec, "--model")
-    try:
-        model = fn()
-    except Exception as exc:
-        raise RecalibrationError(
-            f"--model {model_spec}: the function raised {type(exc).__name__}: {exc}"
-        ) from exc
-    if not isinstance(model, keras.Model):
-        raise RecalibrationError(
-            f"--model {model_spec}: returned a {type(model).__name__}, not a keras.Model"
-        )
-    if not model.built:
-        raise RecalibrationError(
-            f"--model {model_spec}: the model is not built; give it an Input or call "
-            "model.build(input_shape) before returning it"
-        )
-    return model
 
 
 def restore(model: Any, prefix: Path, ck: Checkpoint) -> str:

@@ -237,13 +237,14 @@ def _tf2(
     from ckptdoc.recalibrate import tf2_checkpoint as t2
     from ckptdoc.recalibrate.api import recalibrate
     from ckptdoc.recalibrate.engine import find_bn_layers
+    from ckptdoc.recalibrate.model_io import build_model
 
     if model_spec is None:
         raise RecalibrationError(
             f"{prefix} is a TF2 object checkpoint: pass --model module:function (or "
             "file.py:function) that builds the Keras model"
         )
-    model = t2.build_model(model_spec)
+    model = build_model(model_spec)
     root = t2.restore(model, prefix, ck)
     layers = find_bn_layers(model)
     variables = [v for bn in layers for v in bn.stat_variables().values()]
