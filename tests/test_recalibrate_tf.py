@@ -519,3 +519,49 @@ def test_user_errors_exit_2_without_traceback(files, args, message) -> None:  # 
     res = cli(*[a.format(**fmt) for a in args])
     assert res.exit_code == 2, res.output
     assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("shape", "axis", "loc"),
+    [
+        ((16, 20, 30, 3), -1, 0.0),  # H*W > F32_BLOCK: W in float32, H and N in float64
+        ((16, 20, 30, 3), -1, 1e3),  # large offset: no cancellation in M2
+        ((8, 3, 40, 50), 1, 0.01),  # channels first, near-zero mean
+        ((6, 5, 7, 4), (1, 3), -2.0),  # several channel axes
+        ((64, 3), -1, 5.0),  # dense input: batch axis only (unknown size in the graph)
+    ],
+)
+def test_in_graph_moments_equal_float64_numpy(shape, axis, loc) -> None:  # type: ignore[no-untyped-def]
+    from ckptdoc.recalibrate.engine import _compiled_core, _core
+    from ckptdoc.recalibrate.stats import Moments, channel_axes
+
+    x = np.random.default_rng(0).normal(loc, 1.0, shape).astype(np.float32)
+    x[..., 0] = np.abs(x[..., 0])
+    kept, reduced = channel_axes(len(shape), axis)
+    ref = Moments.from_batch(x, axis)
+    spec = tf.TensorSpec([None, *shape[1:]], tf.float32)
+    for core in (_core, _compiled_core()):
+        fn = tf.function(
+            lambda v, core=core: core(v, None, None, kept=kept, reduced=reduced, eps=1e-3),
+            input_signature=[spec],
+        )
+        out, count, mean, m2 = (t.numpy() for t in fn(tf.constant(x)))
+        np.testing.assert_array_equal(count, ref.count)
+        np.testing.assert_allclose(mean, ref.mean, rtol=1e-6, atol=1e-9 * (1 + abs(loc)))
+        np.testing.assert_allclose(m2 / count, ref.variance, rtol=1e-6)
+        bshape = [shape[a] if a in kept else 1 for a in range(len(shape))]
+        expect = (x - ref.mean.reshape(bshape)) / np.sqrt(ref.variance.reshape(bshape) + 1e-3)
+        np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-4)
+
+
+def test_traced_step_is_reused_and_records_into_the_current_pass() -> None:
+    # The traced step is kept with the model (like model.predict_function); a later call, and a
+    # retrace for a new batch shape within it, must record this call's statistics.
+    m = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+    rng = np.random.default_rng(0)
+    for loc, batch in ((1.0, 16), (-4.0, 16), (7.0, 12)):
+        x = rng.normal(loc, 2.0, (40, 3)).astype(np.float32)
+        recalibrate(m, x, batch_size=batch, samples=None)
+        x64 = x.astype(np.float64)
+        np.testing.assert_allclose(m.layers[0].moving_mean.numpy(), x64.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(m.layers[0].moving_variance.numpy(), x64.var(0), rtol=1e-5)

@@ -14,6 +14,7 @@ TensorFlow and Keras are imported inside functions only.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -320,6 +321,58 @@ def _to_feed(x: Any) -> Any:
     return x
 
 
+@dataclass
+class _Step:
+    """A traced forward step kept with the model, like Keras keeps `model.predict_function`.
+
+    The graph depends only on the model and the per-layer states, so it is reused by later
+    passes (and later `recalibrate` calls) with the same states instead of being traced again.
+    `capture` is looked up at call time: a retrace (new input shape) must record into the
+    Capture that is installed now.
+    """
+
+    fn: Any
+    capture: Capture | None = None
+
+
+# model -> {(layer ids and states): step}; weak, so a dropped model takes its graphs with it.
+_STEPS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Step]] = weakref.WeakKeyDictionary()
+
+
+def _step_function(model: Any, capture: Capture) -> _Step:
+    import tensorflow as tf
+
+    jit = bool(getattr(model, "jit_compile", False))
+    key = (jit,) + tuple(
+        (id(bn.layer), capture.state.get(i, "batch")) for i, bn in enumerate(capture.layers)
+    )
+    try:
+        per_model = _STEPS.setdefault(model, {})
+        model_ref: Callable[[], Any] = weakref.ref(model)  # must not keep its own key alive
+    except TypeError:  # not weak-referenceable / hashable: no reuse
+        per_model = {}
+        model_ref = lambda: model  # noqa: E731
+    holder = per_model.get(key)
+    if holder is None:
+        holder = _Step(None)
+
+        def step(x: Any) -> Any:
+            cap, m = holder.capture, model_ref()
+            assert cap is not None and m is not None
+            cap.begin_trace()
+            m(x, training=False)
+            return cap.outputs()
+
+        # Same XLA choice as model.predict (Keras enables it on accelerators, not on CPU).
+        try:
+            holder.fn = tf.function(step, reduce_retracing=not jit, jit_compile=jit)
+        except TypeError:
+            holder.fn = tf.function(step, reduce_retracing=True)
+        per_model[key] = holder
+    holder.capture = capture
+    return holder
+
+
 def run_pass(
     model: Any,
     capture: Capture,
@@ -327,19 +380,14 @@ def run_pass(
     on_batch: Callable[[int], None] | None = None,
 ) -> PassResult:
     """One walk over the data with the capture's current states; returns merged moments."""
-    import tensorflow as tf
-
-    def step(x: Any) -> Any:
-        capture.begin_trace()
-        model(x, training=False)
-        return capture.outputs()
-
-    # Same XLA choice as model.predict (Keras enables it on accelerators, not on CPU).
-    jit = bool(getattr(model, "jit_compile", False))
+    step = _step_function(model, capture)
     try:
-        fn = tf.function(step, reduce_retracing=not jit, jit_compile=jit)
-    except TypeError:
-        fn = tf.function(step, reduce_retracing=True)
+        return _walk(step.fn, batches, on_batch)
+    finally:
+        step.capture = None  # hold no layers or data between passes
+
+
+def _walk(fn: Any, batches: Iterable[Batch], on_batch: Callable[[int], None] | None) -> PassResult:
     moments: dict[int, Moments] = {}
     samples = nb = 0
     for b in batches:
