@@ -373,7 +373,7 @@ def bench_recalibration(cache: Path, quick: bool, size: int) -> None:
                 f"{got['recalibrate']:.2f} s", f"{got['model.predict']:.2f} s", f"{r:.2f}x",
                 "<= 1.2x", r <= 1.2)
             detail("3", f"Warm: `{rvp.name}` (both traced once first, then timed on the same "
-                   f"in-memory samples; best of its repeats).")
+                   f"in-memory samples; the summary of its repeats it prints).")
         else:
             NOTES.append(f"{rvp.name} printed no timings; its output:\n{run.out[-1500:]}")
 
