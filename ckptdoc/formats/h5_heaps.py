@@ -20,13 +20,17 @@ import struct
 from pathlib import Path
 
 from ckptdoc.errors import CorruptCheckpointError
+from ckptdoc.formats.window import Window
+
+# Whole files (bytes, mmap) or a member inside a zip (Window): all index and find alike.
+Buffer = bytes | mmap.mmap | Window
 
 _SIGNATURE = b"GCOL\x01\x00\x00\x00"
 _SUPERBLOCK = b"\x89HDF\r\n\x1a\n"
 _MIN_COLLECTION = 4096  # libhdf5 never writes a smaller collection
 
 
-def _size_of_lengths(buf: bytes | mmap.mmap) -> int | None:
+def _size_of_lengths(buf: Buffer) -> int | None:
     """The superblock's "size of lengths", or None if no superblock is found where the spec
     allows one (offset 0, 512, 1024, ...)."""
     offset = 0
@@ -38,7 +42,7 @@ def _size_of_lengths(buf: bytes | mmap.mmap) -> int | None:
     return None
 
 
-def check_global_heaps(buf: bytes | mmap.mmap, path: Path) -> None:
+def check_global_heaps(buf: Buffer, path: Path) -> None:
     """Raise CorruptCheckpointError if any global heap collection in `buf` is malformed."""
     lengths = _size_of_lengths(buf)
     if lengths != 8:  # h5py / Keras always write 8; anything else is left to libhdf5
@@ -48,7 +52,7 @@ def check_global_heaps(buf: bytes | mmap.mmap, path: Path) -> None:
     while pos != -1:
         if pos + 16 > end_of_file:
             raise CorruptCheckpointError(path, f"truncated global heap at byte {pos}")
-        (size,) = struct.unpack_from("<Q", buf, pos + 8)
+        (size,) = struct.unpack("<Q", buf[pos + 8 : pos + 16])
         if size < _MIN_COLLECTION or size > end_of_file - pos:
             raise CorruptCheckpointError(
                 path, f"global heap at byte {pos} claims {size} bytes (file has {end_of_file})"
@@ -57,14 +61,14 @@ def check_global_heaps(buf: bytes | mmap.mmap, path: Path) -> None:
         pos = buf.find(_SIGNATURE, pos + 8)
 
 
-def _walk(buf: bytes | mmap.mmap, start: int, size: int, path: Path) -> None:
+def _walk(buf: Buffer, start: int, size: int, path: Path) -> None:
     """Mirror libhdf5's walk (H5HG__cache_heap_deserialize), refusing what would send it
     outside the collection or keep it in place: an object's padded size, or the free-space
     object's (unpadded, header included) size, must be positive and fit what is left."""
     end = start + size
     pos = start + 16
     while pos + 16 <= end:
-        index, _refs, _reserved, obj_size = struct.unpack_from("<HHIQ", buf, pos)
+        index, _refs, _reserved, obj_size = struct.unpack("<HHIQ", buf[pos : pos + 16])
         need = obj_size if index == 0 else 16 + ((obj_size + 7) & ~7)
         if obj_size > end - pos or not 0 < need <= end - pos:
             raise CorruptCheckpointError(

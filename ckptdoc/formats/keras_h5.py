@@ -54,6 +54,7 @@ from ckptdoc.errors import (
     UnsupportedFormatError,
 )
 from ckptdoc.formats.h5_heaps import check_global_heaps, check_global_heaps_in_file
+from ckptdoc.formats.window import Window
 
 __all__ = ["open_hdf5", "KerasH5Checkpoint", "open_weights_h5_file"]
 
@@ -172,12 +173,13 @@ def open_hdf5(path: Path) -> KerasH5Checkpoint:
 
 
 def open_weights_h5_file(
-    data: bytes, path: Path, config: Mapping[str, Any] | None, fmt: str
+    data: bytes | Window, path: Path, config: Mapping[str, Any] | None, fmt: str
 ) -> KerasH5Checkpoint:
-    """Open a Keras 3 weights file held in memory (the one inside a `.keras` zip)."""
+    """Open a Keras 3 weights file inside a `.keras` zip: in memory (`bytes`, an inflated
+    member) or read in place (`Window`, a stored member of the mmapped archive)."""
     check_global_heaps(data, path)
     try:
-        h5 = h5py.File(io.BytesIO(data), "r")
+        h5 = h5py.File(io.BytesIO(data) if isinstance(data, bytes) else data.open(), "r")
     except OSError as exc:
         raise CorruptCheckpointError(path, f"model.weights.h5 is not valid HDF5: {exc}") from exc
     try:

@@ -2,8 +2,10 @@
 
 The zip is untrusted: every member name is checked (no `..`, absolute paths, drive letters,
 backslashes, symlinks, duplicates, encryption) and every declared size is checked against caps
-and the archive's own size *before* anything is decompressed; members are then read into memory
-with a hard cap. The weights file is opened from memory and read by keras_h5's Keras 3 reader,
+and the archive's own size *before* anything is decompressed. The JSON members are read into
+memory with a hard cap; the weights file, which Keras stores uncompressed, is read in place
+through a window over the archive (a deflated one is inflated into memory, capped), then read
+by keras_h5's Keras 3 reader,
 with `config.json` giving each layer its real name, class and config (nested Functional /
 Sequential models included). The config is plain JSON: nothing is deserialized, so a `Lambda`
 layer is just an entry whose `class_name` the audit can report.
@@ -12,7 +14,9 @@ layer is just an entry whose `class_name` the audit can report.
 from __future__ import annotations
 
 import json
+import mmap
 import stat
+import struct
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +28,7 @@ from ckptdoc.errors import (
     UnsupportedFormatError,
 )
 from ckptdoc.formats.keras_h5 import KerasH5Checkpoint, open_weights_h5_file
+from ckptdoc.formats.window import Window
 
 __all__ = ["open_keras_zip", "MAX_MEMBER_BYTES", "MAX_JSON_BYTES", "MAX_RATIO"]
 
@@ -61,7 +66,11 @@ def open_keras_zip(path: Path) -> KerasH5Checkpoint:
             raise CorruptCheckpointError(path, f"no {WEIGHTS_NAME} in the archive")
         config = _read_json(zf, infos.get(CONFIG_NAME), path)
         metadata = _read_json(zf, infos.get(METADATA_NAME), path)
-        data = _read_member(zf, infos[WEIGHTS_NAME], path, MAX_MEMBER_BYTES)
+        weights = infos[WEIGHTS_NAME]
+        if weights.compress_type == zipfile.ZIP_STORED:
+            data: bytes | Window = _stored_member(zf, weights, path, archive_size)
+        else:
+            data = _read_member(zf, weights, path, MAX_MEMBER_BYTES)
     ckpt = open_weights_h5_file(
         data, path, config if isinstance(config, Mapping) else None, "keras3-zip"
     )
@@ -128,6 +137,26 @@ def _check_name(name: str, path: Path) -> None:
     )
     if bad:
         raise UnsafeCheckpointError(path, f"archive member name {name!r} is not a safe path")
+
+
+def _stored_member(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, archive_size: int
+) -> Window:
+    """An uncompressed member, read in place through an mmap of the archive: Keras stores
+    `model.weights.h5` this way, and only the pages h5py touches are read."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        header = f.read(30)
+        if len(header) != 30 or header[:4] != b"PK\x03\x04":
+            raise CorruptCheckpointError(path, f"bad local header for {info.filename!r}")
+        name_len, extra_len = struct.unpack("<HH", header[26:30])
+        start = info.header_offset + 30 + name_len + extra_len
+        if start + info.file_size > archive_size:
+            raise CorruptCheckpointError(path, f"{info.filename!r} runs past the end of the file")
+        view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    # The mmap outlives the file descriptor; it is released when the checkpoint is closed
+    # and the last reference to the window goes.
+    return Window(view, start, info.file_size)
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cap: int) -> bytes:
