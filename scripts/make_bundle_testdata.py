@@ -29,6 +29,7 @@ CASES = {
     "savedmodel": True,
     "tfkeras_model_save": True,
     "empty_prefix": False,
+    "keras3_export": False,
 }
 
 
@@ -204,6 +205,19 @@ def case_tfkeras_model_save(d: Path) -> None:
     for name in ("saved_model.pb", "fingerprint.pb"):
         (d / "model" / name).unlink()
     shutil.rmtree(d / "model" / "assets", ignore_errors=True)
+
+
+def case_keras3_export(d: Path) -> None:
+    """Keras 3 `model.export()`: no layer objects in the graph, only numbered variable lists
+    (`variables/N`, plus copies under `_all_variables/N`); layer names survive only as the
+    variables' TF names in saved_model.pb (~55 KB, kept for that reason)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = _small_model(keras)
+    _train_step(model, keras)
+    model.export(str(d / "model"))
+    (d / "model" / "fingerprint.pb").unlink()
 
 
 def case_empty_prefix(d: Path) -> None:

@@ -41,6 +41,10 @@ CASES = {
         "savedmodel",
     ),
     "empty_prefix": (DATA / "empty_prefix", "tf2-object"),
+    "keras3_export": (
+        DATA / "keras3_export" / "model" / "variables" / "variables",
+        "savedmodel",
+    ),
     "basic_pitch": (REAL / "variables" / "variables", "savedmodel"),
 }
 

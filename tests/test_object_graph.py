@@ -15,6 +15,7 @@ from ckptdoc.formats.proto import (
     TrackableObject,
     decode_object_graph,
 )
+from ckptdoc.groups import find_groups
 from tests import bundle_writer as bw
 
 DATA = Path(__file__).parent / "data" / "bundle"
@@ -178,4 +179,21 @@ def test_object_graph_matches_tensorflow_proto() -> None:
         ]
         assert [(t.name, t.full_name, t.checkpoint_key) for t in a.attributes] == [
             (t.name, t.full_name, t.checkpoint_key) for t in b.attributes
+        ]
+
+
+def test_keras3_export_layers_come_from_savedmodel_variable_names() -> None:
+    # model.export() tracks only numbered variable lists, with a copy of every variable under
+    # `_all_variables/N`; the layer names live in saved_model.pb's SavedVariable names.
+    layers = _by_name(DATA / "keras3_export" / "model")
+    assert set(layers) == {"dense", "bn", "head"}
+    assert set(layers["bn"]) == BN
+    assert all(k.startswith("variables/") for k in layers["bn"].values())  # first copy wins
+    with open_checkpoint(DATA / "keras3_export" / "model") as ckpt:
+        (group,) = find_groups(ckpt)
+        assert group.name == "bn" and group.present == [
+            "gamma",
+            "beta",
+            "moving_mean",
+            "moving_variance",
         ]

@@ -273,11 +273,12 @@ class BundleCheckpoint(Checkpoint):
         except ProtoError as exc:
             raise CorruptCheckpointError(self.index_path, f"bad object graph: {exc}") from exc
         metadata: dict[int, tuple[str, str]] = {}
+        names: dict[int, str] = {}
         if savedmodel:
-            metadata, notes = savedmodel_metadata(self.prefix.parent.parent)
+            metadata, names, notes = savedmodel_metadata(self.prefix.parent.parent)
             self._warnings.extend(notes)
         self._graph_nodes = nodes
-        self._layers = build_layers(nodes, set(self._tensors), metadata)
+        self._layers = build_layers(nodes, set(self._tensors), metadata, names)
 
     # --- Checkpoint API -----------------------------------------------------------------------
 

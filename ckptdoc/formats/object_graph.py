@@ -21,6 +21,7 @@ from ckptdoc.formats.proto import (
     TrackableObject,
     decode_keras_metadata_pb,
     decode_savedmodel_keras_metadata,
+    decode_savedmodel_variable_names,
 )
 
 VARIABLE_ATTR = "VARIABLE_VALUE"
@@ -30,14 +31,15 @@ _DIGITS = re.compile(r"^\d+$")
 
 
 def _variable_nodes(
-    nodes: Sequence[TrackableObject], known: set[str]
+    nodes: Sequence[TrackableObject], known: set[str], names: dict[int, str]
 ) -> dict[int, tuple[str, str]]:
-    """node id -> (checkpoint_key, full_name) for nodes that are saved variables."""
+    """node id -> (checkpoint_key, full_name) for nodes that are saved variables; the full
+    name comes from the checkpoint (tf-keras) or else from the SavedModel (`names`)."""
     out = {}
     for i, node in enumerate(nodes):
         for attr in node.attributes:
             if attr.name == VARIABLE_ATTR and attr.checkpoint_key in known:
-                out[i] = (attr.checkpoint_key, attr.full_name)
+                out[i] = (attr.checkpoint_key, attr.full_name or names.get(i, ""))
     return out
 
 
@@ -82,11 +84,12 @@ def build_layers(
     nodes: Sequence[TrackableObject],
     known_keys: set[str],
     metadata: dict[int, tuple[str, str]] | None = None,
+    variable_names: dict[int, str] | None = None,
 ) -> list[LayerNode]:
     """One LayerNode per non-optimizer object that owns variables, in graph (BFS) order."""
     if not nodes:
         return []
-    variables = _variable_nodes(nodes, known_keys)
+    variables = _variable_nodes(nodes, known_keys, variable_names or {})
     slots = {s.slot_variable_node_id for n in nodes for s in n.slot_variables}
     optimizers = _optimizer_nodes(nodes)
     paths = _paths_from_root(nodes, optimizers)
@@ -114,6 +117,7 @@ def build_layers(
         if not all(_DIGITS.match(n) and j in named_elsewhere for n, j in owned.items())
     ]
 
+    kept, scoped = _split_flat_lists(kept, variables)
     meta = _parse_metadata(metadata or {})
     names = [_display_name(nodes, i, owned, variables, paths, meta) for i, owned in kept]
     # Readable names must be unique to be useful; fall back to graph paths where they clash.
@@ -132,7 +136,27 @@ def build_layers(
         raw_config = info.get("config")
         config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
         layers.append(LayerNode(name=name, members=members, class_name=class_name, config=config))
-    return layers
+    return layers + scoped
+
+
+def _split_flat_lists(
+    kept: list[tuple[int, dict[str, int]]], variables: dict[int, tuple[str, str]]
+) -> tuple[list[tuple[int, dict[str, int]]], list[LayerNode]]:
+    """A Keras 3 `model.export()` tracks no layers, only numbered lists of variables
+    (`variables/0`, `_all_variables/5`, the latter holding copies). When every variable of such
+    a list has a full name (`sequential/bn_a/moving_mean`), its layers are recovered from the
+    names' scopes; the first variable seen for a scope's member wins, so copies are skipped."""
+    rest: list[tuple[int, dict[str, int]]] = []
+    scopes: dict[str, dict[str, str]] = {}
+    for i, owned in kept:
+        fulls = [variables[j][1].split(":")[0] for j in owned.values()]
+        if not (all(_DIGITS.match(n) for n in owned) and all("/" in f for f in fulls)):
+            rest.append((i, owned))
+            continue
+        for full, j in zip(fulls, owned.values(), strict=True):
+            scope, leaf = full.rsplit("/", 1)
+            scopes.setdefault(scope, {}).setdefault(leaf, variables[j][0])
+    return rest, [LayerNode(name=scope, members=members) for scope, members in scopes.items()]
 
 
 def _display_name(
@@ -172,16 +196,18 @@ def _parse_metadata(raw: dict[int, tuple[str, str]]) -> dict[int, dict[str, Any]
     return out
 
 
-def savedmodel_metadata(saved_model_dir: Path) -> tuple[dict[int, tuple[str, str]], list[str]]:
-    """Keras layer metadata by object node id, from keras_metadata.pb or saved_model.pb.
+def savedmodel_metadata(
+    saved_model_dir: Path,
+) -> tuple[dict[int, tuple[str, str]], dict[int, str], list[str]]:
+    """Keras layer metadata and variable names by object node id, from keras_metadata.pb and
+    saved_model.pb (read once each).
 
-    Best effort: the class names are a convenience, so problems become notes, not errors.
+    Best effort: names and classes are a convenience, so problems become notes, not errors.
     """
     notes: list[str] = []
-    for name, decode in (
-        ("keras_metadata.pb", decode_keras_metadata_pb),
-        ("saved_model.pb", decode_savedmodel_keras_metadata),
-    ):
+    metadata: dict[int, tuple[str, str]] = {}
+    names: dict[int, str] = {}
+    for name in ("keras_metadata.pb", "saved_model.pb"):
         path = saved_model_dir / name
         try:
             if not path.is_file():
@@ -189,10 +215,12 @@ def savedmodel_metadata(saved_model_dir: Path) -> tuple[dict[int, tuple[str, str
             if path.stat().st_size > MAX_SAVED_MODEL_BYTES:
                 notes.append(f"{path}: too large to read layer metadata from")
                 continue
-            found = decode(path.read_bytes())
+            data = path.read_bytes()
+            if name == "keras_metadata.pb":
+                metadata = decode_keras_metadata_pb(data)
+            else:
+                metadata = metadata or decode_savedmodel_keras_metadata(data)
+                names = decode_savedmodel_variable_names(data)
         except (OSError, ProtoError) as exc:
             notes.append(f"{path}: could not read layer metadata ({exc})")
-            continue
-        if found:
-            return found, notes
-    return {}, notes
+    return metadata, names, notes

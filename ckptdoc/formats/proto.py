@@ -245,12 +245,8 @@ def decode_object_graph(buf: bytes) -> list[TrackableObject]:
 # --- saved_model.proto (only the Keras metadata per object node) -----------------------------
 
 
-def decode_savedmodel_keras_metadata(buf: bytes) -> dict[int, tuple[str, str]]:
-    """SavedModel -> {object node id: (user_object identifier, metadata JSON string)}.
-
-    Only nodes that are user objects carrying metadata (TF <= 2.4 Keras layers) are returned.
-    """
-    out: dict[int, tuple[str, str]] = {}
+def _savedmodel_nodes(buf: bytes) -> Iterator[tuple[int, dict[int, list[Value]]]]:
+    """(node id, SavedObject) for every node of a SavedModel's first object graph."""
     sm = parse(buf)
     for meta_graph_buf in sm.get(2, []):
         if not isinstance(meta_graph_buf, bytes):
@@ -268,14 +264,35 @@ def decode_savedmodel_keras_metadata(buf: bytes) -> dict[int, tuple[str, str]]:
                 continue
             if not isinstance(value, bytes):
                 raise ProtoError("nodes should be messages")
-            node = parse(value)
-            if 4 in node:
-                user = parse(_bytes(node, 4))
-                metadata = _str(user, 3)
-                if metadata:
-                    out[node_id] = (_str(user, 1), metadata)
+            yield node_id, parse(value)
             node_id += 1
-        break
+        return
+
+
+def decode_savedmodel_keras_metadata(buf: bytes) -> dict[int, tuple[str, str]]:
+    """SavedModel -> {object node id: (user_object identifier, metadata JSON string)}.
+
+    Only nodes that are user objects carrying metadata (TF <= 2.4 Keras layers) are returned.
+    """
+    out: dict[int, tuple[str, str]] = {}
+    for node_id, node in _savedmodel_nodes(buf):
+        if 4 in node:
+            user = parse(_bytes(node, 4))
+            metadata = _str(user, 3)
+            if metadata:
+                out[node_id] = (_str(user, 1), metadata)
+    return out
+
+
+def decode_savedmodel_variable_names(buf: bytes) -> dict[int, str]:
+    """SavedModel -> {object node id: the variable's TF name} (`SavedVariable.name`), e.g.
+    `sequential/bn_a/moving_mean`: the only layer names a Keras 3 `model.export()` keeps."""
+    out: dict[int, str] = {}
+    for node_id, node in _savedmodel_nodes(buf):
+        if 7 in node:
+            name = _str(parse(_bytes(node, 7)), 6)
+            if name:
+                out[node_id] = name
     return out
 
 
