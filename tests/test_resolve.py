@@ -137,6 +137,7 @@ def test_find_checkpoints_lists_each_once() -> None:
     assert found == sorted(
         [
             DATA / "empty_prefix" / ".index",
+            DATA / "keras3_export" / "model",
             DATA / "savedmodel" / "model",
             DATA / "tf1_bn" / "model.ckpt",
             DATA / "tf1_sharded" / "model.ckpt",  # two shards, one checkpoint
