@@ -409,11 +409,15 @@ def _zip_members(path: Path) -> list[tuple[zipfile.ZipInfo, bytes]] | None:
         return None
 
 
-def _rezip(path: Path, members: list[tuple[zipfile.ZipInfo, bytes]]) -> None:
+def _rezip(path: Path, members: list[tuple[zipfile.ZipInfo, bytes]], deflate: bool) -> None:
+    """Write the archive again (valid zip CRCs); Keras stores members, but a deflated
+    archive is just as valid and puts zlib streams in reach of the byte mutations."""
     buf = io.BytesIO()
     with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as zf:
         warnings.simplefilter("ignore")  # duplicate names are one of the tricks
         for info, data in members:
+            if deflate:
+                info.compress_type = zipfile.ZIP_DEFLATED
             zf.writestr(info, data)
     path.write_bytes(buf.getvalue())
 
@@ -429,7 +433,7 @@ def _apply_keras(path: Path, kind: str, a: int, b: int, c: int, d: int) -> None:
         new.external_attr = (0o120777 << 16) if c % 5 == 0 else info.external_attr
         new.create_system = 3
         members.append((new, data[: d % (len(data) + 1)]))
-        _rezip(path, members)
+        _rezip(path, members, deflate=c % 3 == 1)
         return
     for i, (info, data) in enumerate(members):
         if kind == "config" and info.filename in ("config.json", "metadata.json"):
@@ -451,7 +455,7 @@ def _apply_keras(path: Path, kind: str, a: int, b: int, c: int, d: int) -> None:
             else:
                 members[i] = (info, mutate_bytes(data, (a, b, c, d)))
             break
-    _rezip(path, members)
+    _rezip(path, members, deflate=d % 3 == 1)
 
 
 BYTE, STRUCT = 0, 1

@@ -18,6 +18,7 @@ import mmap
 import stat
 import struct
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def open_keras_zip(path: Path) -> KerasH5Checkpoint:
     archive_size = path.stat().st_size
     try:
         zf = zipfile.ZipFile(path, "r")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
+    except (
+        zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+        NotImplementedError,  # a member needing a newer zip version than Python supports
+    ) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
         raise CorruptCheckpointError(path, f"not a valid .keras zip: {exc}") from exc
@@ -165,7 +169,9 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cap: in
     try:
         with zf.open(info) as fh:
             data = fh.read(limit + 1)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
+    except (
+        zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, NotImplementedError
+    ) as exc:  # zlib.error: a damaged deflate stream
         raise CorruptCheckpointError(path, f"cannot read {info.filename!r}: {exc}") from exc
     if len(data) > limit:
         raise UnsafeCheckpointError(path, f"{info.filename!r} inflates past its declared size")
