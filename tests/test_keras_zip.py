@@ -249,3 +249,19 @@ def test_values_equal_what_keras3_loads(tmp_path_factory: pytest.TempPathFactory
     for f in files:
         with open_keras_zip(f) as ckpt:
             assert assert_matches_reference(ckpt, f.name, ref) > 0
+
+
+def test_flipped_byte_in_stored_weights_fails_the_zip_crc(tmp_path: Path) -> None:
+    # Keras stores model.weights.h5 uncompressed and ckptdoc reads it in place: the member's
+    # zip CRC-32 is still checked, so damage inside any tensor is corruption, not numbers.
+    src = Path(__file__).resolve().parent.parent / "sample_ckpts" / "keras3_healthy.keras"
+    info = zipfile.ZipFile(src).getinfo("model.weights.h5")
+    assert info.compress_type == zipfile.ZIP_STORED
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for offset in (info.file_size // 2, info.file_size - 100):
+        damaged = bytearray(src.read_bytes())
+        damaged[start + offset] ^= 0x10
+        dst = tmp_path / f"damaged_{offset}.keras"
+        dst.write_bytes(bytes(damaged))
+        with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+            open_keras_zip(dst)

@@ -146,8 +146,9 @@ def _check_name(name: str, path: Path) -> None:
 def _stored_member(
     zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, archive_size: int
 ) -> Window:
-    """An uncompressed member, read in place through an mmap of the archive: Keras stores
-    `model.weights.h5` this way, and only the pages h5py touches are read."""
+    """An uncompressed member, read in place through an mmap of the archive (Keras stores
+    `model.weights.h5` this way) instead of copied into memory. Its zip CRC-32 is checked
+    first, in chunks, so a flipped byte anywhere in the weights is reported as corruption."""
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         header = f.read(30)
@@ -158,9 +159,21 @@ def _stored_member(
         if start + info.file_size > archive_size:
             raise CorruptCheckpointError(path, f"{info.filename!r} runs past the end of the file")
         view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    if _crc32(view, start, info.file_size) != info.CRC:
+        view.close()
+        raise CorruptCheckpointError(path, f"{info.filename!r} fails its zip CRC-32 check")
     # The mmap outlives the file descriptor; it is released when the checkpoint is closed
     # and the last reference to the window goes.
     return Window(view, start, info.file_size)
+
+
+def _crc32(view: mmap.mmap, start: int, size: int, chunk: int = 1 << 24) -> int:
+    crc = 0
+    with memoryview(view) as whole:
+        for pos in range(start, start + size, chunk):
+            with whole[pos : min(pos + chunk, start + size)] as part:
+                crc = zlib.crc32(part, crc)
+    return crc
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cap: int) -> bytes:
