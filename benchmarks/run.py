@@ -285,16 +285,19 @@ def bench_audit(cache: Path, quick: bool) -> None:
         NOTES.append(
             f"Audit speed vs TensorFlow is {s['tf_ckpt'].wall / s['ours_ckpt'].wall:.1f}x on the "
             f"TF checkpoint, short of 10x. Most of ckptdoc's {s['ours_ckpt'].wall:.2f} s is "
-            f"process start and imports ({imp.wall:.2f} s for `import ckptdoc.cli`: NumPy, Typer, "
-            f"Rich, and pydantic, which Typer imports), not reading the checkpoint; TensorFlow's "
-            f"side is dominated by `import tensorflow`. On a loaded machine both stretch.")
+            f"process start and imports ({imp.wall:.2f} s for `import ckptdoc.cli`: NumPy, Typer "
+            f"and Rich; typer is pinned below 0.29, whose pydantic import cost another ~0.2 s), "
+            f"not reading the checkpoint; TensorFlow's side is dominated by `import tensorflow`. "
+            f"On a loaded machine both stretch.")
     if s["tf_keras"].wall / s["ours_keras"].wall < 10:
         NOTES.append(
-            f"For `.keras` ckptdoc also inflates the whole `model.weights.h5` member into memory "
-            f"before reading the BN datasets (a safety choice of the zip reader: members are "
-            f"read with a size cap, never seeked into), so its time and memory "
-            f"({s['ours_keras'].rss:.0f} MB here, against {s['ours_ckpt'].rss:.0f} MB for the TF "
-            f"checkpoint) grow with the file, unlike the TF checkpoint audit.")
+            f"For `.keras` ckptdoc also imports h5py and, before libhdf5 reads any string "
+            f"attribute, scans the whole `model.weights.h5` member (read in place through an mmap "
+            f"of the archive) for damaged global heaps, which make libhdf5 loop for ever (found by "
+            f"fuzzing). That scan touches every page of the file, so time and peak RSS "
+            f"({s['ours_keras'].rss:.0f} MB here, file-backed pages, against "
+            f"{s['ours_ckpt'].rss:.0f} MB for the TF checkpoint) grow with the file, unlike the TF "
+            f"checkpoint audit.")
 
 
 # -- 2. audit scaling --------------------------------------------------------------------------
