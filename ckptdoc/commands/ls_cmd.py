@@ -24,9 +24,16 @@ class LsFormat(str, Enum):
 
 
 def ls(
-    path: Annotated[Path, typer.Argument(help="A checkpoint prefix, .index, directory, SavedModel or Keras file.")],
-    all_variables: Annotated[bool, typer.Option("--all", help="List every variable, not only BN groups.")] = False,
-    output_format: Annotated[LsFormat, typer.Option("--format", help="text (a table) or json.")] = LsFormat.text,
+    path: Annotated[
+        Path,
+        typer.Argument(help="A checkpoint prefix, .index, directory, SavedModel or Keras file."),
+    ],
+    all_variables: Annotated[
+        bool, typer.Option("--all", help="List every variable, not only BN groups.")
+    ] = False,
+    output_format: Annotated[
+        LsFormat, typer.Option("--format", help="text (a table) or json.")
+    ] = LsFormat.text,
 ) -> None:
     """List the batch-norm layers in a checkpoint: members, channels, dtype and statistics."""
     try:
@@ -43,7 +50,9 @@ def ls(
         raise typer.Exit(EXIT_USAGE) from None
 
 
-def _as_json(path: Path, ckpt: Checkpoint, groups: list[BNGroup], all_variables: bool) -> dict[str, Any]:
+def _as_json(
+    path: Path, ckpt: Checkpoint, groups: list[BNGroup], all_variables: bool
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": str(path),
         "format": ckpt.format,
@@ -59,7 +68,8 @@ def _as_json(path: Path, ckpt: Checkpoint, groups: list[BNGroup], all_variables:
     }
     if all_variables:
         out["variables"] = [
-            {"key": t.key, "dtype": str(t.dtype), "shape": list(t.shape)} for t in ckpt.tensors.values()
+            {"key": t.key, "dtype": str(t.dtype), "shape": list(t.shape)}
+            for t in ckpt.tensors.values()
         ]
     return out
 
@@ -87,14 +97,19 @@ def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
         first = next((k for k in g.members.values() if k), None)
         dtype = str(ckpt.tensors[first].dtype) if first else "?"
         table.add_row(
-            g.name, str(g.channels(ckpt.tensors) or "?"), dtype, *(_stat(ckpt, g.members.get(r)) for r in ROLES)
+            g.name,
+            str(g.channels(ckpt.tensors) or "?"),
+            dtype,
+            *(_stat(ckpt, g.members.get(r)) for r in ROLES),
         )
     stdout.print(table)
 
 
 def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     owner = {k: g.name for g in groups for k in g.all_keys}
-    table = Table(title=f"{ckpt.path} ({ckpt.format}): {len(ckpt.tensors)} variables", title_justify="left")
+    table = Table(
+        title=f"{ckpt.path} ({ckpt.format}): {len(ckpt.tensors)} variables", title_justify="left"
+    )
     table.add_column("key", overflow="fold")
     table.add_column("dtype")
     table.add_column("shape")

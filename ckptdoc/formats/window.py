@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import mmap
+from typing import overload
 
 
 class Window:
@@ -22,6 +23,12 @@ class Window:
 
     def __len__(self) -> int:
         return self._size
+
+    @overload
+    def __getitem__(self, key: int) -> int: ...
+
+    @overload
+    def __getitem__(self, key: slice) -> bytes: ...
 
     def __getitem__(self, key: int | slice) -> int | bytes:
         if isinstance(key, int):
@@ -68,7 +75,6 @@ class WindowFile(io.RawIOBase):
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         data = self._window[self._pos : self._pos + len(buffer)]
-        assert isinstance(data, bytes)
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
