@@ -326,3 +326,43 @@ def test_recalibrate_refuses_lambda_unless_opted_in(tmp_path: Path) -> None:
     with pytest.raises(UnsafeCheckpointError, match="sneaky_lambda.*--allow-unsafe-code"):
         model_io.load(path)
     assert not marker.exists()
+
+
+def _pb_field(number: int, payload: bytes | int) -> bytes:
+    """A protobuf field: varint (int) or length-delimited (bytes)."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    if isinstance(payload, int):
+        return varint(number << 3) + varint(payload)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def test_lambda_in_a_savedmodel_is_a_finding(tmp_path: Path) -> None:
+    # A tf-keras SavedModel lists every layer's class and config in keras_metadata.pb
+    # (SavedMetadata: nodes = 1 {node_id = 2, identifier = 4, metadata = 5}); add a Lambda.
+    import shutil
+
+    src = ROOT / "tests" / "data" / "bundle" / "tfkeras_model_save" / "model"
+    model = tmp_path / "model"
+    shutil.copytree(src, model)
+    lam = _lambda_layers(tmp_path / "code_ran")[0]
+    node = (
+        _pb_field(2, 99)
+        + _pb_field(4, b"_tf_keras_layer")
+        + _pb_field(5, json.dumps({**lam, "name": lam["config"]["name"]}).encode())
+    )
+    meta = model / "keras_metadata.pb"
+    meta.write_bytes(meta.read_bytes() + _pb_field(1, node))
+    report = audit_file(model)
+    assert report.error is None and len(report.groups) == 1  # the BN layer is still found
+    assert [(f.rule, f.group) for f in report.findings if f.rule == "CK001"] == [
+        ("CK001", "sneaky_lambda")
+    ]
+    assert not (tmp_path / "code_ran").exists()

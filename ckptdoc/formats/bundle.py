@@ -92,6 +92,9 @@ class BundleCheckpoint(Checkpoint):
         self._check_shards()
         self._graph_nodes: list[TrackableObject] | None = None
         self._layers: list[LayerNode] | None = None
+        #: A SavedModel's Keras layer metadata (class names and configs, as parsed JSON), for
+        #: the audit's CK001 check: a `Lambda` carries code. None when there is none.
+        self.model_config: list[dict[str, Any]] | None = None
         if OBJECT_GRAPH_KEY in self._entries:
             self._load_object_graph(savedmodel)
         if savedmodel:
@@ -262,7 +265,7 @@ class BundleCheckpoint(Checkpoint):
     # --- object graph -------------------------------------------------------------------------
 
     def _load_object_graph(self, savedmodel: bool) -> None:
-        from ckptdoc.formats.object_graph import build_layers, savedmodel_metadata
+        from ckptdoc.formats.object_graph import build_layers, parse_metadata, savedmodel_metadata
 
         raw = self.read(OBJECT_GRAPH_KEY)
         buf = raw.item() if isinstance(raw, np.ndarray) else raw
@@ -279,6 +282,8 @@ class BundleCheckpoint(Checkpoint):
             self._warnings.extend(notes)
         self._graph_nodes = nodes
         self._layers = build_layers(nodes, set(self._tensors), metadata, names)
+        if metadata:
+            self.model_config = list(parse_metadata(metadata).values())
 
     # --- Checkpoint API -----------------------------------------------------------------------
 

@@ -118,7 +118,7 @@ def build_layers(
     ]
 
     kept, scoped = _split_flat_lists(kept, variables)
-    meta = _parse_metadata(metadata or {})
+    meta = parse_metadata(metadata or {})
     names = [_display_name(nodes, i, owned, variables, paths, meta) for i, owned in kept]
     # Readable names must be unique to be useful; fall back to graph paths where they clash.
     counts: dict[str, int] = {}
@@ -184,7 +184,7 @@ def _display_name(
     return _clean(paths[i])
 
 
-def _parse_metadata(raw: dict[int, tuple[str, str]]) -> dict[int, dict[str, Any]]:
+def parse_metadata(raw: dict[int, tuple[str, str]]) -> dict[int, dict[str, Any]]:
     out = {}
     for i, (_identifier, text) in raw.items():
         try:
