@@ -132,25 +132,25 @@ def render(report: RecalibrationReport, console: Any) -> None:
     for col, justify in [
         ("layer", "left"),
         ("ch", "right"),
-        ("values/ch", "right"),
-        ("mean: max|Δ|", "right"),
-        ("rel Δ", "right"),
-        ("var: old avg", "right"),
-        ("new avg", "right"),
-        ("rel Δ", "right"),
+        ("n/ch", "right"),
+        ("max|Δmean|", "right"),
+        ("avg var old→new", "right"),
+        ("rel Δ mean/var", "right"),
     ]:
         # Layer paths fold instead of being cut: they are the one column users act on.
-        table.add_column(col, justify=justify, overflow="fold" if col == "layer" else "ellipsis")  # type: ignore[arg-type]
+        table.add_column(
+            col,
+            justify=justify,  # type: ignore[arg-type]
+            overflow="fold" if col == "layer" else "ellipsis",
+        )
     for ch in report.layers:
         table.add_row(
             ch.layer,
             str(ch.channels),
             str(ch.samples),
             f"{ch.mean_max_abs_change:.4g}",
-            f"{ch.mean_rel_change:.1%}",
-            f"{ch.old_var_mean:.4g}",
-            f"{ch.new_var_mean:.4g}",
-            f"{ch.var_rel_change:.1%}",
+            f"{ch.old_var_mean:.4g}→{ch.new_var_mean:.4g}",
+            f"{ch.mean_rel_change:.0%}/{ch.var_rel_change:.0%}",
         )
     console.print(table)
     used = f"{report.samples} samples in {report.batches} batches"
