@@ -14,10 +14,56 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+TEMP_PREFIX = ".ckptdoc-tmp-"
+
+
+def temp_name(suffix: str = "") -> str:
+    """A hidden temporary name that records the writing process, so a later run can tell
+    leftovers of a killed writer (SIGKILL, power loss) from a write still in progress."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+
 
 def temp_path_for(dest: Path) -> Path:
     """A hidden temporary name in dest's directory that keeps dest's suffixes (`.weights.h5`)."""
-    return dest.with_name(f".ckptdoc-tmp-{secrets.token_hex(4)}-{dest.name}")
+    return dest.with_name(temp_name(f"-{dest.name}"))
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete ckptdoc temporaries in `directory` whose writing process no longer exists.
+
+    Only names this module makes are touched; a temporary of a live process (another ckptdoc
+    writing right now) is left alone. Returns what was removed.
+    """
+    removed: list[Path] = []
+    with contextlib.suppress(OSError):
+        for entry in directory.iterdir():
+            pid = _writer_pid(entry.name)
+            if pid is None or pid == os.getpid() or _alive(pid):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+    return removed
+
+
+def _writer_pid(name: str) -> int | None:
+    if not name.startswith(TEMP_PREFIX):
+        return None
+    pid, _, rest = name[len(TEMP_PREFIX) :].partition("-")
+    return int(pid) if pid.isdigit() and rest else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def fsync_file(path: Path) -> None:
@@ -49,6 +95,7 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     On an exception the temporary file is removed and `dest` is left as it was.
     """
     dest = Path(dest)
+    remove_stale_temps(dest.parent)
     tmp = temp_path_for(dest)
     try:
         yield tmp

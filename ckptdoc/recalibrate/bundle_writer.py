@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import shutil
 import struct
 from collections.abc import Iterator, Mapping
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptdoc.atomic import fsync_dir, fsync_file
+from ckptdoc.atomic import fsync_dir, fsync_file, remove_stale_temps, temp_name
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats.proto import (
     WIRE_FIXED32,
@@ -281,7 +280,8 @@ def staged_bundle(
     dest_dir = dest_prefix.parent
     created = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = dest_dir / f".ckptdoc-tmp-{secrets.token_hex(4)}"
+    remove_stale_temps(dest_dir)
+    tmp_dir = dest_dir / temp_name()
     tmp_dir.mkdir()
     staged = Staged(tmp_dir / dest_prefix.name, dest_prefix)
     try:
