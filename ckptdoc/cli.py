@@ -6,36 +6,35 @@ No traceback ever reaches the user for a problem with their input.
 
 from __future__ import annotations
 
+import importlib
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from ckptdoc import __version__
-from ckptdoc.commands import audit_cmd, ls_cmd, rule_cmd
 from ckptdoc.commands.common import EXIT_USAGE, stderr
 from ckptdoc.errors import CheckpointError
 
-app = typer.Typer(
-    name="ckptdoc",
-    help=(
-        "Find and fix broken batch-norm statistics in TensorFlow and Keras checkpoints.\n\n"
-        "Reads TF1 / TF2 checkpoints, SavedModels and Keras .h5 / .weights.h5 / .keras files "
-        "without importing TensorFlow. Start with `ckptdoc audit PATH`."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    rich_markup_mode="markdown",
-    pretty_exceptions_enable=False,
-)
+# Command name -> the module that registers it, in the order `ckptdoc --help` lists them.
+# Modules load on demand: `ckptdoc audit` imports and builds only the audit command (Typer
+# turns every registered command's signature into a click command on each run).
+COMMANDS = {
+    "ls": "ckptdoc.commands.ls_cmd",
+    "audit": "ckptdoc.commands.audit_cmd",
+    "rule": "ckptdoc.commands.rule_cmd",
+    "recalibrate": "ckptdoc.recalibrate.cli",  # optional: absent in an audit-only build
+}
+OPTIONAL = {"recalibrate"}
+
 
 def _version(value: bool) -> None:
     if value:
+        from ckptdoc import __version__
+
         print(f"ckptdoc {__version__}")
         raise typer.Exit()
 
 
-@app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
@@ -44,27 +43,62 @@ def _root(
     """Find and fix broken batch-norm statistics in TensorFlow and Keras checkpoints."""
 
 
-# Registered in this order so that `ckptdoc --help` lists them sensibly.
-ls_cmd.register(app)
-audit_cmd.register(app)
-rule_cmd.register(app)
-try:
-    from ckptdoc.recalibrate import cli as _recalibrate_cli
+def build_app(only: str | None = None) -> typer.Typer:
+    """The `ckptdoc` app with every command, or with the command `only` (for running it)."""
+    app = typer.Typer(
+        name="ckptdoc",
+        help=(
+            "Find and fix broken batch-norm statistics in TensorFlow and Keras checkpoints.\n\n"
+            "Reads TF1 / TF2 checkpoints, SavedModels and Keras .h5 / .weights.h5 / .keras files "
+            "without importing TensorFlow. Start with `ckptdoc audit PATH`."
+        ),
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode="markdown",
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_root)
+    for name, module in COMMANDS.items():
+        if only is not None and name != only:
+            continue
+        try:
+            importlib.import_module(module).register(app)
+        except ImportError:
+            if name not in OPTIONAL:
+                raise
+    return app
 
-    _recalibrate_cli.register(app)
-except ImportError:  # recalibration not present in this build
-    pass
+
+def __getattr__(name: str) -> Any:
+    # `from ckptdoc.cli import app` (tests, embedding) gets the whole app, built once.
+    if name == "app":
+        app = build_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _app_for(argv: list[str]) -> typer.Typer:
+    """Only the named command when the first argument names one (the usual `ckptdoc audit
+    ...`): the group's options, help and errors for anything else need the whole app."""
+    if argv and argv[0] in COMMANDS:
+        try:
+            app = build_app(only=argv[0])
+        except ImportError:
+            app = None
+        if app is not None and app.registered_commands:
+            return app
+    return __getattr__("app")
 
 
 def main() -> None:
     """Console entry point: a last guard so a bug shows a message and an issue link, not a
     wall of traceback."""
     try:
-        app()
+        _app_for(sys.argv[1:])()
     except CheckpointError as exc:
         stderr.print(f"[bold red]error:[/bold red] {exc}")
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         stderr.print("interrupted")
         sys.exit(130)
-

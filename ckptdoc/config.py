@@ -35,11 +35,6 @@ from typing import Any
 
 from ckptdoc.rules import RULES, Severity, unknown_codes
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-
 CONFIG_NAMES = ("ckptdoc.toml", "pyproject.toml")
 
 KEYS = (
@@ -185,6 +180,11 @@ def parse_config(table: Mapping[str, Any], path: Path, where: str | None = None)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    # Imported here: a run with no pyproject.toml or ckptdoc.toml around never needs it.
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
     try:
         with path.open("rb") as f:
             return tomllib.load(f)

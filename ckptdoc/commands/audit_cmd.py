@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from ckptdoc import baseline as baselines
 from ckptdoc.audit import audit_files, expand_paths
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr, stdout, usage_error
 from ckptdoc.config import Config, ConfigError, discover, load_config
@@ -211,11 +210,15 @@ def audit(
     report = AuditReport(tuple(audit_files(files, per_file, jobs)))
 
     if write_baseline is not None:
+        from ckptdoc import baseline as baselines  # only with a baseline: quicker start
+
         count = baselines.write_baseline(report, write_baseline)
         stderr.print(f"wrote {count} finding(s) to baseline {write_baseline}", soft_wrap=True)
     else:
         baseline_file = baseline or config.baseline
         if baseline_file is not None:
+            from ckptdoc import baseline as baselines
+
             try:
                 known = baselines.load_baseline(baseline_file)
             except baselines.BaselineError as exc:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ckptdoc.report import json_report, text
+from ckptdoc.report import text
 from ckptdoc.report.model import AuditReport, RenderOptions
 
 
@@ -29,6 +29,8 @@ def _text(report: AuditReport, options: RenderOptions) -> str:
 
 
 def _json(report: AuditReport, options: RenderOptions) -> str:
+    from ckptdoc.report import json_report  # json loads only for this format
+
     return json_report.render(report) + "\n"
 
 
