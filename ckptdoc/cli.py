@@ -7,6 +7,7 @@ No traceback ever reaches the user for a problem with their input.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Annotated, Any
 
@@ -94,8 +95,14 @@ def _app_for(argv: list[str]) -> typer.Typer:
 def main() -> None:
     """Console entry point: a last guard so a bug shows a message and an issue link, not a
     wall of traceback."""
+    argv = sys.argv[1:]
+    if argv[:1] != ["recalibrate"]:
+        # NumPy's bundled OpenBLAS starts a busy-waiting thread per core when NumPy is imported
+        # (~0.1 s of CPU, which a loaded CI machine pays in wall time); no other command does
+        # linear algebra. Set before anything imports NumPy; a user's own setting wins.
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     try:
-        _app_for(sys.argv[1:])()
+        _app_for(argv)()
     except CheckpointError as exc:
         stderr.print(f"[bold red]error:[/bold red] {exc}")
         sys.exit(EXIT_USAGE)
