@@ -12,6 +12,7 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ckptdoc.commands.common import EXIT_USAGE, stderr
 from ckptdoc.errors import CheckpointError
@@ -104,7 +105,7 @@ def main() -> None:
     try:
         _app_for(argv)()
     except CheckpointError as exc:
-        stderr.print(f"[bold red]error:[/bold red] {exc}")
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         stderr.print("interrupted")

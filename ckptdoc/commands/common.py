@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
@@ -14,5 +15,5 @@ stderr = Console(stderr=True, highlight=False)
 
 
 def usage_error(message: str) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     return typer.Exit(EXIT_USAGE)

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.commands.common import EXIT_USAGE, stderr, stdout
@@ -46,7 +48,7 @@ def ls(
             else:
                 _print_groups(path, ckpt, groups)
     except CheckpointError as exc:
-        stderr.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
 
 
@@ -86,8 +88,10 @@ def _stat(ckpt: Checkpoint, key: str | None) -> str:
 
 def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     for note in ckpt.warnings:
-        stderr.print(f"note: {note}", soft_wrap=True)
-    table = Table(title=f"{path} ({ckpt.format}): {len(groups)} BN layers", title_justify="left")
+        stderr.print(f"note: {note}", soft_wrap=True, markup=False)
+    table = Table(
+        title=f"{escape(str(path))} ({ckpt.format}): {len(groups)} BN layers", title_justify="left"
+    )
     table.add_column("BN layer", overflow="fold")
     table.add_column("channels", justify="right")
     table.add_column("dtype")
@@ -97,7 +101,7 @@ def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
         first = next((k for k in g.members.values() if k), None)
         dtype = str(ckpt.tensors[first].dtype) if first else "?"
         table.add_row(
-            g.name,
+            Text(g.name),
             str(g.channels(ckpt.tensors) or "?"),
             dtype,
             *(_stat(ckpt, g.members.get(r)) for r in ROLES),
@@ -108,14 +112,17 @@ def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
 def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     owner = {k: g.name for g in groups for k in g.all_keys}
     table = Table(
-        title=f"{ckpt.path} ({ckpt.format}): {len(ckpt.tensors)} variables", title_justify="left"
+        title=f"{escape(str(ckpt.path))} ({ckpt.format}): {len(ckpt.tensors)} variables",
+        title_justify="left",
     )
     table.add_column("key", overflow="fold")
     table.add_column("dtype")
     table.add_column("shape")
     table.add_column("BN layer", overflow="fold")
     for info in ckpt.tensors.values():
-        table.add_row(info.key, str(info.dtype), str(list(info.shape)), owner.get(info.key, ""))
+        table.add_row(
+            Text(info.key), str(info.dtype), str(list(info.shape)), Text(owner.get(info.key, ""))
+        )
     stdout.print(table)
 
 

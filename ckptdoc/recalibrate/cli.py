@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
@@ -277,13 +278,18 @@ def _finish(
         audit = result.get("audit")
         if audit and audit.get("available"):
             n = len(audit.get("findings", []))
-            stdout.print(f"Audit of the new file: {n} finding(s), {len(audit['errors'])} error(s).")
+            stdout.print(
+                f"Audit of the new file: {n} finding(s), {len(audit['errors'])} error(s).",
+                markup=False,
+            )
             for f in audit.get("findings", []):
-                stdout.print(f"  {f['rule']} [{f['severity']}] {f['group']}: {f['message']}")
+                stdout.print(
+                    f"  {f['rule']} [{f['severity']}] {f['group']}: {f['message']}", markup=False
+                )
         if result["written"]:
-            stdout.print(f"[green]Wrote[/green] {result['output']}")
+            stdout.print(f"[green]Wrote[/green] {escape(str(result['output']))}")
     if message:
-        stderr.print(f"[bold red]{'refused' if code else 'warning'}:[/bold red] {message}",
+        stderr.print(f"[bold red]{'refused' if code else 'warning'}:[/bold red] {escape(message)}",
                      soft_wrap=True)
     return code
 

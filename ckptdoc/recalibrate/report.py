@@ -127,6 +127,7 @@ def got_worse(before: EvalResult | None, after: EvalResult | None) -> bool:
 def render(report: RecalibrationReport, console: Any) -> None:
     """Rich table plus a summary, for humans."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title=f"BN statistics, {report.mode} mode", title_justify="left")
     for col, justify in [
@@ -145,7 +146,7 @@ def render(report: RecalibrationReport, console: Any) -> None:
         )
     for ch in report.layers:
         table.add_row(
-            ch.layer,
+            Text(ch.layer),
             str(ch.channels),
             str(ch.samples),
             f"{ch.mean_max_abs_change:.4g}",
@@ -156,12 +157,17 @@ def render(report: RecalibrationReport, console: Any) -> None:
     used = f"{report.samples} samples in {report.batches} batches"
     if report.data_exhausted:
         used += " (the whole dataset: it is shorter than the budget)"
-    console.print(f"Data: {report.data}: {used}; {report.passes} pass(es), {report.seconds:.1f}s")
-    console.print(f"Variance written as {report.variance_convention}.")
+    console.print(
+        f"Data: {report.data}: {used}; {report.passes} pass(es), {report.seconds:.1f}s",
+        markup=False,
+    )
+    console.print(f"Variance written as {report.variance_convention}.", markup=False)
     for label, ev in (("before", report.eval_before), ("after", report.eval_after)):
         if ev is not None:
             acc = f", accuracy {ev.accuracy:.4f}" if ev.accuracy is not None else ""
             loss = f"{ev.loss_name} {ev.loss:.4f}" if ev.loss is not None else "no loss"
-            console.print(f"Eval {label} ({ev.source}, {ev.samples} samples): {loss}{acc}")
+            console.print(
+                f"Eval {label} ({ev.source}, {ev.samples} samples): {loss}{acc}", markup=False
+            )
     for note in report.notes:
-        console.print(f"Note: {note}")
+        console.print(f"Note: {note}", markup=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -43,7 +44,7 @@ def _render_file(file: FileReport, console: Console) -> None:
         return
     for note in file.notes:
         console.print(Text(f"note: {note}", style="dim"))
-    heading = f"{file.path} [dim]({file.format}, {len(file.groups)} BN layers)[/dim]"
+    heading = f"{escape(file.path)} [dim]({file.format}, {len(file.groups)} BN layers)[/dim]"
     if file.groups:
         console.print(_group_table(file, heading))
     else:
@@ -74,7 +75,7 @@ def _group_table(file: FileReport, heading: str) -> Table:
             f"{f.rule}: {f.evidence or f.message}" if len(found) > 1 else f.evidence or f.message
             for f in found
         )
-        table.add_row(group.name, str(group.channels or "?"), present, status, evidence)
+        table.add_row(Text(group.name), str(group.channels or "?"), present, status, Text(evidence))
     return table
 
 
