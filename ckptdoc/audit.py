@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats import open_checkpoint
-from ckptdoc.formats.resolve import find_checkpoints
+from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
 from ckptdoc.groups import find_groups
 from ckptdoc.report.model import AuditReport, FileReport, GroupResult, worst_code
 from ckptdoc.rules import RULES, Finding, RuleSelection, check_group, code_findings
-
-_DATA_RE = re.compile(r"^(?P<prefix>.+)\.data-\d{5}-of-\d{5}$")
 
 
 def audit_file(path: str | Path, selection: RuleSelection | None = None) -> FileReport:
@@ -71,8 +68,8 @@ def canonical_path(path: Path) -> Path:
     name = path.name
     if name.endswith(".index") and name != ".index" and path.is_file():
         return path.with_name(name[: -len(".index")])
-    m = _DATA_RE.match(name)
-    if m and path.with_name(m.group("prefix") + ".index").is_file():
+    m = DATA_SHARD_RE.match(name)
+    if m and m.group("prefix") and path.with_name(m.group("prefix") + ".index").is_file():
         return path.with_name(m.group("prefix"))
     return path
 
@@ -87,15 +84,11 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     out: dict[Path, None] = {}
     for raw in paths:
         path = Path(raw)
-        if path.is_dir() and not _is_checkpoint_dir(path):
+        if path.is_dir() and not is_savedmodel_dir(path):
             out.update(dict.fromkeys(find_checkpoints(path)))
         else:
             out[canonical_path(path)] = None
     return list(out)
-
-
-def _is_checkpoint_dir(path: Path) -> bool:
-    return (path / "saved_model.pb").exists() or (path / "variables" / "variables.index").exists()
 
 
 def audit_files(

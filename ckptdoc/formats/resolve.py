@@ -22,7 +22,8 @@ Kind = Literal["bundle", "savedmodel", "hdf5", "keras-zip"]
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 _TABLE_MAGIC_BYTES = bytes.fromhex("57fb808b247547db")  # LevelDB table footer, little-endian
-_DATA_RE = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
+#: A data shard's file name; `prefix` is empty for checkpoints written with an empty prefix.
+DATA_SHARD_RE = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
 _STATE_RE = re.compile(r'^\s*model_checkpoint_path\s*:\s*"((?:[^"\\]|\\.)*)"', re.MULTILINE)
 _STEP_RE = re.compile(r"(\d+)$")
 
@@ -97,10 +98,16 @@ def _step_key(p: Path) -> tuple[float, int, str]:
     return (p.stat().st_mtime, step, p.name)
 
 
+def is_savedmodel_dir(path: Path) -> bool:
+    """A SavedModel folder: its graph file, or at least its `variables/` bundle."""
+    return (path / "variables" / "variables.index").is_file() or any(
+        (path / pb).is_file() for pb in ("saved_model.pb", "saved_model.pbtxt")
+    )
+
+
 def _resolve_dir(path: Path) -> Resolved:
-    has_index = (path / "variables" / "variables.index").is_file()
-    if has_index or any((path / pb).is_file() for pb in ("saved_model.pb", "saved_model.pbtxt")):
-        if not has_index:
+    if is_savedmodel_dir(path):
+        if not (path / "variables" / "variables.index").is_file():
             raise NotFoundError(
                 path,
                 "SavedModel has no variables/variables.index (a model without "
@@ -151,7 +158,7 @@ def resolve(path: Path) -> Resolved:
     if path.is_file():
         if name.endswith(".index"):
             return Resolved("bundle", _prefix_path(path, _strip(name, ".index")))
-        m = _DATA_RE.match(name)
+        m = DATA_SHARD_RE.match(name)
         if m:
             prefix = _prefix_path(path, m.group("prefix"))
             if not bundle_file(prefix, ".index").is_file():
@@ -207,12 +214,7 @@ def find_checkpoints(root: Path) -> list[Path]:
     found: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
-        files = set(filenames)
-        if (
-            "saved_model.pb" in files
-            or "saved_model.pbtxt" in files
-            or ("variables" in dirnames and (d / "variables" / "variables.index").is_file())
-        ):
+        if is_savedmodel_dir(d):
             found.add(d)
             # The variables bundle belongs to the SavedModel: do not list it again.
             if "variables" in dirnames:
