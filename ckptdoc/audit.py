@@ -8,11 +8,20 @@ from pathlib import Path
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
+from ckptdoc.evidence import with_training
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
-from ckptdoc.groups import find_groups
+from ckptdoc.graph_bn import analyze
+from ckptdoc.groups import BNGroup, find_groups
 from ckptdoc.report.model import AuditReport, FileReport, GroupResult, worst_code
-from ckptdoc.rules import RULES, Finding, RuleSelection, check_group, code_findings
+from ckptdoc.rules import (
+    RULES,
+    Finding,
+    RuleSelection,
+    check_group,
+    code_findings,
+    model_findings,
+)
 
 
 def audit_file(path: str | Path, selection: RuleSelection | None = None) -> FileReport:
@@ -20,7 +29,7 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
     selection = selection or RuleSelection()
     try:
         with open_checkpoint(path) as ckpt:
-            groups = find_groups(ckpt)
+            groups = evidence_groups(ckpt)
             results, findings = [], []
             for group in groups:
                 group_findings = check_group(group, ckpt.read, selection)
@@ -31,14 +40,24 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
                         worst_code(group_findings),
                         group.channels(ckpt.tensors),
                         dict(group.members),
+                        group.evidence.found_by,
                     )
                 )
+            findings.extend(model_findings(groups, ckpt.read, selection))
             findings.extend(_file_findings(ckpt, selection))
             return FileReport(
                 str(path), ckpt.format, tuple(results), tuple(findings), None, tuple(ckpt.warnings)
             )
     except CheckpointError as exc:
         return FileReport(str(path), None, error=str(exc))
+
+
+def evidence_groups(ckpt: Checkpoint) -> list[BNGroup]:
+    """The file's BN groups from its strongest evidence (graph, config, structure, names),
+    each with what the file proves about its training (update ops, steps, momentum)."""
+    graph = ckpt.graph()
+    facts = analyze(graph) if graph is not None else None
+    return with_training(find_groups(ckpt, facts), ckpt.step_count())
 
 
 def _file_findings(ckpt: Checkpoint, selection: RuleSelection) -> list[Finding]:

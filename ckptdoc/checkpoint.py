@@ -13,9 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ckptdoc.formats.graph import Graph
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,18 @@ class LayerNode:
     members: Mapping[str, str]
     class_name: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    #: How the reader knows this layer: "config" (a model config names its class), "object
+    #: graph", "structure" (the class is inferred from the variables' shapes / optimizer slots),
+    #: or "names".
+    found_by: str = "names"
+
+
+@dataclass(frozen=True)
+class StepCount:
+    """How many training steps the file records, and which variable says so."""
+
+    steps: int
+    source: str
 
 
 class Checkpoint(ABC):
@@ -67,6 +82,14 @@ class Checkpoint(ABC):
     @property
     def layers(self) -> list[LayerNode] | None:
         """The file's own layer structure, or None when only flat names are known."""
+        return None
+
+    def graph(self) -> Graph | None:
+        """The TF graph saved with the checkpoint (`.meta`, `saved_model.pb`), or None."""
+        return None
+
+    def step_count(self) -> StepCount | None:
+        """The optimizer's step counter when the file holds one (`global_step`, `iterations`)."""
         return None
 
     @property

@@ -50,6 +50,7 @@ KEYS = (
 TOLERANCE_KEYS = {
     "barely-moved": "barely_moved",
     "dead-variance": "dead_variance",
+    "initial-weight": "initial_weight",
     "trained-param": "trained_param",
 }
 

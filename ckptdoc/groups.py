@@ -1,10 +1,14 @@
 """Which variables form one batch-norm layer. Knows naming conventions, nothing about bytes.
 
-Two sources of structure:
+Sources of structure, strongest first:
 - readers that know the model (object graphs, Keras files) give `LayerNode`s: we keep the
   ones whose class is a BN class, or, when the class is unknown, whose variables look like BN;
-- flat name-based checkpoints (TF1 `Saver`, slim, Estimator) give only keys: we group keys
-  by their scope when the last path component is a BN variable name.
+- a TF graph next to a name-based checkpoint (`model.ckpt.meta`, a TF1 `saved_model.pb`):
+  `graph_bn.py` finds the BN layers from their ops, whatever the variables are called; names
+  only label them;
+- flat name-based checkpoints without a graph (TF1 `Saver`, slim, Estimator) give only keys:
+  we group keys by their scope when the last path component is a BN variable name. Keys a
+  graph did not claim are still grouped by name, so a layer the graph missed is never lost.
 
 A group is still a group when members are missing: that is the bug users have.
 """
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
+from ckptdoc.graph_bn import GraphFacts
 
 #: The four statistics and parameters every BN layer may own, in display order.
 ROLES: tuple[str, ...] = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -47,6 +52,38 @@ _OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @dataclass(frozen=True)
+class Evidence:
+    """What the file proves about how one BN layer was found and trained.
+
+    Filled from the strongest source the file has: a graph (update ops wired to the train op
+    or not, a training switch that defaults to inference), a step counter and a momentum.
+    """
+
+    #: How the layer was recognised: "graph", "config", "object graph", "structure", "names".
+    found_by: str = "names"
+    #: True: the train op runs this layer's moving-average updates; False: it provably does
+    #: not; None: the file cannot tell.
+    updates_run: bool | None = None
+    #: The proof, in words (`the train op `Adam` does not depend on ...`).
+    updates_detail: str = ""
+    #: Non-empty when the graph says BN most likely trained in inference mode, and why.
+    inference_mode: str = ""
+    #: Training steps the file records, and where it found them.
+    steps: int | None = None
+    steps_source: str = ""
+    #: The BN momentum (decay), and where it comes from (config, graph, framework default).
+    momentum: float | None = None
+    momentum_source: str = ""
+
+    @property
+    def initial_weight(self) -> float | None:
+        """How much of its initial value each moving statistic still holds: momentum**steps."""
+        if self.steps is None or self.momentum is None or not 0 <= self.momentum < 1:
+            return None
+        return float(self.momentum**self.steps)
+
+
+@dataclass(frozen=True)
 class BNGroup:
     """One batch-norm layer as found in a checkpoint.
 
@@ -59,6 +96,7 @@ class BNGroup:
     extras: Mapping[str, str] = field(default_factory=dict)
     class_name: str | None = None
     config: Mapping[str, Any] = field(default_factory=dict)
+    evidence: Evidence = field(default_factory=Evidence)
 
     def key(self, role: str) -> str | None:
         return self.members.get(role)
@@ -80,12 +118,36 @@ class BNGroup:
         return None
 
 
-def find_groups(checkpoint: Checkpoint) -> list[BNGroup]:
-    """Every BN group in `checkpoint`, in file order."""
+def find_groups(checkpoint: Checkpoint, graph: GraphFacts | None = None) -> list[BNGroup]:
+    """Every BN group in `checkpoint`, in model (or file) order. `graph`: what `graph_bn`
+    found in the TF graph that came with a name-based checkpoint."""
     layers = checkpoint.layers
     if layers is not None:
         return [g for node in layers if (g := _group_from_layer(node)) is not None]
-    return _groups_from_names(checkpoint.tensors)
+    named = _groups_from_names(checkpoint.tensors)
+    if graph is None:
+        return named
+    from_graph = _groups_from_graph(graph, checkpoint.tensors)
+    claimed = group_keys(from_graph)
+    return from_graph + [g for g in named if not set(g.all_keys) & claimed]
+
+
+def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
+    """A group per BN layer the graph's ops prove; a member the graph has but the checkpoint
+    lacks is missing (BN001), not ignored. Layers with no variable in the checkpoint belong to
+    another checkpoint of the same graph and are skipped."""
+    from ckptdoc.evidence import from_graph
+
+    out = []
+    for layer in facts.layers:
+        if not any(v in tensors for v in layer.members.values()):
+            continue
+        members: dict[str, str | None] = {
+            role: (layer.members[role] if layer.members.get(role) in tensors else None)
+            for role in ROLES
+        }
+        out.append(BNGroup(layer.name, members, {}, None, {}, from_graph(layer, facts)))
+    return out
 
 
 def is_bn_class(class_name: str) -> bool:
@@ -122,7 +184,8 @@ def _group_from_layer(node: LayerNode) -> BNGroup | None:
         return None
     if not any(members.values()) and not extras:
         return None
-    return BNGroup(node.name, members, extras, node.class_name, dict(node.config))
+    return BNGroup(node.name, members, extras, node.class_name, dict(node.config),
+                   Evidence(found_by=node.found_by))
 
 
 def _looks_like_bn(name: str, members: Mapping[str, str | None]) -> bool:

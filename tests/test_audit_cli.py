@@ -110,7 +110,9 @@ def test_json_shape(repo: Path) -> None:
     assert doc["files"][0]["format"] == "keras2-weights-h5"
     assert doc["files"][1]["findings"][0]["rule"] == "BN002"
     assert doc["files"][1]["findings"][0]["severity"] == "error"
-    assert doc["files"][1]["groups"] == [{"name": "batch_normalization_0", "status": "BN002"}]
+    assert doc["files"][1]["groups"] == [
+        {"name": "batch_normalization_0", "status": "BN002", "found_by": "names"}
+    ]
     summary = doc["summary"]
     assert (summary["files"], summary["groups"], summary["error"]) == (2, 3, 1)
 

@@ -17,7 +17,8 @@ from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.commands.common import EXIT_USAGE, stderr, stdout
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats import open_checkpoint
-from ckptdoc.groups import ROLES, BNGroup, find_groups
+from ckptdoc.audit import evidence_groups
+from ckptdoc.groups import ROLES, BNGroup
 
 
 class LsFormat(str, Enum):
@@ -40,7 +41,7 @@ def ls(
     """List the batch-norm layers in a checkpoint: members, channels, dtype and statistics."""
     try:
         with open_checkpoint(path) as ckpt:
-            groups = find_groups(ckpt)
+            groups = evidence_groups(ckpt)
             if output_format == LsFormat.json:
                 stdout.out(json.dumps(_as_json(path, ckpt, groups, all_variables), indent=2))
             elif all_variables:
@@ -63,6 +64,7 @@ def _as_json(
                 "name": g.name,
                 "channels": g.channels(ckpt.tensors),
                 "members": {role: g.members.get(role) for role in ROLES},
+                "found_by": g.evidence.found_by,
                 **({"extras": dict(g.extras)} if g.extras else {}),
             }
             for g in groups
@@ -101,7 +103,7 @@ def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
         first = next((k for k in g.members.values() if k), None)
         dtype = str(ckpt.tensors[first].dtype) if first else "?"
         table.add_row(
-            Text(g.name),
+            Text(g.name) + Text(f"\nfound by {g.evidence.found_by}", style="dim"),
             str(g.channels(ckpt.tensors) or "?"),
             dtype,
             *(_stat(ckpt, g.members.get(r)) for r in ROLES),

@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
+from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
 from ckptdoc.errors import (
     CheckpointError,
     CorruptCheckpointError,
     NotFoundError,
     UnsupportedFormatError,
 )
+from ckptdoc.formats.graph import Graph, read_meta_graph, read_savedmodel_graph
 from ckptdoc.formats.proto import (
     BundleEntry,
     ProtoError,
@@ -57,6 +58,13 @@ _DTYPES: dict[int, np.dtype[Any]] = {
 }
 DT_STRING = 7
 DT_BFLOAT16 = 14
+# Where each framework keeps its optimizer step counter (TF1, tf-keras, Keras 3).
+_STEP_KEYS = (
+    "global_step",
+    "optimizer/iter/.ATTRIBUTES/VARIABLE_VALUE",
+    "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
+    "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE",
+)
 _DTYPE_NAMES = {7: "string", 14: "bfloat16", 20: "resource", 21: "variant"}
 
 
@@ -91,6 +99,8 @@ class BundleCheckpoint(Checkpoint):
         self._load_index()
         self._check_shards()
         self._graph_nodes: list[TrackableObject] | None = None
+        self._graph: Graph | None = None
+        self._graph_read = False
         self._layers: list[LayerNode] | None = None
         #: A SavedModel's Keras layer metadata (class names and configs, as parsed JSON), for
         #: the audit's CK001 check: a `Lambda` carries code. None when there is none.
@@ -298,6 +308,38 @@ class BundleCheckpoint(Checkpoint):
     @property
     def warnings(self) -> list[str]:
         return list(self._warnings)
+
+    def graph(self) -> Graph | None:
+        """The graph saved beside a name-based checkpoint: `PREFIX.meta`, or a TF1 SavedModel's
+        `saved_model.pb`. Object-based checkpoints carry their structure in the object graph.
+        A graph that cannot be decoded is a note, not an error: the names still work."""
+        if self._graph_read:
+            return self._graph
+        self._graph_read = True
+        if self.format == "tf2-object":
+            return None
+        path = (self.prefix.parent.parent / "saved_model.pb" if self.format == "savedmodel"
+                else bundle_file(self.prefix, ".meta"))
+        if not path.is_file():
+            return None
+        try:
+            self._graph = (read_savedmodel_graph(path) if self.format == "savedmodel"
+                           else read_meta_graph(path))
+        except (OSError, ProtoError, RecursionError) as exc:
+            self._warnings.append(f"{path}: could not read the graph ({exc}); BN layers were "
+                                  "found by their names only")
+        return self._graph
+
+    def step_count(self) -> StepCount | None:
+        for key in _STEP_KEYS:
+            info = self._tensors.get(key)
+            if info is None or info.shape or info.dtype.kind not in "iu":
+                continue
+            try:
+                return StepCount(int(self.read(key)), key)
+            except CheckpointError:
+                return None
+        return None
 
     @property
     def object_graph(self) -> list[TrackableObject] | None:

@@ -46,7 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
+from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
 from ckptdoc.errors import (
     CheckpointError,
     CorruptCheckpointError,
@@ -120,6 +120,21 @@ class KerasH5Checkpoint(Checkpoint):
     def warnings(self) -> list[str]:
         return list(self._warnings)
 
+    def step_count(self) -> StepCount | None:
+        """Keras 3: `optimizer/vars/0` is `iterations`; Keras 2: `.../iter:0` or
+        `.../iterations:0` under `optimizer_weights`."""
+        if self._h5 is None:
+            return None
+        try:
+            for key in _step_keys(self._h5):
+                dset = _resolve(self._h5, key, self.path)
+                if (isinstance(dset, h5py.Dataset) and dset.shape == ()
+                        and dset.dtype.kind in "iu"):
+                    return StepCount(int(dset[()]), key)
+        except (CheckpointError, OSError, ValueError, RuntimeError, KeyError):
+            return None  # the counter is evidence, not a requirement
+        return None
+
     def read(self, key: str) -> np.ndarray:
         var = self._vars.get(key)
         if var is None:
@@ -149,6 +164,28 @@ class KerasH5Checkpoint(Checkpoint):
                 self._h5.close()
             finally:
                 self._h5 = None
+
+
+_STEP_LEAVES = frozenset({"iter", "iteration", "iterations"})
+
+
+def _step_keys(h5: h5py.File) -> list[str]:
+    if "optimizer" in h5:
+        return ["optimizer/vars/0"]
+    if "optimizer_weights" not in h5:
+        return []
+    keys: list[str] = []
+    group = _resolve(h5, "optimizer_weights", Path(h5.filename))
+    if not isinstance(group, h5py.Group):
+        return []
+
+    def visit(name: str, obj: Any) -> None:
+        leaf = name.rsplit("/", 1)[-1].split(":")[0]
+        if isinstance(obj, h5py.Dataset) and leaf in _STEP_LEAVES and not keys:
+            keys.append(f"optimizer_weights/{name}")
+
+    group.visititems(visit)
+    return keys
 
 
 # --------------------------------------------------------------------------- opening
@@ -343,7 +380,7 @@ def _open_v3(
 ) -> KerasH5Checkpoint:
     warnings: list[str] = []
     variables: dict[str, _Var] = {}
-    layers: list[LayerNode] = []
+    ordered: list[tuple[tuple[int, tuple[Any, ...]], LayerNode]] = []
     used: set[str] = set()
     root_entry = _top_entry(config)
     for owner, vars_group, chain in _walk_v3(h5, path, "", []):
@@ -362,16 +399,25 @@ def _open_v3(
         members_raw.sort(key=lambda lk: (0, int(lk[0]), "") if lk[0].isdigit() else (1, 0, lk[0]))
         # Names of the owners below the root model, outermost first (`inner_block/inner_bn`).
         names = [n for rel, n in chain if rel]
-        entry, cfg_names = (
-            _v3_config_entry(root_entry, owner, names) if root_entry is not None else (None, [])
+        entry, cfg_names, rest, order = (
+            _v3_config_entry(root_entry, owner, names)
+            if root_entry is not None else (None, [], [], None)
         )
-        class_name = entry.get("class_name") if entry is not None else None
+        class_name = entry.get("class_name") if entry is not None and not rest else None
+        found_by = "config"
         if not isinstance(class_name, str):
             hint = re.sub(r"_\d+$", "", owner.rsplit("/", 1)[-1])
             class_name = _BN_HINTS.get(hint)
-        layer_cfg = _layer_config(entry)
+            found_by = "names"
+        if class_name is None and _looks_like_bn_vars(members_raw, variables):
+            # A sublayer of a custom layer or subclassed model: neither config nor path name
+            # its class. Four 1-D vectors of one shape is BatchNormalization's signature.
+            class_name, found_by = "BatchNormalization", "structure"
+        layer_cfg = _layer_config(entry) if not rest else {}
         if not owner:
             name = chain[0][1] or "(model)" if chain else "(model)"
+        elif cfg_names and rest:  # a custom layer's attribute: `stem/norm`
+            name = "/".join([*cfg_names, *rest])
         elif names and all(n is not None for n in names):
             name = "/".join(n for n in names if n is not None)
         elif entry is not None and cfg_names:
@@ -381,14 +427,16 @@ def _open_v3(
         if name in used:
             name = owner or name
         used.add(name)
-        layers.append(
-            LayerNode(
-                name=name,
-                members=_v3_members(members_raw, class_name, layer_cfg),
-                class_name=class_name,
-                config=layer_cfg,
-            )
+        node = LayerNode(
+            name=name,
+            members=_v3_members(members_raw, class_name, layer_cfg),
+            class_name=class_name,
+            config=layer_cfg,
+            found_by=found_by,
         )
+        ordered.append(((order if order is not None else 1 << 30, _natural(owner)), node))
+    # Model order (the config's), not HDF5's name order (`dense_1`, `dense_10`, `dense_2`).
+    layers = [node for _, node in sorted(ordered, key=lambda pair: pair[0])]
     ckpt = KerasH5Checkpoint(path, h5, fmt, variables, layers, warnings, size)
     ckpt.model_config = root_entry
     return ckpt
@@ -447,45 +495,82 @@ def _bn_roles(n: int, cfg: Mapping[str, Any]) -> list[str | None]:
 
 def _v3_config_entry(
     root: Mapping[str, Any], owner: str, names: list[str | None]
-) -> tuple[Mapping[str, Any] | None, list[str]]:
-    """The config entry of the layer saved at `owner`, and the layer names leading to it.
+) -> tuple[Mapping[str, Any] | None, list[str], list[str], int | None]:
+    """The config entry of the layer saved at `owner`, the layer names leading to it, the path
+    parts the config does not describe (a custom layer's sublayer attributes), and the entry's
+    position in the config (model order).
 
     Matched by the `vars` `name` attributes when the file has them (Keras >= 3.6), else by
     replaying how Keras 3 names the path.
     """
     if not owner:
-        return root, []
+        return root, [], [], 0
     if names and all(n is not None for n in names):
         entry: Mapping[str, Any] | None = root
         for n in names:
             entry = _direct_child(entry, n) if entry is not None and n is not None else None
         if entry is not None:
-            return entry, [n for n in names if n is not None]
-    return _entry_by_path(root, owner.split("/"))
+            return entry, [n for n in names if n is not None], [], _position(root, entry)
+    entry, cfg_names, rest = _entry_by_path(root, owner.split("/"))
+    return entry, cfg_names, rest, _position(root, entry) if entry is not None else None
 
 
 def _entry_by_path(
     root: Mapping[str, Any], parts: list[str]
-) -> tuple[Mapping[str, Any] | None, list[str]]:
-    """Replay Keras 3's path naming: `layers/<snake class>[_N]`, or an attribute name."""
-    entry: Mapping[str, Any] | None = root
+) -> tuple[Mapping[str, Any] | None, list[str], list[str]]:
+    """Replay Keras 3's path naming: `layers/<snake class>[_N]`, or an attribute name. Returns
+    the deepest entry matched, the layer names to it, and the attribute parts left over."""
+    entry: Mapping[str, Any] = root
     names: list[str] = []
     i = 0
-    while entry is not None and i < len(parts):
+    while i < len(parts):
         part = parts[i]
         kids = _children(entry)
+        nxt: Mapping[str, Any] | None
         if part == "layers" and i + 1 < len(parts) and kids:
             skip_input = entry.get("class_name") == "Sequential"
-            entry = _snake_map(kids, skip_input).get(parts[i + 1])
-            i += 2
+            nxt = _snake_map(kids, skip_input).get(parts[i + 1])
+            step = 2
         else:
             cfg = entry.get("config")
             sub = cfg.get(part) if isinstance(cfg, Mapping) else None
-            entry = sub if isinstance(sub, Mapping) and "class_name" in sub else None
-            i += 1
-        if entry is not None:
-            names.append(_entry_name(entry) or parts[i - 1])
-    return entry, names
+            nxt = sub if isinstance(sub, Mapping) and "class_name" in sub else None
+            step = 1
+        if nxt is None:
+            break
+        entry = nxt
+        names.append(_entry_name(entry) or parts[i + step - 1])
+        i += step
+    if i == 0:
+        return None, [], [p for p in parts if p != "layers"]
+    return entry, names, [p for p in parts[i:] if p != "layers"]
+
+
+def _position(root: Mapping[str, Any], target: Mapping[str, Any]) -> int | None:
+    """Depth-first position of `target` among the config's layer entries."""
+    count = 0
+    stack = [root]
+    while stack:
+        entry = stack.pop()
+        if entry is target:
+            return count
+        count += 1
+        stack.extend(reversed(_children(entry)))
+    return None
+
+
+def _natural(path: str) -> tuple[Any, ...]:
+    """`dense_2` before `dense_10`."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
+
+
+def _looks_like_bn_vars(members: list[tuple[str, str]], variables: Mapping[str, _Var]) -> bool:
+    infos = [variables[key].info for _, key in members]
+    return (
+        len(infos) == 4
+        and all(len(i.shape) == 1 and i.dtype.kind == "f" for i in infos)
+        and len({i.shape for i in infos}) == 1
+    )
 
 
 def _snake_map(kids: list[Mapping[str, Any]], skip_input: bool) -> dict[str, Mapping[str, Any]]:
@@ -577,6 +662,7 @@ def _node(name: str, members: dict[str, str], entry: Mapping[str, Any] | None) -
         members=members,
         class_name=cls if isinstance(cls, str) else None,
         config=_layer_config(entry),
+        found_by="config" if isinstance(cls, str) else "names",
     )
 
 

@@ -135,7 +135,8 @@ def build_layers(
         class_name = info.get("class_name") if isinstance(info.get("class_name"), str) else None
         raw_config = info.get("config")
         config: dict[str, Any] = raw_config if isinstance(raw_config, dict) else {}
-        layers.append(LayerNode(name=name, members=members, class_name=class_name, config=config))
+        layers.append(LayerNode(name=name, members=members, class_name=class_name, config=config,
+                                found_by="config" if class_name else "object graph"))
     return layers + scoped
 
 
@@ -156,7 +157,8 @@ def _split_flat_lists(
         for full, j in zip(fulls, owned.values(), strict=True):
             scope, leaf = full.rsplit("/", 1)
             scopes.setdefault(scope, {}).setdefault(leaf, variables[j][0])
-    return rest, [LayerNode(name=scope, members=members) for scope, members in scopes.items()]
+    return rest, [LayerNode(name=scope, members=members, found_by="names")
+                  for scope, members in scopes.items()]
 
 
 def _display_name(

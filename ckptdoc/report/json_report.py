@@ -14,7 +14,9 @@ def file_to_dict(file: FileReport) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": file.path,
         "format": file.format,
-        "groups": [{"name": g.name, "status": g.status} for g in file.groups],
+        "groups": [
+            {"name": g.name, "status": g.status, "found_by": g.found_by} for g in file.groups
+        ],
         "findings": [
             {
                 "rule": f.rule,

@@ -17,6 +17,8 @@ class GroupResult:
     status: str  # "ok" or the code of the worst finding
     channels: int | None = None
     members: dict[str, str | None] = field(default_factory=dict)
+    #: How the layer was recognised: graph, config, object graph, structure or names.
+    found_by: str = "names"
 
 
 @dataclass(frozen=True)

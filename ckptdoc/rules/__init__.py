@@ -11,6 +11,7 @@ from ckptdoc.groups import BNGroup
 from ckptdoc.rules.base import Finding, GroupValues, Rule, Severity, Tolerances
 from ckptdoc.rules.checks import RULES
 from ckptdoc.rules.code import code_findings  # registers CK001 (file-level)
+from ckptdoc.rules.model import untrained_findings  # registers BN008, BN009 (model-level)
 
 __all__ = [
     "RULES",
@@ -21,6 +22,7 @@ __all__ = [
     "Tolerances",
     "check_group",
     "code_findings",
+    "model_findings",
     "unknown_codes",
 ]
 
@@ -65,10 +67,13 @@ def check_group(
         result = rule.check(values, selection.tolerances)
         if result is None:
             continue
+        severity = selection.severity(rule)
+        if result.at_most is not None and result.at_most.rank < severity.rank:
+            severity = result.at_most
         findings.append(
             Finding(
                 rule.code,
-                selection.severity(rule),
+                severity,
                 group.name,
                 result.message,
                 dict(result.details),
@@ -76,3 +81,16 @@ def check_group(
             )
         )
     return findings
+
+
+def model_findings(
+    groups: list[BNGroup], read: Callable[[str], np.ndarray], selection: RuleSelection
+) -> list[Finding]:
+    """Findings about the model as a whole (BN008 untrained, BN009 unused layers)."""
+    active = {r.code: r for r in selection.active()}
+    return [
+        Finding(f.rule, selection.severity(active[f.rule]), f.group, f.message,
+                dict(f.details), f.evidence)
+        for f in untrained_findings(groups, read)
+        if f.rule in active
+    ]

@@ -48,6 +48,9 @@ class Tripped:
     evidence: str
     cause: str = ""
     details: Mapping[str, Any] = field(default_factory=dict)
+    #: At most this severity, whatever the rule's: the file's evidence makes the finding a
+    #: likely-but-unproven problem (BN002 on a model trained in inference mode).
+    at_most: Severity | None = None
 
     @property
     def message(self) -> str:
@@ -65,6 +68,9 @@ class Tolerances:
     dead_variance: float = 1e-6
     #: BN002: gamma / beta further than this from 1 / 0 count as trained.
     trained_param: float = 0.0
+    #: BN005: with a step count and a momentum in the file, fire when momentum**steps (the
+    #: share of the initial value still in each moving average) is at least this.
+    initial_weight: float = 0.5
 
 
 class GroupValues:

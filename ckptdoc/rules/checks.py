@@ -89,12 +89,21 @@ Usual causes:
 - {_FIX_TF1}
 - {_FIX_TF2}
 
+When the checkpoint comes with its TF graph (`model.ckpt.meta`, a TF1 `saved_model.pb`),
+ckptdoc reads it and says which case it is: "the train op `Adam` does not depend on this
+layer's 2 moving-average update ops" is proof of the first cause.
+
 Not always a bug: a model trained with BN in inference mode the whole time (a TF2 loop without
-`training=True`, or `trainable=False` layers) learned its weights *with* mean 0 / variance 1,
-and its inference output is what training saw. To tell the two apart, compare the model's
-accuracy on held-out data with `training=False` against `training=True` (or against its
-training-time metrics): if inference mode is far worse, the statistics are broken. `ckptdoc
-recalibrate` measures exactly this before it writes and refuses to make held-out results worse.
+`training=True`, `trainable=False` layers, or tf.keras layers in a TF1 graph / Estimator that
+never fed `keras_learning_phase`, a placeholder that defaults to False) learned its weights
+*with* mean 0 / variance 1, and its inference output is what training saw. When the graph
+shows BN switching on such a placeholder and nothing in the file would run the updates (no
+train op, no UPDATE_OPS collection), this finding is a warning, not an error.
+
+To tell the two apart by hand, compare the model's accuracy on held-out data with
+`training=False` against `training=True` (or against its training-time metrics): if inference
+mode is far worse, the statistics are broken. `ckptdoc recalibrate` measures exactly this
+before it writes and refuses to make held-out results worse.
 
 {_FIX_RECALIBRATE}
 """,
@@ -119,12 +128,34 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     if (gamma is not None or beta is not None) and not trained:
         return None  # nothing trained at all: a freshly initialised layer, not this bug
     why = f"{' and '.join(trained)} trained" if trained else "no gamma / beta to compare"
-    return Tripped(
-        f"mean all 0, variance all 1, {why}",
+    evidence = values.group.evidence
+    details: dict[str, object] = {"trained": trained, "found_by": evidence.found_by}
+    if evidence.updates_run is False:
+        details["proof"] = evidence.updates_detail
+        return Tripped(
+            f"mean all 0, variance all 1, {why}",
+            f"the update ops never ran: {evidence.updates_detail} (proven by the graph)",
+            details,
+        )
+    if evidence.inference_mode:
+        details["inference_mode"] = evidence.inference_mode
+        return Tripped(
+            f"mean all 0, variance all 1, {why}",
+            f"{evidence.inference_mode}. Confirm with `ckptdoc recalibrate --eval-data`, "
+            "which refuses when recalibration makes held-out results worse",
+            details,
+            at_most=Severity.WARNING,
+        )
+    cause = (
         "the updates never ran, or BN was trained in inference mode "
-        "(`ckptdoc rule BN002` tells them apart)",
-        {"trained": trained},
+        "(`ckptdoc rule BN002` tells them apart)"
     )
+    if evidence.updates_run is True:
+        cause = (
+            f"{evidence.updates_detail}, yet they never changed the statistics: BN most likely "
+            "ran in inference mode during training (a training switch never fed True)"
+        )
+    return Tripped(f"mean all 0, variance all 1, {why}", cause, details)
 
 
 @rule(
@@ -192,6 +223,11 @@ ran, but too few times for its decay: after k updates with decay d the moving av
 gone only `1 - d**k` of the way (slim's default 0.999 over 500 steps: 39%). Inference then
 normalizes with statistics that are mostly the initial 0 / 1.
 
+When the file records its step count (Keras 3 `iterations`, TF1 `global_step`, tf-keras
+`iter`) and a momentum (the layer's config, else the Keras / TF default 0.99, said as such),
+the rule computes `momentum**steps`, the share of the initial value still in each average,
+and fires when it is at least `initial_weight` (default 0.5), whatever the values look like.
+
 Fix: lower the decay (momentum 0.9-0.99 for short runs), train longer, or
 {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]} The tolerance is `barely_moved`.
 """,
@@ -204,9 +240,23 @@ def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
         return None
     if np.all(mean == 0.0) and np.all(var == 1.0):
         return None  # exactly at init: BN002's case
+    evidence = values.group.evidence
+    weight = evidence.initial_weight
+    if weight is not None and weight >= tol.initial_weight:
+        # The file says how far the averages got, whatever the values look like.
+        return Tripped(
+            f"after {evidence.steps} steps ({evidence.steps_source}) at momentum "
+            f"{evidence.momentum:g} ({evidence.momentum_source}), {weight:.0%} of each moving "
+            "statistic is still its initial value",
+            "decay too high for the run",
+            {"steps": evidence.steps, "momentum": evidence.momentum,
+             "initial_weight": weight},
+        )
     mean_dev, var_dev = float(np.max(np.abs(mean))), float(np.max(np.abs(var - 1.0)))
     if mean_dev > tol.barely_moved or var_dev > tol.barely_moved:
         return None
+    if weight is not None and weight < 0.01 and "default" not in evidence.momentum_source:
+        return None  # the averages converged: stats near 0 / 1 describe standardized inputs
     return Tripped(
         f"max |mean| {_fmt(mean_dev)}, max |var - 1| {_fmt(var_dev)}: within "
         f"{tol.barely_moved:g} of the initial 0 / 1",

@@ -1,0 +1,340 @@
+"""TensorFlow graphs (`model.ckpt.meta`, `saved_model.pb`) as plain data, without TensorFlow.
+
+Knows the bytes of MetaGraphDef / GraphDef / NodeDef / CollectionDef and nothing about batch
+norm: `graph_bn.py` reads BN layers out of the `Graph` this returns. Only what an audit needs is
+kept: each node's name, op, inputs (data and control), the scalar value of bool / float
+constants, bool attributes; the graph's collections; which variables are trainable.
+
+Untrusted input: every length is checked by the decoder in proto.py; a graph that cannot be
+decoded raises `ProtoError` (a ValueError), which readers turn into a note, never a crash.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ckptdoc.formats.proto import ProtoError, iter_fields, parse
+
+__all__ = ["Graph", "GraphNode", "read_meta_graph", "read_savedmodel_graph", "MAX_GRAPH_BYTES"]
+
+#: A `.meta` of a large model is tens of MB; past this the file is not what it claims.
+MAX_GRAPH_BYTES = 1 << 30
+
+_DT_FLOAT, _DT_DOUBLE, _DT_BOOL = 1, 2, 10
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One NodeDef. `inputs` keep TF's spelling (`name`, `name:1`); control inputs are apart."""
+
+    name: str
+    op: str
+    inputs: tuple[str, ...] = ()
+    control_inputs: tuple[str, ...] = ()
+    #: The scalar value of a bool or float `Const` (first element), else None.
+    value: bool | float | None = None
+    #: Bool attributes (`is_training` of FusedBatchNorm, ...).
+    flags: Mapping[str, bool] = field(default_factory=dict)
+    #: Function attributes (`then_branch` of an `If` -> function name).
+    funcs: Mapping[str, str] = field(default_factory=dict)
+    #: For a node inlined from a branch of an `If`: (the predicate's input ref, which branch).
+    guard: tuple[str, bool] | None = None
+    #: For a functional `If` / call whose body was inlined: per output port, the refs of the
+    #: inlined nodes that produce it (one per branch).
+    results: tuple[tuple[str, ...], ...] = ()
+
+
+@dataclass(frozen=True)
+class Graph:
+    """A decoded graph. `nodes` keeps file order."""
+
+    source: Path
+    nodes: Mapping[str, GraphNode]
+    #: Collection name -> node names (`UPDATE_OPS`, `train_op`, ...) or, for variable
+    #: collections, the variables' op names.
+    collections: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def node(self, ref: str) -> GraphNode | None:
+        """The node an input string (`name`, `name:1`, `^name`) refers to."""
+        return self.nodes.get(node_name(ref))
+
+
+def node_name(ref: str) -> str:
+    """`^a/b:1` -> `a/b`."""
+    ref = ref[1:] if ref.startswith("^") else ref
+    name, _, port = ref.rpartition(":")
+    return name if name and port.isdigit() else ref
+
+
+def output_index(ref: str) -> int:
+    name, _, port = ref.rpartition(":")
+    return int(port) if name and port.isdigit() else 0
+
+
+def read_meta_graph(path: Path) -> Graph:
+    """Decode a MetaGraphDef file (`.meta`)."""
+    return _graph_from_meta(path, _read(path))
+
+
+def read_savedmodel_graph(path: Path) -> Graph | None:
+    """Decode the first MetaGraphDef of a `saved_model.pb`; None when it has no GraphDef nodes
+    (TF2 SavedModels keep their ops in functions: their object graph is the better evidence)."""
+    for field_no, _wire, value in iter_fields(_read(path)):
+        if field_no == 2 and isinstance(value, bytes):
+            graph = _graph_from_meta(path, value)
+            return graph if graph.nodes else None
+    return None
+
+
+def _read(path: Path) -> bytes:
+    size = path.stat().st_size
+    if size > MAX_GRAPH_BYTES:
+        raise ProtoError(f"{size} bytes is too large for a graph")
+    return path.read_bytes()
+
+
+_IF_OPS = frozenset({"If", "StatelessIf"})
+_CALL_OPS = frozenset({"PartitionedCall", "StatefulPartitionedCall"})
+# Output argument order of multi-output ops that matter: `node:batch_mean:0` is port 1.
+_OUTPUT_ARGS: dict[str, tuple[str, ...]] = {
+    op: (
+        "y",
+        "batch_mean",
+        "batch_variance",
+        "reserve_space_1",
+        "reserve_space_2",
+        "reserve_space_3",
+    )
+    for op in ("FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3")
+}
+_MAX_INLINE_DEPTH = 8
+_MAX_NODES = 2_000_000
+
+
+@dataclass(frozen=True)
+class _Function:
+    args: tuple[str, ...]
+    outputs: tuple[str, ...]
+    nodes: tuple[GraphNode, ...]
+    ret: Mapping[str, str]
+
+
+def _graph_from_meta(path: Path, buf: bytes) -> Graph:
+    top: list[GraphNode] = []
+    functions: dict[str, _Function] = {}
+    collections: dict[str, tuple[str, ...]] = {}
+    for field_no, _wire, value in iter_fields(buf):
+        if not isinstance(value, bytes):
+            continue
+        if field_no == 2:  # graph_def
+            for g_field, _w, g_value in iter_fields(value):
+                if not isinstance(g_value, bytes):
+                    continue
+                if g_field == 1:
+                    top.append(_node(g_value))
+                elif g_field == 2:  # FunctionDefLibrary
+                    for l_field, _lw, l_value in iter_fields(g_value):
+                        if l_field == 1 and isinstance(l_value, bytes):
+                            name, fn = _function(l_value)
+                            functions[name] = fn
+        elif field_no == 4:  # collection_def map entry
+            entry = parse(value)
+            key = _text(entry, 1)
+            body = entry.get(2, [b""])[-1]
+            if isinstance(body, bytes):
+                collections[key] = _collection(key, body)
+    nodes: dict[str, GraphNode] = {}
+    _inline(top, functions, nodes, prefix="", args={}, guard=None, depth=0)
+    return Graph(path, nodes, collections)
+
+
+def _inline(
+    body: tuple[GraphNode, ...] | list[GraphNode],
+    functions: Mapping[str, _Function],
+    out: dict[str, GraphNode],
+    prefix: str,
+    args: Mapping[str, str],
+    guard: tuple[str, bool] | None,
+    depth: int,
+) -> None:
+    """Add `body` to `out` under `prefix`, function arguments replaced by the caller's inputs,
+    and the bodies of functional `If` / call nodes inlined after them (control flow v2)."""
+    ops = {n.name: n.op for n in body}
+    for node in body:
+        if len(out) > _MAX_NODES:
+            raise ProtoError("graph has too many nodes")
+        inputs = tuple(_rename(r, prefix, args, ops) for r in node.inputs)
+        controls = tuple(node_name(_rename(c, prefix, args, ops)) for c in node.control_inputs)
+        name = prefix + node.name
+        branches = _branches(node, functions) if depth < _MAX_INLINE_DEPTH else []
+        results: list[tuple[str, ...]] = []
+        for label, fn, branch_guard in branches:
+            sub_prefix = f"{name}/{label}/"
+            passed = inputs[1:] if node.op in _IF_OPS else inputs
+            sub_args = dict(zip(fn.args, passed, strict=False))
+            cond = (inputs[0], branch_guard) if node.op in _IF_OPS and inputs else guard
+            _inline(fn.nodes, functions, out, sub_prefix, sub_args, cond, depth + 1)
+            sub_ops = {n.name: n.op for n in fn.nodes}
+            for k, arg in enumerate(fn.outputs):
+                ref = fn.ret.get(arg)
+                if ref is None:
+                    continue
+                while len(results) <= k:
+                    results.append(())
+                results[k] = (*results[k], _rename(ref, sub_prefix, sub_args, sub_ops))
+        out[name] = GraphNode(
+            name,
+            node.op,
+            inputs,
+            controls,
+            node.value,
+            node.flags,
+            node.funcs,
+            guard,
+            tuple(results),
+        )
+
+
+def _branches(
+    node: GraphNode, functions: Mapping[str, _Function]
+) -> list[tuple[str, _Function, bool]]:
+    if node.op in _IF_OPS:
+        pairs = [
+            ("then", node.funcs.get("then_branch"), True),
+            ("else", node.funcs.get("else_branch"), False),
+        ]
+    elif node.op in _CALL_OPS:
+        pairs = [("call", node.funcs.get("f"), True)]
+    else:
+        return []
+    return [(label, functions[f], g) for label, f, g in pairs if f and f in functions]
+
+
+def _rename(ref: str, prefix: str, args: Mapping[str, str], ops: Mapping[str, str]) -> str:
+    """A function-body input (`arg`, `node:out_arg:idx`, `^node`) as a graph-wide ref."""
+    control = ref.startswith("^")
+    bare = ref[1:] if control else ref
+    if bare in args:
+        out = args[bare]
+        return "^" + node_name(out) if control else out
+    parts = bare.split(":")
+    if prefix and len(parts) == 3 and parts[2].isdigit():
+        op_args = _OUTPUT_ARGS.get(ops.get(parts[0], ""), ())
+        port = (op_args.index(parts[1]) if parts[1] in op_args else 0) + int(parts[2])
+        bare = f"{parts[0]}:{port}" if port else parts[0]
+    elif prefix and len(parts) == 2 and not parts[1].isdigit():
+        bare = parts[0]
+    return ("^" if control else "") + prefix + bare
+
+
+def _function(buf: bytes) -> tuple[str, _Function]:
+    name = ""
+    args: list[str] = []
+    outputs: list[str] = []
+    nodes: list[GraphNode] = []
+    ret: dict[str, str] = {}
+    for f, _w, v in iter_fields(buf):
+        if not isinstance(v, bytes):
+            continue
+        if f == 1:  # OpDef signature
+            sig = parse(v)
+            name = _text(sig, 1)
+            args = [_text(parse(a), 1) for a in sig.get(2, []) if isinstance(a, bytes)]
+            outputs = [_text(parse(a), 1) for a in sig.get(3, []) if isinstance(a, bytes)]
+        elif f == 3:
+            nodes.append(_node(v))
+        elif f == 4:
+            entry = parse(v)
+            ret[_text(entry, 1)] = _text(entry, 2)
+    return name, _Function(tuple(args), tuple(outputs), tuple(nodes), ret)
+
+
+def _node(buf: bytes) -> GraphNode:
+    name = op = ""
+    inputs: list[str] = []
+    controls: list[str] = []
+    value: bool | float | None = None
+    flags: dict[str, bool] = {}
+    funcs: dict[str, str] = {}
+    for f, _w, v in iter_fields(buf):
+        if not isinstance(v, bytes):
+            continue
+        if f == 1:
+            name = v.decode("utf-8", "replace")
+        elif f == 2:
+            op = v.decode("utf-8", "replace")
+        elif f == 3:
+            ref = v.decode("utf-8", "replace")
+            (controls if ref.startswith("^") else inputs).append(ref)
+        elif f == 5:
+            entry = parse(v)
+            key = _text(entry, 1)
+            attr_raw = entry.get(2, [b""])[-1]
+            if not isinstance(attr_raw, bytes):
+                continue
+            attr = parse(attr_raw)
+            if 5 in attr and isinstance(attr[5][-1], int):
+                flags[key] = bool(attr[5][-1])
+            elif 10 in attr and isinstance(attr[10][-1], bytes):
+                funcs[key] = _text(parse(attr[10][-1]), 1)
+            elif key == "value" and 8 in attr and isinstance(attr[8][-1], bytes):
+                value = _scalar(attr[8][-1])
+    if not name:
+        raise ProtoError("graph node without a name")
+    return GraphNode(name, op, tuple(inputs), tuple(c[1:] for c in controls), value, flags, funcs)
+
+
+def _scalar(tensor_buf: bytes) -> bool | float | None:
+    """First element of a bool / float / double TensorProto, else None."""
+    msg = parse(tensor_buf)
+    dtype = msg.get(1, [0])[-1]
+    content = msg.get(4, [b""])[-1]
+    if dtype == _DT_BOOL:
+        vals = msg.get(11, [])
+        if vals:
+            v = vals[0]
+            return bool(v[0]) if isinstance(v, bytes) and v else bool(v)
+        return bool(content[0]) if isinstance(content, bytes) and content else False
+    if dtype in (_DT_FLOAT, _DT_DOUBLE):
+        fmt, fno, size = ("<f", 5, 4) if dtype == _DT_FLOAT else ("<d", 6, 8)
+        vals = msg.get(fno, [])
+        if vals:
+            v = vals[0]
+            if isinstance(v, bytes):  # packed
+                return struct.unpack_from(fmt, v)[0] if len(v) >= size else None
+            raw = struct.pack("<I" if size == 4 else "<Q", v)
+            return float(struct.unpack(fmt, raw)[0])
+        if isinstance(content, bytes) and len(content) >= size:
+            return float(struct.unpack_from(fmt, content)[0])
+        return 0.0
+    return None
+
+
+def _collection(key: str, buf: bytes) -> tuple[str, ...]:
+    """node_list values as node names; bytes_list of VariableDefs as the variables' op names."""
+    out: list[str] = []
+    for f, _w, v in iter_fields(buf):
+        if not isinstance(v, bytes):
+            continue
+        if f == 1:  # NodeList
+            out.extend(
+                node_name(x.decode("utf-8", "replace"))
+                for x in parse(v).get(1, [])
+                if isinstance(x, bytes)
+            )
+        elif f == 2 and key.endswith("variables"):  # BytesList of VariableDef
+            for item in parse(v).get(1, []):
+                if isinstance(item, bytes):
+                    var_name = _text(parse(item), 1)
+                    if var_name:
+                        out.append(node_name(var_name))
+    return tuple(out)
+
+
+def _text(msg: dict[int, list[int | bytes]], field_no: int) -> str:
+    values = msg.get(field_no)
+    v = values[-1] if values else b""
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else ""

@@ -1,0 +1,486 @@
+"""Batch norm as a TensorFlow graph shows it: which variables feed a normalization, which ops
+update them, and whether training runs those updates. Knows TF graph patterns, not bytes
+(`formats/graph.py` decodes them) and not names (names only label what the ops prove).
+
+A BN layer is found from its ops, whatever its variables are called:
+- `FusedBatchNorm*`: inputs 1-4 are scale, offset, mean, variance;
+- `tf.nn.batch_normalization`: `Rsqrt(variance + eps)`, optionally `* scale`, then
+  `offset - mean * inv`;
+- moving-average updates: an assign to a variable whose new value is computed from a batch
+  statistic (a `FusedBatchNorm*` mean / variance output, or a `Mean` as in `tf.nn.moments`).
+A layer needs a moving statistic, so layer and group norm (same ops, no moving stats) stay out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ckptdoc.formats.graph import Graph, GraphNode, node_name, output_index
+
+__all__ = ["GraphFacts", "GraphLayer", "Switch", "analyze"]
+
+_FUSED = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "_FusedBatchNormEx"})
+_VARIABLES = frozenset({"VariableV2", "Variable", "VarHandleOp"})
+# Ops a value passes through unchanged, for finding which variable feeds an input.
+_PASS = frozenset(
+    {
+        "Identity",
+        "IdentityN",
+        "ReadVariableOp",
+        "Switch",
+        "RefSwitch",
+        "Merge",
+        "RefMerge",
+        "Enter",
+        "RefEnter",
+        "Cast",
+        "StopGradient",
+        "Snapshot",
+        "RefIdentity",
+        "Squeeze",
+        "Reshape",
+        "ExpandDims",
+        "If",
+        "StatelessIf",
+        "PartitionedCall",
+        "StatefulPartitionedCall",
+    }
+)
+_ASSIGNS = frozenset(
+    {
+        "Assign",
+        "AssignSub",
+        "AssignVariableOp",
+        "AssignSubVariableOp",
+        "AssignMovingAvg",
+    }
+)
+_APPLY_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
+_FUSED_ROLES = {1: "gamma", 2: "beta", 3: "moving_mean", 4: "moving_variance"}
+_MAX_WALK = 4096
+
+
+@dataclass(frozen=True)
+class Switch:
+    """What decides whether a BN op runs in training mode."""
+
+    node: str
+    op: str
+    #: The value when nothing feeds it: a PlaceholderWithDefault's default, a Const's value;
+    #: None for a Placeholder that must be fed.
+    default: bool | None
+
+    @property
+    def is_learning_phase(self) -> bool:
+        return "learning_phase" in self.node
+
+    def describe(self) -> str:
+        if self.op == "PlaceholderWithDefault":
+            return f"`{self.node}` (defaults to {self.default} unless fed)"
+        if self.op == "Const":
+            return f"`{self.node}` (a constant {self.default})"
+        return f"`{self.node}` ({self.op})"
+
+
+@dataclass(frozen=True)
+class GraphLayer:
+    """One BN layer found from ops. `members` maps roles to variable op names."""
+
+    name: str
+    members: Mapping[str, str]
+    update_ops: tuple[str, ...] = ()
+    switches: tuple[Switch, ...] = ()
+    #: True when some BN op of this layer normalizes with batch statistics (training mode).
+    has_training_mode: bool = False
+    #: The moving-average momentum (decay) its update ops use, when the graph holds it.
+    momentum: float | None = None
+
+
+@dataclass(frozen=True)
+class GraphFacts:
+    layers: tuple[GraphLayer, ...]
+    #: Ops that run a training step (the `train_op` collection, else the last ops downstream of
+    #: the optimizer's apply ops). Empty: the graph cannot train (an inference or eval graph).
+    train_ops: tuple[str, ...]
+    update_collection: tuple[str, ...]
+    #: Update ops no train op depends on.
+    unwired: frozenset[str] = field(default_factory=frozenset)
+    trainable: frozenset[str] = field(default_factory=frozenset)
+
+
+def analyze(graph: Graph) -> GraphFacts:
+    consumers = _consumers(graph)
+    sites = _bn_sites(graph, consumers)
+    updates = _updates(graph, sites)
+    layers = _merge(graph, sites, updates)
+    train_ops = _train_ops(graph, consumers)
+    reached = _ancestors(graph, train_ops) if train_ops else set()
+    all_updates = {u for layer in layers for u in layer.update_ops}
+    unwired = frozenset(u for u in all_updates if u not in reached) if train_ops else frozenset()
+    return GraphFacts(
+        tuple(layers),
+        tuple(train_ops),
+        tuple(graph.collections.get("update_ops", ())),
+        unwired,
+        frozenset(graph.collections.get("trainable_variables", ())),
+    )
+
+
+# --------------------------------------------------------------------------- BN ops
+
+
+@dataclass
+class _Site:
+    """One normalization op (or pattern) with the variables and batch statistics it reads."""
+
+    op: str
+    roles: dict[str, set[str]] = field(default_factory=dict)
+    producers: set[str] = field(default_factory=set)  # batch-statistic nodes it normalizes with
+    training: bool = False
+    switches: set[Switch] = field(default_factory=set)
+
+
+def _bn_sites(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[_Site]:
+    sites = []
+    for node in graph.nodes.values():
+        if node.op in _FUSED:
+            site = _Site(node.name, training=node.flags.get("is_training", True))
+            site.producers.add(node.name)
+            for index, role in _FUSED_ROLES.items():
+                if index < len(node.inputs):
+                    site.roles[role] = _variables(graph, node.inputs[index])
+            sites.append(site)
+        elif node.op == "Rsqrt":
+            pattern = _pattern_site(graph, node, consumers)
+            if pattern is not None:
+                sites.append(pattern)
+    for site in sites:
+        site.switches = _switches(graph, graph.nodes[site.op])
+    return sites
+
+
+def _pattern_site(
+    graph: Graph, rsqrt: GraphNode, consumers: Mapping[str, list[GraphNode]]
+) -> _Site | None:
+    """`tf.nn.batch_normalization`: inv = rsqrt(var + eps) [* scale]; y = x * inv + (offset -
+    mean * inv)."""
+    add = graph.node(rsqrt.inputs[0]) if rsqrt.inputs else None
+    if add is None or add.op not in ("Add", "AddV2"):
+        return None
+    site = _Site(rsqrt.name)
+    site.roles["moving_variance"] = set()
+    for ref in add.inputs:
+        site.roles["moving_variance"] |= _variables(graph, ref)
+        site.producers |= _producers(graph, ref)
+    inv = rsqrt
+    for c in consumers.get(rsqrt.name, ()):
+        if c.op == "Mul":
+            other = [r for r in c.inputs if node_name(r) != rsqrt.name]
+            scale = set().union(*(_variables(graph, r) for r in other)) if other else set()
+            if scale:
+                site.roles["gamma"] = scale
+                inv = c
+                break
+    for c in consumers.get(inv.name, ()):
+        if c.op != "Mul":
+            continue
+        users = consumers.get(c.name, ())
+        sub = next((u for u in users if u.op in ("Sub", "Neg")), None)
+        if sub is None:
+            continue
+        for ref in c.inputs:
+            if node_name(ref) != inv.name:
+                site.roles["moving_mean"] = _variables(graph, ref)
+                site.producers |= _producers(graph, ref)
+        if sub.op == "Sub" and sub.inputs:
+            site.roles["beta"] = _variables(graph, sub.inputs[0])
+    site.training = bool(site.producers)
+    has_stats = site.roles.get("moving_mean") or site.roles.get("moving_variance")
+    return site if has_stats or site.producers else None
+
+
+def _variables(graph: Graph, ref: str) -> set[str]:
+    """Variables whose value reaches `ref` through pass-through ops only."""
+    return {n.name for n in _walk_back(graph, ref, _PASS) if n.op in _VARIABLES}
+
+
+def _producers(graph: Graph, ref: str) -> set[str]:
+    """Batch-statistic nodes (`Mean`, fused BN) whose value reaches `ref` unchanged."""
+    return {n.name for n in _walk_back(graph, ref, _PASS) if n.op == "Mean" or n.op in _FUSED}
+
+
+def _walk_back(graph: Graph, ref: str, through: frozenset[str]) -> list[GraphNode]:
+    """Nodes reached backwards from `ref`, expanding only `through` ops (a Switch's predicate
+    and an `If`'s predicate are not data)."""
+    out: list[GraphNode] = []
+    seen: set[str] = set()
+    queue = deque([ref])
+    while queue and len(seen) < _MAX_WALK:
+        r = queue.popleft()
+        node = graph.node(r)
+        if node is None:
+            continue
+        key = f"{node.name}:{output_index(r)}"
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(node)
+        if node.op not in through:
+            continue
+        if node.results:
+            port = output_index(r)
+            queue.extend(node.results[port] if port < len(node.results) else ())
+        elif node.op in ("Switch", "RefSwitch"):
+            queue.extend(node.inputs[:1])
+        elif node.op not in ("If", "StatelessIf", "PartitionedCall", "StatefulPartitionedCall"):
+            queue.extend(node.inputs)
+    return out
+
+
+def _switches(graph: Graph, op: GraphNode) -> set[Switch]:
+    """What switches `op` between training and inference: the predicate of the `If` it was
+    inlined from (control flow v2) or of the `Switch` ops its input passes (v1)."""
+    preds: list[str] = []
+    if op.guard is not None:
+        preds.append(op.guard[0])
+    for node in _walk_back(graph, op.inputs[0], _PASS) if op.inputs else ():
+        if node.op in ("Switch", "RefSwitch") and len(node.inputs) > 1:
+            preds.append(node.inputs[1])
+        if node.guard is not None:
+            preds.append(node.guard[0])
+    out = set()
+    for pred in preds:
+        for src in _walk_back(graph, pred, frozenset({"Identity", "Cast", "LogicalNot"})):
+            if src.op in ("PlaceholderWithDefault", "Placeholder", "Const"):
+                out.add(Switch(src.name, src.op, _default(graph, src)))
+    return out
+
+
+def _default(graph: Graph, node: GraphNode) -> bool | None:
+    if node.op == "Const":
+        return bool(node.value) if node.value is not None else None
+    if node.op == "PlaceholderWithDefault" and node.inputs:
+        src = graph.node(node.inputs[0])
+        if src is not None and src.op == "Const" and src.value is not None:
+            return bool(src.value)
+    return None
+
+
+# --------------------------------------------------------------------------- updates
+
+
+def _updates(graph: Graph, sites: list[_Site]) -> list[tuple[str, str, str, int | None]]:
+    """(update op, target variable, role, index of the site it belongs to) for every assign
+    whose new value is computed from a batch statistic."""
+    by_producer = {p: i for i, s in enumerate(sites) for p in s.producers}
+    out = []
+    for node in graph.nodes.values():
+        if node.op not in _ASSIGNS or len(node.inputs) < 2 or _is_save_op(node.name):
+            continue
+        targets = _variables(graph, node.inputs[0])
+        if len(targets) != 1:
+            continue
+        stats = _statistics(graph, node.inputs[1])
+        if not stats:
+            continue
+        role = "moving_variance" if any(r == "moving_variance" for _, r in stats) else "moving_mean"
+        site = next((by_producer[p] for p, _ in stats if p in by_producer), None)
+        out.append((node.name, next(iter(targets)), role, site))
+    return out
+
+
+def _statistics(graph: Graph, ref: str) -> list[tuple[str, str]]:
+    """Batch statistics an update value is computed from: (producer, role). Stops at the first
+    statistic, variable or 64 nodes, so earlier layers are never reached."""
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    queue = deque([ref])
+    while queue and len(seen) < 64:
+        r = queue.popleft()
+        node = graph.node(r)
+        if node is None or r in seen:
+            continue
+        seen.add(r)
+        if node.op in _FUSED:
+            port = output_index(r)
+            if port in (1, 2):
+                out.append((node.name, "moving_mean" if port == 1 else "moving_variance"))
+            continue
+        if node.op == "Mean":
+            src = graph.node(node.inputs[0]) if node.inputs else None
+            squared = src is not None and src.op == "SquaredDifference"
+            out.append((node.name, "moving_variance" if squared else "moving_mean"))
+            continue
+        if node.op in _VARIABLES or node.op in ("Placeholder", "PlaceholderWithDefault"):
+            continue
+        if node.results:
+            port = output_index(r)
+            queue.extend(node.results[port] if port < len(node.results) else ())
+        elif node.op in ("Switch", "RefSwitch"):
+            queue.extend(node.inputs[:1])
+        else:
+            queue.extend(node.inputs)
+    return out
+
+
+def _momentum(graph: Graph, update_op: str) -> float | None:
+    """The decay an update op uses: `(var - batch) * (1 - momentum)` is how Keras, tf.layers
+    and `assign_moving_average` all write it; momentum is a Const, possibly behind an `If`
+    on the training switch (whose other branch returns 1.0, no update)."""
+    node = graph.nodes.get(update_op)
+    if node is None or len(node.inputs) < 2:
+        return None
+    seen: set[str] = set()
+    queue = deque([node.inputs[1]])
+    while queue and len(seen) < 64:
+        r = queue.popleft()
+        n = graph.node(r)
+        if n is None or n.name in seen or n.op in _VARIABLES or n.op in _FUSED or n.op == "Mean":
+            continue
+        seen.add(n.name)
+        if n.op == "Sub" and len(n.inputs) == 2:
+            one = graph.node(n.inputs[0])
+            if one is not None and one.op == "Const" and one.value == 1.0:
+                values = [
+                    c.value
+                    for c in _walk_back(graph, n.inputs[1], _PASS)
+                    if c.op == "Const" and isinstance(c.value, float) and 0 < c.value < 1
+                ]
+                if values:
+                    return float(max(values))
+        queue.extend(n.inputs)
+    return None
+
+
+def _is_save_op(name: str) -> bool:
+    first = name.split("/", 1)[0]
+    return first == "save" or (first.startswith("save_") and first[5:].isdigit())
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _merge(
+    graph: Graph, sites: list[_Site], updates: list[tuple[str, str, str, int | None]]
+) -> list[GraphLayer]:
+    """Sites that share a variable or a batch statistic are one layer (the training and the
+    inference branch of one `cond`), plus the updates that belong to them."""
+    parent = list(range(len(sites)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[str, int] = {}
+    for i, site in enumerate(sites):
+        for key in set().union(site.producers, *site.roles.values()):
+            if key in owner:
+                parent[find(i)] = find(owner[key])
+            else:
+                owner[key] = i
+    extra: dict[str, tuple[dict[str, set[str]], list[str]]] = {}  # updates with no site
+    for op, var, role, site_index in updates:
+        if site_index is None and var in owner:
+            site_index = owner[var]
+        if site_index is None:
+            roles, ops = extra.setdefault(var, ({}, []))
+            roles.setdefault(role, set()).add(var)
+            ops.append(op)
+            continue
+        site = sites[find(site_index)]
+        site.roles.setdefault(role, set()).add(var)
+        site.producers.add(f"update:{op}")
+    layers: dict[int, tuple[dict[str, set[str]], list[str], set[Switch], bool]] = {}
+    for i, site in enumerate(sites):
+        roles, ops, switches, training = layers.setdefault(find(i), ({}, [], set(), False))
+        for role, names in site.roles.items():
+            roles.setdefault(role, set()).update(names)
+        ops.extend(p[len("update:") :] for p in sorted(site.producers) if p.startswith("update:"))
+        switches.update(site.switches)
+        layers[find(i)] = (roles, ops, switches, training or site.training)
+    out = []
+    for roles, ops, switches, training in [
+        *layers.values(),
+        *((r, o, set(), False) for r, o in extra.values()),
+    ]:
+        members = {role: sorted(names)[0] for role, names in roles.items() if names}
+        if not (members.get("moving_mean") or members.get("moving_variance") or ops):
+            continue  # layer / group norm: no moving statistics
+        switches_sorted = tuple(sorted(switches, key=lambda s: s.node))
+        update_ops = tuple(dict.fromkeys(ops))
+        momenta = {m for op in update_ops if (m := _momentum(graph, op)) is not None}
+        out.append(
+            GraphLayer(
+                _scope(members.values()),
+                members,
+                update_ops,
+                switches_sorted,
+                training,
+                momenta.pop() if len(momenta) == 1 else None,
+            )
+        )
+    order = {name: i for i, name in enumerate(graph.nodes)}
+    out.sort(key=lambda layer: min(order.get(v, 0) for v in layer.members.values()))
+    return out
+
+
+def _scope(names: Iterable[str]) -> str:
+    """The longest common scope of the layer's variables (`conv1/bn`), for a readable name."""
+    split = [n.split("/") for n in names]
+    if not split:
+        return "?"
+    common: list[str] = []
+    for parts in zip(*[s[:-1] for s in split], strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return "/".join(common) or split[0][0]
+
+
+# --------------------------------------------------------------------------- training step
+
+
+def _train_ops(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[str]:
+    listed = [n for n in graph.collections.get("train_op", ()) if n in graph.nodes]
+    if listed:
+        return listed
+    applies = [n.name for n in graph.nodes.values() if n.op.startswith(_APPLY_PREFIXES)]
+    if not applies:
+        return []
+    downstream: set[str] = set()
+    queue = deque(applies)
+    while queue:
+        name = queue.popleft()
+        if name in downstream:
+            continue
+        downstream.add(name)
+        queue.extend(c.name for c in consumers.get(name, ()))
+    return [n for n in downstream if not consumers.get(n)]
+
+
+def _ancestors(graph: Graph, names: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    queue = deque(names)
+    while queue:
+        node = graph.node(queue.popleft())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        queue.extend(node.inputs)
+        queue.extend(node.control_inputs)
+        for refs in node.results:
+            queue.extend(refs)
+    return seen
+
+
+def _consumers(graph: Graph) -> dict[str, list[GraphNode]]:
+    """Who reads each node (data or control)."""
+    out: dict[str, list[GraphNode]] = {}
+    for node in graph.nodes.values():
+        for ref in (*node.inputs, *node.control_inputs):
+            out.setdefault(node_name(ref), []).append(node)
+    return out
