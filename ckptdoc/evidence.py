@@ -8,9 +8,7 @@ instead of guessing from values alone.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 from ckptdoc.checkpoint import StepCount
 from ckptdoc.graph_bn import GraphFacts, GraphLayer
@@ -68,7 +66,7 @@ def with_training(groups: list[BNGroup], steps: StepCount | None) -> list[BNGrou
     to its evidence."""
     out = []
     for group in groups:
-        momentum, source = _momentum(group.config, group.evidence.momentum)
+        momentum, source = _momentum(group, group.evidence.momentum)
         evidence = replace(
             group.evidence,
             steps=steps.steps if steps is not None else None,
@@ -80,10 +78,16 @@ def with_training(groups: list[BNGroup], steps: StepCount | None) -> list[BNGrou
     return out
 
 
-def _momentum(config: Mapping[str, Any], graph_momentum: float | None) -> tuple[float, str]:
-    value = config.get("momentum")
+def _momentum(group: BNGroup, graph_momentum: float | None) -> tuple[float | None, str]:
+    value = group.config.get("momentum")
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1:
         return float(value), "the layer's config"
     if graph_momentum is not None:
         return graph_momentum, "the graph"
-    return DEFAULT_MOMENTUM, "the Keras / TF default, the file does not say"
+    if group.evidence.found_by in _KERAS_EVIDENCE or group.class_name is not None:
+        # A Keras layer: its framework default applies. Hand-written TF1 BN has none.
+        return DEFAULT_MOMENTUM, "the Keras default, the file does not say"
+    return None, ""
+
+
+_KERAS_EVIDENCE = frozenset({"config", "structure", "object graph"})

@@ -241,15 +241,21 @@ def _walk_back(graph: Graph, ref: str, through: frozenset[str]) -> list[GraphNod
 
 def _switches(graph: Graph, op: GraphNode) -> set[Switch]:
     """What switches `op` between training and inference: the predicate of the `If` it was
-    inlined from (control flow v2) or of the `Switch` ops its input passes (v1)."""
+    inlined from (control flow v2) or of the `Switch` ops its inputs pass (v1). For the
+    `tf.nn.batch_normalization` pattern the statistics enter through `Rsqrt`'s `Add`."""
     preds: list[str] = []
     if op.guard is not None:
         preds.append(op.guard[0])
-    for node in _walk_back(graph, op.inputs[0], _PASS) if op.inputs else ():
-        if node.op in ("Switch", "RefSwitch") and len(node.inputs) > 1:
-            preds.append(node.inputs[1])
-        if node.guard is not None:
-            preds.append(node.guard[0])
+    starts = list(op.inputs)
+    if op.op == "Rsqrt" and op.inputs:
+        add = graph.node(op.inputs[0])
+        starts += list(add.inputs) if add is not None else []
+    for start in starts:
+        for node in _walk_back(graph, start, _PASS):
+            if node.op in ("Switch", "RefSwitch") and len(node.inputs) > 1:
+                preds.append(node.inputs[1])
+            if node.guard is not None:
+                preds.append(node.guard[0])
     out = set()
     for pred in preds:
         for src in _walk_back(graph, pred, frozenset({"Identity", "Cast", "LogicalNot"})):
@@ -326,14 +332,19 @@ def _statistics(graph: Graph, ref: str) -> list[tuple[str, str]]:
 
 
 def _momentum(graph: Graph, update_op: str) -> float | None:
-    """The decay an update op uses: `(var - batch) * (1 - momentum)` is how Keras, tf.layers
-    and `assign_moving_average` all write it; momentum is a Const, possibly behind an `If`
-    on the training switch (whose other branch returns 1.0, no update)."""
+    """The decay an update op uses, read from its constants:
+    - `(var - batch) * (1 - momentum)` (Keras, tf.layers, `assign_moving_average`): a
+      `Sub(1.0, momentum)`, the momentum possibly behind an `If` on the training switch (whose
+      other branch returns 1.0: no update);
+    - `var * momentum + batch * (1 - momentum)` (hand-written): a `Mul` of the variable by a
+      constant."""
     node = graph.nodes.get(update_op)
     if node is None or len(node.inputs) < 2:
         return None
+    target = _variables(graph, node.inputs[0])
     seen: set[str] = set()
     queue = deque([node.inputs[1]])
+    scaled: float | None = None
     while queue and len(seen) < 64:
         r = queue.popleft()
         n = graph.node(r)
@@ -343,15 +354,19 @@ def _momentum(graph: Graph, update_op: str) -> float | None:
         if n.op == "Sub" and len(n.inputs) == 2:
             one = graph.node(n.inputs[0])
             if one is not None and one.op == "Const" and one.value == 1.0:
-                values = [
-                    c.value
-                    for c in _walk_back(graph, n.inputs[1], _PASS)
-                    if c.op == "Const" and isinstance(c.value, float) and 0 < c.value < 1
-                ]
+                values = [c.value for c in _walk_back(graph, n.inputs[1], _PASS)
+                          if c.op == "Const" and isinstance(c.value, float) and 0 < c.value < 1]
                 if values:
                     return float(max(values))
+        if n.op == "Mul" and len(n.inputs) == 2 and scaled is None:
+            consts = [c for c in (graph.node(i) for i in n.inputs)
+                      if c is not None and c.op == "Const" and isinstance(c.value, float)]
+            others = [i for i in n.inputs if (c := graph.node(i)) is None or c.op != "Const"]
+            if (len(consts) == 1 and len(others) == 1 and 0 < float(consts[0].value or 0) < 1
+                    and _variables(graph, others[0]) & target):
+                scaled = float(consts[0].value or 0)
         queue.extend(n.inputs)
-    return None
+    return scaled
 
 
 def _is_save_op(name: str) -> bool:

@@ -64,6 +64,9 @@ _BN_HINTS = {
     "sync_batch_normalization": "SyncBatchNormalization",
 }
 _BN_CLASSES = frozenset(_BN_HINTS.values())
+_UNIQUIFIED = re.compile(
+    r"^(gamma|beta|running_mean|running_std|moving_mean|moving_variance)_\d+$"
+)
 _KERAS1_RENAME = {"running_mean": "moving_mean", "running_std": "moving_variance"}
 _OPTIMIZER_TOP = frozenset({"optimizer", "optimizer_weights"})
 # A compressed chunk can inflate ~1000x (zlib's limit); beyond that the size is a lie or a bomb.
@@ -324,9 +327,11 @@ def _open_legacy(
             variables[key] = var
             scope, _, local = wname.rpartition("/")
             local = re.sub(r":\d+$", "", local)
-            if not scope and local.startswith(lname + "_"):
+            if scope.rsplit("/", 1)[-1] in ("", lname) and local.startswith(lname + "_"):
                 local = local[len(lname) + 1 :]
                 keras1 = True
+            # TensorFlow's uniquifier on Keras 1 names: `Normalize_running_mean_2`.
+            local = _UNIQUIFIED.sub(r"\1", local)
             if keras1 and local in _KERAS1_RENAME:
                 local = _KERAS1_RENAME[local]
                 keras1_seen = True

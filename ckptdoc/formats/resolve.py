@@ -207,7 +207,8 @@ def glob_escape(name: str) -> str:
 
 def find_checkpoints(root: Path) -> list[Path]:
     """Every checkpoint under `root`, each once: bundle prefixes (not shards), SavedModel
-    directories, Keras .h5/.hdf5/.keras files. Symlinked folders are not followed."""
+    directories, Keras .h5/.hdf5/.keras files, and HDF5 / Keras zip files recognised by their
+    first bytes whatever their name. Symlinked folders are not followed."""
     root = Path(root)
     if not root.is_dir():
         return [root]
@@ -227,5 +228,26 @@ def find_checkpoints(root: Path) -> list[Path]:
                 found.add(d / f[: -len(".index")])
             elif lower.endswith((".h5", ".hdf5", ".keras")):
                 found.add(d / f)
+            elif not DATA_SHARD_RE.match(f) and not f.endswith(".meta") and _is_keras_file(d / f):
+                found.add(d / f)  # named without an extension: known by its first bytes
         dirnames.sort()
     return sorted(found)
+
+
+def _is_keras_file(path: Path) -> bool:
+    """An HDF5 file, or a zip holding a Keras model (a `.npz` is a zip of `.npy` files)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    magic = _sniff(path)
+    if magic == HDF5_MAGIC:
+        return True
+    if magic[:4] != ZIP_MAGIC:
+        return False
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False
+    return "config.json" in names and "model.weights.h5" in names

@@ -224,7 +224,8 @@ gone only `1 - d**k` of the way (slim's default 0.999 over 500 steps: 39%). Infe
 normalizes with statistics that are mostly the initial 0 / 1.
 
 When the file records its step count (Keras 3 `iterations`, TF1 `global_step`, tf-keras
-`iter`) and a momentum (the layer's config, else the Keras / TF default 0.99, said as such),
+`iter`) and a momentum (the layer's config or graph, else for Keras layers the Keras default
+0.99, said as such; hand-written TF1 BN has no default),
 the rule computes `momentum**steps`, the share of the initial value still in each average,
 and fires when it is at least `initial_weight` (default 0.5), whatever the values look like.
 
