@@ -276,3 +276,22 @@ def test_directory_scan_recognises_files_by_their_first_bytes(tmp_path: Path) ->
     (tmp_path / "notes").write_text("hello")
     found = sorted(p.name for p in expand_paths([tmp_path]))
     assert found == ["model_without_extension", "weights-final"]
+
+
+def test_damaged_graphs_never_crash_the_audit(tmp_path: Path) -> None:
+    # The graph is untrusted input like the rest: flipped bytes and cuts anywhere give a note
+    # or a different reading, never an internal error.
+    src = (SAMPLES / "tf1_update_ops_missing" / "model.ckpt.meta").read_bytes()
+    shutil.copytree(SAMPLES / "tf1_update_ops_missing", tmp_path / "c")
+    meta = tmp_path / "c" / "model.ckpt.meta"
+    rng = np.random.default_rng(11)
+    for case in range(150):
+        data = bytearray(src)
+        if case % 3 == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        for _ in range(int(rng.integers(1, 8))):
+            if data:
+                data[int(rng.integers(0, len(data)))] = int(rng.integers(0, 256))
+        meta.write_bytes(bytes(data))
+        report = audit_file(tmp_path / "c")
+        assert report.error is None, (case, report.error)
