@@ -25,6 +25,9 @@ TF1 graphs (`tf1` part, tf.compat.v1 graph mode with tf-keras):
 - `tf1_keras_learning_phase/`: tf.keras layers in a TF1 graph trained without ever feeding
   `keras_learning_phase` (BN in inference mode, stats 0 / 1 by design); the `.meta` is the
   serving graph (no train op), as an Estimator export leaves it.
+- `tf1_savedmodel/` (`tf1_savedmodel` part): a SavedModelBuilder export of a hand-written BN
+  net trained without its UPDATE_OPS: only `saved_model.pb`'s graph names `pop_mean` /
+  `pop_var` as BN statistics, and it proves the train op skips their updates.
 Keras 1 (`keras1` part, h5py): `keras1_uniquified.h5`, TF-uniquified names
 (`Normalize/Normalize_running_mean_2:0`).
 """
@@ -245,6 +248,54 @@ def make_tf1() -> None:
         v1.train.Saver().export_meta_graph(str(out / "model.ckpt.meta"))
 
 
+def make_tf1_savedmodel() -> None:
+    """`tf1_savedmodel/`: a TF1 SavedModel (SavedModelBuilder, as Estimator exports write it) of
+    the hand-written BN net, trained without running its update ops: `pop_mean` / `pop_var`
+    stay 0 / 1 and only `saved_model.pb`'s graph names them as BN statistics."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+
+    v1 = tf.compat.v1
+    v1.disable_eager_execution()
+    x_all, y_all = _data(512)
+    out = OUT / "tf1_savedmodel"
+    shutil.rmtree(out, ignore_errors=True)
+    g = tf.Graph()
+    with g.as_default():
+        v1.set_random_seed(0)
+        x = v1.placeholder(tf.float32, [None, 8, 8, 1], name="x")
+        y = v1.placeholder(tf.int64, [None], name="y")
+        init = v1.glorot_uniform_initializer(seed=1)
+        w = v1.get_variable("conv/w", [3, 3, 1, 4], initializer=init)
+        h = tf.nn.conv2d(x, w, 1, "SAME")
+        with v1.variable_scope("norm"):
+            scale = v1.get_variable("scale", [4], initializer=v1.ones_initializer())
+            offset = v1.get_variable("offset", [4], initializer=v1.zeros_initializer())
+            pop_mean = v1.get_variable("pop_mean", [4], initializer=v1.zeros_initializer(),
+                                       trainable=False)
+            pop_var = v1.get_variable("pop_var", [4], initializer=v1.ones_initializer(),
+                                      trainable=False)
+            mean, var = tf.nn.moments(h, [0, 1, 2])
+            v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
+                                 v1.assign(pop_mean, pop_mean * 0.9 + mean * 0.1))
+            v1.add_to_collection(v1.GraphKeys.UPDATE_OPS,
+                                 v1.assign(pop_var, pop_var * 0.9 + var * 0.1))
+            h = tf.nn.relu(tf.nn.batch_normalization(h, mean, var, offset, scale, 1e-3))
+        wo = v1.get_variable("head/w", [4, 4], initializer=init)
+        logits = tf.matmul(tf.reduce_mean(h, [1, 2]), wo)
+        loss = v1.losses.sparse_softmax_cross_entropy(y, logits)
+        step = v1.train.get_or_create_global_step()
+        train_op = v1.train.AdamOptimizer(0.01).minimize(loss, global_step=step)  # no UPDATE_OPS
+        with v1.Session(graph=g) as sess:
+            sess.run(v1.global_variables_initializer())
+            for i in range(40):
+                sl = slice((i * 32) % 512, (i * 32) % 512 + 32)
+                sess.run(train_op, {x: x_all[sl], y: y_all[sl]})
+            builder = v1.saved_model.Builder(str(out))
+            builder.add_meta_graph_and_variables(sess, ["serve"], strip_default_attrs=True)
+            builder.save()
+
+
 def make_keras1() -> None:
     import h5py
     import numpy as np
@@ -277,7 +328,12 @@ def _relative_state_files() -> None:
                          'all_model_checkpoint_paths: "model.ckpt"\n')
 
 
-PARTS = {"keras3": make_keras3, "tf1": make_tf1, "keras1": make_keras1}
+PARTS = {
+    "keras3": make_keras3,
+    "tf1": make_tf1,
+    "tf1_savedmodel": make_tf1_savedmodel,
+    "keras1": make_keras1,
+}
 
 if __name__ == "__main__":
     OUT.mkdir(parents=True, exist_ok=True)

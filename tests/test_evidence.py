@@ -295,3 +295,12 @@ def test_damaged_graphs_never_crash_the_audit(tmp_path: Path) -> None:
         meta.write_bytes(bytes(data))
         report = audit_file(tmp_path / "c")
         assert report.error is None, (case, report.error)
+
+
+def test_tf1_savedmodel_graph_is_read_from_saved_model_pb() -> None:
+    report = audit_file(EVIDENCE / "tf1_savedmodel")
+    assert report.format == "savedmodel"
+    assert [(g.name, g.found_by) for g in report.groups] == [("norm", "graph")]
+    [finding] = report.findings
+    assert (finding.rule, finding.severity) == ("BN002", Severity.ERROR)
+    assert "2 of the 2 ops in UPDATE_OPS are not run" in finding.message
