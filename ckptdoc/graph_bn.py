@@ -110,12 +110,16 @@ class GraphFacts:
     trainable: frozenset[str] = field(default_factory=frozenset)
 
 
-def analyze(graph: Graph) -> GraphFacts:
+def analyze(graph: Graph, train_ops: list[str] | None = None) -> GraphFacts:
+    """BN layers, their update ops and whether a train op runs them. `train_ops`: the ops that
+    run a training step when the caller knows them; else the `train_op` collection, else the
+    last ops downstream of the optimizer's apply ops."""
     consumers = _consumers(graph)
     sites = _bn_sites(graph, consumers)
     updates = _updates(graph, sites)
     layers = _merge(graph, sites, updates)
-    train_ops = _train_ops(graph, consumers)
+    if train_ops is None:
+        train_ops = _train_ops(graph, consumers)
     reached = _ancestors(graph, train_ops) if train_ops else set()
     all_updates = {u for layer in layers for u in layer.update_ops}
     unwired = frozenset(u for u in all_updates if u not in reached) if train_ops else frozenset()

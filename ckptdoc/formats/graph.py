@@ -18,7 +18,14 @@ from pathlib import Path
 
 from ckptdoc.formats.proto import ProtoError, iter_fields, parse
 
-__all__ = ["Graph", "GraphNode", "read_meta_graph", "read_savedmodel_graph", "MAX_GRAPH_BYTES"]
+__all__ = [
+    "Graph",
+    "GraphNode",
+    "graph_from_meta_bytes",
+    "read_meta_graph",
+    "read_savedmodel_graph",
+    "MAX_GRAPH_BYTES",
+]
 
 #: A `.meta` of a large model is tens of MB; past this the file is not what it claims.
 MAX_GRAPH_BYTES = 1 << 30
@@ -77,6 +84,12 @@ def output_index(ref: str) -> int:
 def read_meta_graph(path: Path) -> Graph:
     """Decode a MetaGraphDef file (`.meta`)."""
     return _graph_from_meta(path, _read(path))
+
+
+def graph_from_meta_bytes(buf: bytes, source: Path) -> Graph:
+    """Decode a serialized MetaGraphDef (e.g. `export_meta_graph().SerializeToString()` of a
+    live graph); `source` names it in messages."""
+    return _graph_from_meta(source, buf)
 
 
 def read_savedmodel_graph(path: Path) -> Graph | None:

@@ -14,13 +14,13 @@ RULES: dict[str, Rule] = {}
 
 Result = Tripped | None
 
-_FIX_TF1 = (
+FIX_TF1_UPDATE_OPS = (
     "TF1 (tf.compat.v1.layers / slim): the moving averages are updated by ops in the "
     "UPDATE_OPS collection; build the train op inside "
     "`with tf.control_dependencies(\n"
     "    tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)):`."
 )
-_FIX_TF2 = (
+FIX_TF2_TRAINING_FLAG = (
     "TF2 / Keras custom loop: call the model with `model(x, training=True)` in the training "
     "step; layers with `trainable=False` never update their statistics."
 )
@@ -86,8 +86,8 @@ ops never ran: in inference mode this layer does not normalize at all, and predi
 garbage although training looked fine.
 
 Usual causes:
-- {_FIX_TF1}
-- {_FIX_TF2}
+- {FIX_TF1_UPDATE_OPS}
+- {FIX_TF2_TRAINING_FLAG}
 
 When the checkpoint comes with its TF graph (`model.ckpt.meta`, a TF1 `saved_model.pb`),
 ckptdoc reads it and says which case it is: "the train op `Adam` does not depend on this
