@@ -304,3 +304,24 @@ def test_tf1_savedmodel_graph_is_read_from_saved_model_pb() -> None:
     [finding] = report.findings
     assert (finding.rule, finding.severity) == ("BN002", Severity.ERROR)
     assert "2 of the 2 ops in UPDATE_OPS are not run" in finding.message
+
+
+def test_structure_rule_three_vectors_and_not_two(tmp_path: Path) -> None:
+    # BN(scale=False) inside a custom layer: 3 vectors (beta, mean, variance); a 2-vector
+    # group (layer norm, or BN with both off) is not guessed.
+    path = tmp_path / "m.weights.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_group("layers/block/norm/vars")
+        for i, value in enumerate((rng.normal(size=4), np.zeros(4), np.ones(4))):
+            f[f"layers/block/norm/vars/{i}"] = value.astype("float32")
+        for i, value in enumerate((np.ones(4), np.zeros(4))):
+            f[f"layers/block/ln/vars/{i}"] = value.astype("float32")
+    groups = _groups(path)
+    assert list(groups) == ["layers/block/norm"]
+    found_by, members = groups["layers/block/norm"]
+    assert found_by == "structure"
+    assert members["moving_mean"] == "layers/block/norm/vars/1"
+    assert members["moving_variance"] == "layers/block/norm/vars/2"
+    # vars/0 is beta or gamma: unknowable without a config, kept apart, never mistaken.
+    assert members["gamma"] is None and members["beta"] is None

@@ -570,9 +570,12 @@ def _natural(path: str) -> tuple[Any, ...]:
 
 
 def _looks_like_bn_vars(members: list[tuple[str, str]], variables: Mapping[str, _Var]) -> bool:
+    """BatchNormalization's signature: 4 one-dimensional float vectors of one shape (3 with
+    `center` or `scale` off). No other Keras layer has 3 or 4; layer / group norm have 2, which
+    is also BN with both off: that case stays unknown rather than guessed."""
     infos = [variables[key].info for _, key in members]
     return (
-        len(infos) == 4
+        len(infos) in (3, 4)
         and all(len(i.shape) == 1 and i.dtype.kind == "f" for i in infos)
         and len({i.shape for i in infos}) == 1
     )
