@@ -80,8 +80,11 @@ def test_object_keys_without_graph_strip_attribute_suffix_and_skip_slots():
 
 def test_layer_nodes_use_class_when_known():
     layers = [
-        LayerNode("bn_head", {"vars/0": "a", "gamma": "g", "moving_mean": "m", "moving_variance": "v"},
-                  "BatchNormalization"),
+        LayerNode(
+            "bn_head",
+            {"vars/0": "a", "gamma": "g", "moving_mean": "m", "moving_variance": "v"},
+            "BatchNormalization",
+        ),
         LayerNode("norm", {"mean": "nm", "variance": "nv", "count": "nc"}, "Normalization"),
         LayerNode("ln", {"gamma": "lg", "beta": "lb"}, "LayerNormalization"),
         LayerNode("sync", {"moving_mean": "sm", "moving_variance": "sv"}, "SyncBatchNormalization"),

@@ -27,7 +27,10 @@ def _imported_modules(*args: str) -> tuple[set[str], subprocess.CompletedProcess
 
 
 def test_import_ckptdoc_does_not_import_tensorflow():
-    code = "import sys, ckptdoc, ckptdoc.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (HEAVY,)
+    code = (
+        "import sys, ckptdoc, ckptdoc.cli; "
+        f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

@@ -51,12 +51,15 @@ def test_bn002_stats_at_init_while_params_trained():
 
 
 def test_bn002_not_flagged_for_freshly_initialised_layer():
-    fresh = layer(gamma=np.ones(8), beta=np.zeros(8), moving_mean=np.zeros(8), moving_variance=np.ones(8))
+    fresh = layer(
+        gamma=np.ones(8), beta=np.zeros(8), moving_mean=np.zeros(8), moving_variance=np.ones(8)
+    )
     assert codes(fresh) == []
 
 
 def test_bn002_slim_layer_without_gamma_but_trained_beta():
-    assert codes(layer(gamma=None, moving_mean=np.zeros(8), moving_variance=np.ones(8))) == ["BN002"]
+    no_gamma = layer(gamma=None, moving_mean=np.zeros(8), moving_variance=np.ones(8))
+    assert codes(no_gamma) == ["BN002"]
 
 
 def test_bn002_zero_debias_local_step_zero():

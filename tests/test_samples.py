@@ -55,7 +55,8 @@ def test_ls_json_shape_and_members_of_trainable_only_saver():
 
 def test_ls_json_slim_has_no_gamma_and_no_slots():
     out = ls_json(SAMPLES / "tf1_slim_decay" / "model.ckpt.index")
-    assert [g["name"] for g in out["groups"]] == ["conv1/BatchNorm", "conv2/BatchNorm", "fc3/BatchNorm"]
+    names = [g["name"] for g in out["groups"]]
+    assert names == ["conv1/BatchNorm", "conv2/BatchNorm", "fc3/BatchNorm"]
     for g in out["groups"]:
         assert g["members"]["gamma"] is None
         assert all(g["members"][r] for r in ("beta", "moving_mean", "moving_variance"))
