@@ -39,7 +39,8 @@ def _version(value: bool) -> None:
 
 def _root(
     version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+        bool,
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
 ) -> None:
     """Find and fix broken batch-norm statistics in TensorFlow and Keras checkpoints."""
@@ -55,7 +56,9 @@ def build_app(only: str | None = None) -> typer.Typer:
             "without importing TensorFlow. Start with `ckptdoc audit PATH`."
         ),
         no_args_is_help=True,
-        add_completion=False,
+        # `--install-completion` / `--show-completion` for bash, zsh, fish and PowerShell.
+        add_completion=True,
+        context_settings={"help_option_names": ["-h", "--help"]},
         rich_markup_mode="markdown",
         pretty_exceptions_enable=False,
     )
