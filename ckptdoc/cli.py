@@ -105,6 +105,12 @@ def main() -> None:
         # (~0.1 s of CPU, which a loaded CI machine pays in wall time); no other command does
         # linear algebra. Set before anything imports NumPy; a user's own setting wins.
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    # An output that cannot encode a character (PYTHONIOENCODING=ascii, a legacy Windows
+    # console) shows it escaped instead of failing: exit codes must follow 0/1/2 regardless.
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     try:
         _app_for(argv)()
     except CheckpointError as exc:
@@ -113,3 +119,9 @@ def main() -> None:
     except KeyboardInterrupt:
         stderr.print("interrupted")
         sys.exit(130)
+    except BrokenPipeError:
+        # `ckptdoc ls ... | head`: the reader went away; what was asked for was done.
+        from ckptdoc.commands.common import silence_stdout
+
+        silence_stdout()
+        sys.exit(0)

@@ -7,10 +7,10 @@ import importlib.util
 import subprocess
 import sys
 import tarfile
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent

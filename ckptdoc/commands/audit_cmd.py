@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from ckptdoc.audit import audit_files, expand_paths
-from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr, stdout, usage_error
+from ckptdoc.commands.common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    EXIT_USAGE,
+    silence_stdout,
+    stderr,
+    stdout,
+    usage_error,
+)
 from ckptdoc.config import Config, ConfigError, discover, load_config
 from ckptdoc.report import text
 from ckptdoc.report.formats import ReportFormat, render, write_atomic
@@ -64,6 +72,16 @@ def audit(
             "checkpoint folders, or any folder (searched recursively for every format)."
         ),
     ],
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Text report: list every BN layer, `ok` ones too."),
+    ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Text report: only unreadable files and the summary line."
+        ),
+    ] = False,
     output_format: Annotated[
         ReportFormat,
         typer.Option(
@@ -225,10 +243,21 @@ def audit(
                 raise usage_error(str(exc)) from None
             report = baselines.apply_baseline(report, known, baseline_file)
 
-    _emit(report, specs, RenderOptions(fail_on=threshold))
     if write_baseline is not None:
-        raise typer.Exit(EXIT_USAGE if report.unreadable and not exit_zero else EXIT_OK)
-    raise typer.Exit(exit_code(report, threshold, exit_zero))
+        code = EXIT_USAGE if report.unreadable and not exit_zero else EXIT_OK
+    else:
+        code = exit_code(report, threshold, exit_zero)
+    if verbose and quiet:
+        raise usage_error("--verbose and --quiet exclude each other")
+    detail = text.Detail.full if verbose else text.Detail.quiet if quiet else text.Detail.concise
+    try:
+        _emit(report, specs, RenderOptions(fail_on=threshold), detail)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader went away (`ckptdoc audit ... | head -1`): the exit code still says what
+        # the audit found, not that a pipe closed.
+        silence_stdout()
+    raise typer.Exit(code)
 
 
 def _selection(
@@ -257,11 +286,13 @@ def _selection(
     )
 
 
-def _emit(report: AuditReport, specs: list[ReportSpec], options: RenderOptions) -> None:
+def _emit(
+    report: AuditReport, specs: list[ReportSpec], options: RenderOptions, detail: text.Detail
+) -> None:
     to_stdout_text = False
     for spec in specs:
         if spec.path is None and spec.format == ReportFormat.text:
-            text.render(report, stdout)
+            text.render(report, stdout, detail)
             to_stdout_text = True
             continue
         content = render(spec.format, report, options)

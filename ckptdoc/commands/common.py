@@ -2,16 +2,50 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
+# Piped output (every CI log) is not a terminal: Rich would assume 80 columns, wrap headings and
+# cut tables' right borders. Logs get LOG_WIDTH columns (or $COLUMNS); tables still take only
+# the width they need.
+LOG_WIDTH = 160
+
+
+def _width(stream: object) -> int | None:
+    isatty = getattr(stream, "isatty", None)
+    if callable(isatty) and isatty():
+        return None  # a terminal: its own width
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else LOG_WIDTH
+
+
+class _Console(Console):
+    """Rich exits 1 when the reader of a pipe goes away (`ckptdoc audit | head -1`), which
+    reads as "findings". Let the command decide: it knows the exit code the audit earned."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null after a broken pipe, so the final flush cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
+
+
 # Reports go to stdout, everything for people (progress, summaries, errors) to stderr, so
 # `ckptdoc audit --format json > report.json` stays clean.
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+stdout = _Console(highlight=False, width=_width(sys.stdout))
+stderr = _Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 def usage_error(message: str) -> typer.Exit:

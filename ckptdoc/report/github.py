@@ -7,14 +7,17 @@ binary, so annotations carry no line and appear on the file in the pull request.
 from __future__ import annotations
 
 from ckptdoc.report.model import AuditReport, RenderOptions, artifact_path, relative_posix
+from ckptdoc.report.safe import printable
 from ckptdoc.rules import Severity
 
 COMMAND = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "notice"}
 
 
 def escape_data(text: str) -> str:
-    """The message part of a workflow command: `%`, CR and LF must be escaped."""
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """The message part of a workflow command: `%`, CR and LF must be escaped; other control
+    characters (escape sequences from a layer name) are shown, never sent to the log."""
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return printable(text)
 
 
 def escape_property(text: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from ckptdoc.report.model import AuditReport, FileReport, RenderOptions, relative_posix
+from ckptdoc.report.safe import printable
 from ckptdoc.rules import Finding
 
 NO_GROUPS = "(no batch-norm layers)"
@@ -82,7 +83,22 @@ def to_element(report: AuditReport, options: RenderOptions | None = None) -> ET.
     return root
 
 
+def _xml_safe(root: ET.Element) -> None:
+    """Every attribute and text made printable (XML 1.0 forbids most control characters, and
+    a report viewer is a terminal too); the line breaks of multi-line texts are kept."""
+    for element in root.iter():
+        for key, value in element.attrib.items():
+            element.set(key, _lines(value))
+        if element.text:
+            element.text = _lines(element.text)
+
+
+def _lines(text: str) -> str:
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def render(report: AuditReport, options: RenderOptions | None = None) -> str:
     root = to_element(report, options)
+    _xml_safe(root)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, "unicode") + "\n"

@@ -4,6 +4,7 @@ wiki page. Plain GitHub-flavoured Markdown: a headline, a table per file, the fi
 from __future__ import annotations
 
 from ckptdoc.report.model import AuditReport, FileReport, RenderOptions, relative_posix
+from ckptdoc.report.safe import html_text, printable
 from ckptdoc.rules import RULES, Severity
 
 # GitHub caps a step summary at 1 MiB; a long table is cut well before that.
@@ -13,11 +14,14 @@ _FAIL, _WARN, _OK = "❌", "⚠️", "✅"
 
 
 def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Untrusted text in a table cell: printable, no HTML, no column breaks."""
+    return html_text(text.replace("\n", " ")).replace("\\", "\\\\").replace("|", "\\|")
 
 
 def _code(text: str) -> str:
-    return f"`{text}`" if "`" not in text else _cell(text)
+    """A code span renders no HTML; it still must stay printable and on one line."""
+    text = printable(text.replace("\n", " "))
+    return f"`{text}`" if "`" not in text and "|" not in text else _cell(text)
 
 
 def _plural(n: int, word: str) -> str:

@@ -1,17 +1,30 @@
-"""Human output: a Rich table per file (each BN layer, its status and the numbers that tripped
-a rule), then what each finding means and how to fix it, then a summary line."""
+"""Human output, in three levels of detail (`Detail`):
+- `concise` (default): a file with findings gets a table of the layers with findings, then
+  what each finding means and how to fix it; a clean file gets one line;
+- `full` (`--verbose`): every BN layer of every file in the table, `ok` ones included;
+- `quiet` (`--quiet`): unreadable files and the summary line only.
+A summary line ends every report. Names, paths and messages come from strangers' files and are
+shown through `printable` (no escape sequence reaches the terminal)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from enum import Enum
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from ckptdoc.report.model import AuditReport, FileReport
+from ckptdoc.report.safe import printable
 from ckptdoc.rules import RULES, Finding, Severity
+
+
+class Detail(str, Enum):
+    quiet = "quiet"
+    concise = "concise"
+    full = "full"
+
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _SHORT_ROLE = {"moving_mean": "mean", "moving_variance": "var"}
@@ -27,44 +40,72 @@ FIX_HINTS = {
     "BN005": "Lower the BN decay / momentum, train longer, or run `ckptdoc recalibrate`.",
     "BN006": "Usually harmless: dead units upstream.",
     "BN007": "Check the code that wrote or converted this checkpoint.",
+    "BN008": "Check that the trained model, not a fresh one, was saved.",
+    "BN009": "Harmless if inference does not use the layer.",
     "CK001": "Load this file only from a source you trust.",
 }
 
 
-def render(report: AuditReport, console: Console) -> None:
+def render(report: AuditReport, console: Console, detail: Detail = Detail.concise) -> None:
     for file in report.files:
-        _render_file(file, console)
-    console.print(summary_line(report))
+        if detail is Detail.quiet:
+            if file.error is not None:
+                console.print(Text(f"{_mark(console, False)} {printable(file.error)}",
+                                   style="bold red"), soft_wrap=True)
+            continue
+        _render_file(file, console, detail)
+    console.print(summary_line(report), soft_wrap=True)
 
 
-def _render_file(file: FileReport, console: Console) -> None:
+def _mark(console: Console, ok: bool) -> str:
+    """✓ / ✗, or their ASCII stand-ins where the output cannot encode them."""
+    if (console.encoding or "").lower().replace("-", "").startswith("utf"):
+        return "✓" if ok else "✗"
+    return "ok" if ok else "x"
+
+
+def _render_file(file: FileReport, console: Console, detail: Detail) -> None:
     if file.error is not None:
-        console.print(Text(f"✗ {file.error}", style="bold red"))
-        console.print()
+        console.print(Text(f"{_mark(console, False)} {printable(file.error)}", style="bold red"),
+                      soft_wrap=True)
         return
     for note in file.notes:
-        console.print(Text(f"note: {note}", style="dim"))
-    heading = f"{escape(file.path)} [dim]({file.format}, {len(file.groups)} BN layers)[/dim]"
-    if file.groups:
-        console.print(_group_table(file, heading))
+        console.print(Text(f"note: {printable(note)}", style="dim"), soft_wrap=True)
+    layers = f"{len(file.groups)} BN layer{'s' * (len(file.groups) != 1)}"
+    heading = Text.assemble(printable(file.path), (f" ({file.format}, {layers})", "dim"))
+    if not file.findings and detail is Detail.concise:
+        line = Text.assemble((_mark(console, True) + " ", "green"), heading)
+        if not file.groups:
+            line.append(": no batch-norm layers found", style="dim")
+        console.print(line, soft_wrap=True)
+        return
+    if file.groups or file.findings:
+        table = _group_table(file, detail)
+        console.print(heading, soft_wrap=True)
+        if table.row_count:
+            console.print(table)
+        hidden = len(file.groups) - sum(1 for g in file.groups if g.status != "ok")
+        if detail is Detail.concise and hidden:
+            console.print(Text(f"  {hidden} other BN layer{'s' * (hidden != 1)} ok", style="dim"))
     else:
-        console.print(f"{heading}: no batch-norm layers found")
+        console.print(heading + Text(": no batch-norm layers found"), soft_wrap=True)
     _render_findings(file.findings, console)
     console.print()
 
 
-def _group_table(file: FileReport, heading: str) -> Table:
+def _group_table(file: FileReport, detail: Detail) -> Table:
     by_group: dict[str, list[Finding]] = defaultdict(list)
     for finding in file.findings:
         by_group[finding.group].append(finding)
-    table = Table(title=heading, title_justify="left")
-    longest = max((len(g.name) for g in file.groups), default=8)
+    table = Table()
+    rows = [g for g in file.groups if detail is Detail.full or by_group.get(g.name)]
+    longest = max((len(g.name) for g in rows), default=8)
     table.add_column("BN layer", overflow="fold", min_width=min(longest, 36))
     table.add_column("ch", justify="right")
     table.add_column("members")
     table.add_column("status")
     table.add_column("evidence", overflow="fold")
-    for group in file.groups:
+    for group in rows:
         found = by_group.get(group.name, [])
         present = " ".join(_SHORT_ROLE.get(r, r) for r, k in group.members.items() if k) or "-"
         status = Text("ok", style="green")
@@ -75,7 +116,8 @@ def _group_table(file: FileReport, heading: str) -> Table:
             f"{f.rule}: {f.evidence or f.message}" if len(found) > 1 else f.evidence or f.message
             for f in found
         )
-        table.add_row(Text(group.name), str(group.channels or "?"), present, status, Text(evidence))
+        table.add_row(Text(printable(group.name)), str(group.channels or "?"), present, status,
+                      Text(printable(evidence)))
     return table
 
 
@@ -92,14 +134,14 @@ def _render_findings(findings: tuple[Finding, ...], console: Console) -> None:
             ("  " + code, _STYLE[severity]), f" {severity.value}: {title} ({len(found)}x). "
         )
         head.append(f"{FIX_HINTS.get(code, '')} See `ckptdoc rule {code}`.", style="dim")
-        console.print(head)
+        console.print(head, soft_wrap=True)
         messages: dict[str, list[str]] = defaultdict(list)
         for f in found:
             cause = f.message[len(f.evidence) :].lstrip(": ") if f.evidence else f.message
             messages[cause].append(f.group)
         for cause, groups in messages.items():
             if cause:
-                console.print(Text(f"    {_names(groups)}: {cause}"), soft_wrap=False)
+                console.print(Text(printable(f"    {_names(groups)}: {cause}")), soft_wrap=True)
 
 
 def _names(groups: list[str]) -> str:

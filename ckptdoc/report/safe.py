@@ -1,0 +1,36 @@
+"""Text from strangers' files, made safe to show. Layer names, paths and messages come from
+model files anyone can write: an escape sequence in a layer name must not clear a CI log,
+fake an "ALL OK", plant a hyperlink, reorder text (bidi overrides) or break an XML report.
+
+`printable` is the one rule every report applies to untrusted text: control characters (C0,
+DEL, C1), zero-width and bidirectional formatting characters become visible escapes
+(`\\x1b`, `\\u202e`). Each format then adds its own escaping (XML, Markdown/HTML, workflow
+commands) on top.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["printable", "html_text"]
+
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f"  # C0 controls (escape sequences start with \x1b), DEL, C1 controls
+    "\u200b-\u200f\u2028\u2029"  # zero-width characters, marks, line / paragraph separators
+    "\u202a-\u202e\u2066-\u2069\ufeff]"  # bidirectional embeddings, overrides, isolates; BOM
+)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """`text` with every control / invisible formatting character shown as an escape."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def html_text(text: str) -> str:
+    """Printable, and inert in Markdown renderers that pass HTML through."""
+    return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
