@@ -254,7 +254,7 @@ def bench_audit(cache: Path, quick: bool) -> None:
         "tf_keras": [PY, "-c", TF_KERAS, str(keras_file)],
         "python": [PY, "-c", "pass"],
         # What an audit run imports before it reads anything (the CLI itself loads lazily).
-        "import": [PY, "-c", "import ckptdoc.audit, ckptdoc.commands.audit_cmd"],
+        "import": [PY, "-c", "import ckptdoc.auditor, ckptdoc.commands.audit_cmd"],
     }
     n_ours, n_tf = (3, 1) if quick else (5, 3)
     reps = {"ours_ckpt": n_ours, "tf_ckpt": n_tf, "ours_keras": n_ours, "tf_keras": n_tf,
@@ -279,7 +279,7 @@ def bench_audit(cache: Path, quick: bool) -> None:
                f"{tf.rss:.0f} MB. ckptdoc exit code {ours.runs[0].rc}.")
     floor, imp = s["python"], s["import"]
     detail("1", f"Floors on this machine: `python -c pass` {floor.wall:.2f} s; "
-           f"`python -c 'import ckptdoc.audit, ckptdoc.commands.audit_cmd'` "
+           f"`python -c 'import ckptdoc.auditor, ckptdoc.commands.audit_cmd'` "
            f"(interpreter + the audit's imports, no work) {imp.wall:.2f} s, "
            f"{imp.rss:.0f} MB. The audit of the ResNet-50 checkpoint itself takes the rest: "
            f"{s['ours_ckpt'].wall - imp.wall:.2f} s.")

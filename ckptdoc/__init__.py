@@ -1,5 +1,9 @@
 """ckptdoc: find and fix broken batch-norm statistics in TensorFlow and Keras checkpoints.
 
+    report = ckptdoc.audit("models/")      # as `ckptdoc audit models/`, configuration included
+    report.to_dict()                       # the `--format json` document
+    report.exit_code()                     # 0 / 1 / 2, as the CLI
+
 Auditing never imports TensorFlow; only `recalibrate` does, on first call.
 """
 
@@ -11,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ckptdoc.errors import CheckpointError
 
 if TYPE_CHECKING:
-    from ckptdoc.audit import audit_file, audit_paths
+    from ckptdoc.auditor import audit_file, audit_paths
     from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
     from ckptdoc.formats import open_checkpoint
     from ckptdoc.groups import BNGroup, find_groups
@@ -19,12 +23,18 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuditReport",
     "BNGroup",
     "Checkpoint",
     "CheckpointError",
+    "FileReport",
+    "Finding",
+    "GroupResult",
     "LayerNode",
+    "Severity",
     "TensorInfo",
     "__version__",
+    "audit",
     "audit_file",
     "audit_paths",
     "find_groups",
@@ -35,8 +45,14 @@ __all__ = [
 # The API loads on first use (PEP 562): `ckptdoc --version`, `--help` or `rule`, and the CLI
 # before it has parsed its arguments, need none of it (NumPy alone is ~0.1 s to import).
 _LAZY = {
-    "audit_file": "ckptdoc.audit",
-    "audit_paths": "ckptdoc.audit",
+    "audit": "ckptdoc.auditor",
+    "AuditReport": "ckptdoc.report.model",
+    "FileReport": "ckptdoc.report.model",
+    "GroupResult": "ckptdoc.report.model",
+    "Finding": "ckptdoc.rules",
+    "Severity": "ckptdoc.rules",
+    "audit_file": "ckptdoc.auditor",
+    "audit_paths": "ckptdoc.auditor",
     "Checkpoint": "ckptdoc.checkpoint",
     "LayerNode": "ckptdoc.checkpoint",
     "TensorInfo": "ckptdoc.checkpoint",

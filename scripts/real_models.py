@@ -18,7 +18,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from ckptdoc.audit import audit_file
+from ckptdoc.auditor import audit_file
 
 # (package==version, path inside the wheel / sdist, licence)
 MODELS = [

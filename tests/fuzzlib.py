@@ -41,7 +41,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ckptdoc.audit import audit_file
+from ckptdoc.auditor import audit_file
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.proto import WIRE_FIXED32, WIRE_FIXED64, WIRE_LEN, WIRE_VARINT, iter_fields

@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import pytest
 
-from ckptdoc.audit import audit_file, evidence_groups, expand_paths
+from ckptdoc.auditor import audit_file, evidence_groups, expand_paths
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.graph import read_meta_graph
 from ckptdoc.graph_bn import analyze

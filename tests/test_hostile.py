@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ckptdoc.audit import audit_file
+from ckptdoc.auditor import audit_file
 from ckptdoc.cli import app
 from ckptdoc.errors import CorruptCheckpointError, UnsafeCheckpointError
 from ckptdoc.formats import open_checkpoint
@@ -267,7 +267,7 @@ def test_lambda_and_foreign_modules_are_findings_and_nothing_runs(
         f"""
         import json, sys
         sys.path.insert(0, {str(plugin.parent)!r})
-        from ckptdoc.audit import audit_file
+        from ckptdoc.auditor import audit_file
         rep = audit_file({str(path)!r})
         heavy = sorted(m for m in sys.modules
                        if m.split('.')[0] in ('tensorflow', 'keras', 'tf_keras', 'evil_plugin'))

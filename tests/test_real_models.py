@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptdoc.audit import audit_file, evidence_groups
+from ckptdoc.auditor import audit_file, evidence_groups
 from ckptdoc.formats import open_checkpoint
 
 REAL = Path(__file__).resolve().parent / "data" / "real"

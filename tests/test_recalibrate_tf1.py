@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from typer.testing import CliRunner  # noqa: E402
 
-from ckptdoc.audit import audit_file  # noqa: E402
+from ckptdoc.auditor import audit_file  # noqa: E402
 from ckptdoc.formats import open_checkpoint  # noqa: E402
 from ckptdoc.groups import find_groups  # noqa: E402
 from ckptdoc.recalibrate import RecalibrationError  # noqa: E402

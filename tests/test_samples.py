@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ckptdoc.audit import audit_file
+from ckptdoc.auditor import audit_file
 from ckptdoc.cli import app
 from ckptdoc.rules import Severity
 

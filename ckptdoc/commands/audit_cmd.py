@@ -9,9 +9,8 @@ from typing import Annotated
 
 import typer
 
-from ckptdoc.audit import audit_files, expand_paths
+from ckptdoc.auditor import audit_files, expand_paths, per_file_selection, selection_from
 from ckptdoc.commands.common import (
-    EXIT_FINDINGS,
     EXIT_OK,
     EXIT_USAGE,
     silence_stdout,
@@ -23,7 +22,7 @@ from ckptdoc.config import Config, ConfigError, discover, load_config
 from ckptdoc.report import text
 from ckptdoc.report.formats import ReportFormat, render, write_atomic
 from ckptdoc.report.model import AuditReport, RenderOptions
-from ckptdoc.rules import RuleSelection, Severity, Tolerances, unknown_codes
+from ckptdoc.rules import RuleSelection, Severity, Tolerances
 
 # Kept for callers that imported the old name.
 AuditFormat = ReportFormat
@@ -214,18 +213,7 @@ def audit(
             soft_wrap=True,
         )
 
-    def per_file(path: Path) -> RuleSelection:
-        extra = config.ignored_for(path)
-        if not extra:
-            return selection
-        return RuleSelection(
-            selection.select,
-            selection.ignore | frozenset(extra),
-            selection.severities,
-            selection.tolerances,
-        )
-
-    report = AuditReport(tuple(audit_files(files, per_file, jobs)))
+    report = AuditReport(tuple(audit_files(files, per_file_selection(config, selection), jobs)))
 
     if write_baseline is not None:
         from ckptdoc import baseline as baselines  # only with a baseline: quicker start
@@ -267,23 +255,13 @@ def _selection(
     barely_moved: float | None,
     dead_variance: float | None,
 ) -> RuleSelection:
-    selected, ignored = _codes(select), _codes(ignore)
-    bad = unknown_codes(selected + ignored)
-    if bad:
-        raise usage_error(f"unknown rule code(s): {', '.join(bad)} (see `ckptdoc rule`)")
-    if select is not None:  # the command line's selection replaces the file's
-        final_select, final_ignore = frozenset(selected), frozenset(ignored)
-    else:
-        final_select = frozenset(config.select or ())
-        final_ignore = frozenset(config.ignore) | frozenset(ignored)
-    tolerances = dict(config.tolerances)
-    if barely_moved is not None:
-        tolerances["barely_moved"] = barely_moved
-    if dead_variance is not None:
-        tolerances["dead_variance"] = dead_variance
-    return RuleSelection(
-        final_select, final_ignore, dict(config.severity), tolerances=Tolerances(**tolerances)
-    )
+    overrides = {k: v for k, v in (("barely_moved", barely_moved),
+                                   ("dead_variance", dead_variance)) if v is not None}
+    try:
+        return selection_from(config, _codes(select) if select is not None else None,
+                              _codes(ignore), overrides)
+    except ValueError as exc:
+        raise usage_error(str(exc)) from None
 
 
 def _emit(
@@ -325,11 +303,7 @@ def _print_baseline(report: AuditReport) -> None:
 
 
 def exit_code(report: AuditReport, fail_on: Severity, exit_zero: bool) -> int:
-    if exit_zero:
-        return EXIT_OK
-    if report.unreadable:
-        return EXIT_USAGE
-    return EXIT_FINDINGS if report.worst_at_least(fail_on) else EXIT_OK
+    return report.exit_code(fail_on, exit_zero)
 
 
 def register(app: typer.Typer) -> None:

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ckptdoc.audit import evidence_groups
+from ckptdoc.auditor import evidence_groups
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.commands.common import EXIT_USAGE, stderr, stdout
 from ckptdoc.errors import CheckpointError

@@ -252,7 +252,7 @@ def _eval_line(ev: Any) -> str:
 def _audit(path: Path) -> dict[str, Any]:
     """Audit the new file with ckptdoc's own audit (never imports TensorFlow)."""
     try:
-        from ckptdoc.audit import audit_file
+        from ckptdoc.auditor import audit_file
     except ImportError:  # the audit is optional for recalibration to work
         return {"available": False, "errors": []}
     rep = audit_file(path)

@@ -36,6 +36,11 @@ def file_to_dict(file: FileReport) -> dict[str, Any]:
 
 
 def render(report: AuditReport) -> str:
+    return json.dumps(as_dict(report), indent=2, default=_jsonable)
+
+
+def as_dict(report: AuditReport) -> dict[str, Any]:
+    """The report as plain data (numbers in details may still be NumPy scalars)."""
     out: dict[str, Any] = {
         "version": VERSION,
         "files": [file_to_dict(f) for f in report.files],
@@ -49,7 +54,7 @@ def render(report: AuditReport) -> str:
                 {"rule": e.rule, "path": e.path, "group": e.group} for e in report.baseline.fixed
             ],
         }
-    return json.dumps(out, indent=2, default=_jsonable)
+    return json.loads(json.dumps(out, default=_jsonable))  # plain Python types throughout
 
 
 def _jsonable(value: Any) -> Any:

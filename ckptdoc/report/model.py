@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from ckptdoc.rules import RULES, Finding, Severity
 
@@ -67,8 +68,25 @@ class RenderOptions:
 
 @dataclass(frozen=True)
 class AuditReport:
+    """The result of an audit: one `FileReport` per checkpoint, in the order audited."""
+
     files: tuple[FileReport, ...]
     baseline: BaselineOutcome | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--format json` document (schema: `ckptdoc/report/schema.json`)."""
+        from ckptdoc.report.json_report import as_dict
+
+        return as_dict(self)
+
+    def exit_code(self, fail_on: Severity = Severity.ERROR, exit_zero: bool = False) -> int:
+        """What `ckptdoc audit` exits with: 2 a file could not be read, 1 a finding at or above
+        `fail_on`, else 0 (always 0 with `exit_zero`)."""
+        if exit_zero:
+            return 0
+        if self.unreadable:
+            return 2
+        return 1 if self.worst_at_least(fail_on) else 0
 
     @property
     def findings(self) -> list[Finding]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from ckptdoc.checkpoint import Checkpoint
+from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError
 from ckptdoc.evidence import with_training
 from ckptdoc.formats import open_checkpoint
@@ -18,9 +19,11 @@ from ckptdoc.rules import (
     RULES,
     Finding,
     RuleSelection,
+    Tolerances,
     check_group,
     code_findings,
     model_findings,
+    unknown_codes,
 )
 
 
@@ -147,3 +150,86 @@ def audit_paths(
     paths: Iterable[str | Path], selection: RuleSelection | None = None, jobs: int = 1
 ) -> AuditReport:
     return AuditReport(tuple(audit_files(expand_paths(paths), selection, jobs)))
+
+
+# --------------------------------------------------------------------------- the gate's policy
+
+
+def selection_from(
+    config: Config,
+    select: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
+    tolerances: Mapping[str, float] | None = None,
+) -> RuleSelection:
+    """Rules and tolerances as `ckptdoc audit` combines them: `select` replaces the
+    configuration's select and ignore, `ignore` adds to its ignore, `tolerances` (field names
+    of `Tolerances`) win over the file's. Unknown codes raise ValueError."""
+    codes = [c.strip().upper() for c in [*(select or ()), *ignore] if c.strip()]
+    bad = unknown_codes(codes)
+    if bad:
+        raise ValueError(f"unknown rule code(s): {', '.join(bad)} (see `ckptdoc rule`)")
+    selected = frozenset(c.strip().upper() for c in select or () if c.strip())
+    ignored = frozenset(c.strip().upper() for c in ignore if c.strip())
+    if select is not None:
+        final_select, final_ignore = selected, ignored
+    else:
+        final_select = frozenset(config.select or ())
+        final_ignore = frozenset(config.ignore) | ignored
+    merged = {**dict(config.tolerances), **dict(tolerances or {})}
+    return RuleSelection(final_select, final_ignore, dict(config.severity),
+                         tolerances=Tolerances(**merged))
+
+
+def per_file_selection(config: Config, selection: RuleSelection) -> Callable[[Path], RuleSelection]:
+    """The selection for each file, with the configuration's `per-file-ignores` applied."""
+
+    def for_path(path: Path) -> RuleSelection:
+        extra = config.ignored_for(path)
+        if not extra:
+            return selection
+        return RuleSelection(selection.select, selection.ignore | frozenset(extra),
+                             selection.severities, selection.tolerances)
+
+    return for_path
+
+
+def audit(
+    paths: str | Path | Iterable[str | Path],
+    *,
+    select: Sequence[str] | None = None,
+    ignore: Sequence[str] = (),
+    tolerances: Mapping[str, float] | None = None,
+    config: bool | str | Path = True,
+    baseline: bool | str | Path = True,
+    jobs: int = 1,
+) -> AuditReport:
+    """Audit checkpoints as `ckptdoc audit` does and return the report.
+
+    `paths`: files, prefixes or folders (searched recursively). `config`: True finds
+    `[tool.ckptdoc]` / `ckptdoc.toml` from the working directory up, a path reads that file,
+    False ignores configuration. `select` / `ignore` / `tolerances` then apply as the command
+    line's options do. `baseline`: True uses the configuration's, a path that file, False none.
+
+    `report.to_dict()` is the `--format json` document; `report.exit_code()` the CLI's exit
+    code. Raises ValueError (unknown codes, nothing to audit), `ConfigError`, `BaselineError`;
+    an unreadable checkpoint is a file report with `error` set, never an exception.
+    """
+    from ckptdoc.config import discover, load_config
+
+    if isinstance(paths, str | Path):
+        paths = [paths]
+    cfg = (discover() if config is True else Config() if config is False
+           else load_config(config))
+    selection = selection_from(cfg, select, ignore, tolerances)
+    found = expand_paths(paths)
+    files = [f for f in found if not cfg.is_excluded(f)]
+    if not found:
+        raise ValueError("no checkpoints found under " + ", ".join(map(str, paths)))
+    report = AuditReport(tuple(audit_files(files, per_file_selection(cfg, selection), jobs)))
+    baseline_file = cfg.baseline if baseline is True else None if baseline is False else baseline
+    if baseline_file is not None:
+        from ckptdoc import baseline as baselines
+
+        report = baselines.apply_baseline(report, baselines.load_baseline(baseline_file),
+                                          baseline_file)
+    return report
