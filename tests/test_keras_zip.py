@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+import sys
 import struct
 import zipfile
 from pathlib import Path
@@ -265,3 +268,57 @@ def test_flipped_byte_in_stored_weights_fails_the_zip_crc(tmp_path: Path) -> Non
         dst.write_bytes(bytes(damaged))
         with pytest.raises(CorruptCheckpointError, match="CRC-32"):
             open_keras_zip(dst)
+
+
+def _big_deflated_keras(tmp_path: Path, megabytes: int) -> Path:
+    """A .keras whose deflated weights member inflates to `megabytes` MiB, under the ratio
+    cap: a real Keras 3 weights file plus one big, barely compressible-enough dataset."""
+    weights = tmp_path / "model.weights.h5"
+    shutil.copy(K / "k3_seq.weights.h5", weights)
+    rng = np.random.default_rng(0)
+    page = np.zeros(4096, np.uint8)
+    with h5py.File(weights, "r+") as f:
+        big = f.create_dataset("padding", shape=(megabytes * 256, 4096), dtype=np.uint8)
+        for row in range(0, megabytes * 256, 4096):
+            block = np.tile(page, (4096, 1))
+            block[:, :48] = rng.integers(0, 256, (4096, 48))  # ~1% noise: deflates ~60x
+            big[row : row + 4096] = block[: megabytes * 256 - row]
+    out = tmp_path / "big.keras"
+    with zipfile.ZipFile(K / "k3_seq.keras") as src, zipfile.ZipFile(
+        out, "w", compression=zipfile.ZIP_DEFLATED
+    ) as dst:
+        for name in ("metadata.json", "config.json"):
+            dst.writestr(name, src.read(name))
+        dst.write(weights, "model.weights.h5")
+    weights.unlink()
+    return out
+
+
+@pytest.mark.slow
+def test_a_deflated_member_is_never_inflated_into_memory(tmp_path: Path) -> None:
+    path = _big_deflated_keras(tmp_path, 512)
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo("model.weights.h5")
+        assert info.file_size > 512 << 20 and info.compress_size < info.file_size / 20
+    code = (
+        "import resource, sys\n"
+        "from ckptdoc.auditor import audit_file\n"
+        f"report = audit_file({str(path)!r})\n"
+        "assert report.error is None, report.error\n"
+        "print(len(report.groups), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    groups, peak_kib = map(int, out.stdout.split())
+    assert groups > 0
+    assert peak_kib < 250 * 1024, f"peak RSS {peak_kib // 1024} MiB for a 512 MiB member"
+
+
+def test_a_deflated_member_that_is_not_hdf5_is_refused_first(tmp_path: Path) -> None:
+    p = tmp_path / "m.keras"
+    with zipfile.ZipFile(p, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("config.json", "{}")
+        zf.writestr("model.weights.h5", b"PK not hdf5" * 1000)
+    with pytest.raises(CorruptCheckpointError, match="no HDF5 signature"):
+        open_keras_zip(p)

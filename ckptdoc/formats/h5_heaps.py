@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 
 from ckptdoc.errors import CorruptCheckpointError
-from ckptdoc.formats.window import Window
+from ckptdoc.formats.window import Window, release
 
 # Whole files (bytes, mmap) or a member inside a zip (Window): all index and find alike.
 Buffer = bytes | mmap.mmap | Window
@@ -28,6 +28,7 @@ Buffer = bytes | mmap.mmap | Window
 _SIGNATURE = b"GCOL\x01\x00\x00\x00"
 _SUPERBLOCK = b"\x89HDF\r\n\x1a\n"
 _MIN_COLLECTION = 4096  # libhdf5 never writes a smaller collection
+_CHUNK = 16 << 20  # bytes searched between releases of scanned pages
 
 
 def _size_of_lengths(buf: Buffer) -> int | None:
@@ -48,7 +49,7 @@ def check_global_heaps(buf: Buffer, path: Path) -> None:
     if lengths != 8:  # h5py / Keras always write 8; anything else is left to libhdf5
         return
     end_of_file = len(buf)
-    pos = buf.find(_SIGNATURE)
+    pos = _find(buf, 0)
     while pos != -1:
         if pos + 16 > end_of_file:
             raise CorruptCheckpointError(path, f"truncated global heap at byte {pos}")
@@ -58,7 +59,29 @@ def check_global_heaps(buf: Buffer, path: Path) -> None:
                 path, f"global heap at byte {pos} claims {size} bytes (file has {end_of_file})"
             )
         _walk(buf, pos, size, path)
-        pos = buf.find(_SIGNATURE, pos + 8)
+        pos = _find(buf, pos + 8)
+
+
+def _find(buf: Buffer, start: int) -> int:
+    """The next collection signature at or after `start`, searched a chunk at a time; pages
+    of a mapped file already scanned are released, so scanning a multi-gigabyte file costs
+    a chunk of memory, not the file."""
+    end = len(buf)
+    while start < end:
+        stop = min(end, start + _CHUNK)
+        pos = buf.find(_SIGNATURE, start, stop + len(_SIGNATURE) - 1)
+        if pos != -1:
+            return pos
+        _release(buf, start, stop)
+        start = stop
+    return -1
+
+
+def _release(buf: Buffer, start: int, end: int) -> None:
+    if isinstance(buf, Window):
+        buf.release(start, end)
+    elif isinstance(buf, mmap.mmap):
+        release(buf, start, end)
 
 
 def _walk(buf: Buffer, start: int, size: int, path: Path) -> None:

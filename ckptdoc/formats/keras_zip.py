@@ -4,11 +4,12 @@ The zip is untrusted: every member name is checked (no `..`, absolute paths, dri
 backslashes, symlinks, duplicates, encryption) and every declared size is checked against caps
 and the archive's own size *before* anything is decompressed. The JSON members are read into
 memory with a hard cap; the weights file, which Keras stores uncompressed, is read in place
-through a window over the archive (a deflated one is inflated into memory, capped), then read
-by keras_h5's Keras 3 reader,
-with `config.json` giving each layer its real name, class and config (nested Functional /
-Sequential models included). The config is plain JSON: nothing is deserialized, so a `Lambda`
-layer is just an entry whose `class_name` the audit can report.
+through a window over the archive (a deflated one is inflated in chunks into an anonymous
+temporary file and read through a window over that: memory stays at a chunk whatever the
+member inflates to), then read by keras_h5's Keras 3 reader, with `config.json` giving each
+layer its real name, class and config (nested Functional / Sequential models included). The
+config is plain JSON: nothing is deserialized, so a `Lambda` layer is just an entry whose
+`class_name` the audit can report.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import mmap
 import stat
 import struct
+import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -24,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from ckptdoc.errors import (
+    CheckpointError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
 from ckptdoc.formats.keras_h5 import KerasH5Checkpoint, open_weights_h5_file
-from ckptdoc.formats.window import Window
+from ckptdoc.formats.resolve import HDF5_MAGIC
+from ckptdoc.formats.window import Window, release
 
 __all__ = ["open_keras_zip", "MAX_MEMBER_BYTES", "MAX_JSON_BYTES", "MAX_RATIO"]
 
@@ -45,6 +49,7 @@ MAX_JSON_BYTES = 64 << 20
 MAX_RATIO = 200
 _RATIO_FLOOR = 1 << 20
 _MAX_MEMBERS = 100_000
+_INFLATE_CHUNK = 8 << 20
 
 
 def open_keras_zip(path: Path) -> KerasH5Checkpoint:
@@ -74,7 +79,7 @@ def open_keras_zip(path: Path) -> KerasH5Checkpoint:
         if weights.compress_type == zipfile.ZIP_STORED:
             data: bytes | Window = _stored_member(zf, weights, path, archive_size)
         else:
-            data = _read_member(zf, weights, path, MAX_MEMBER_BYTES)
+            data = _inflated_member(zf, weights, path)
     ckpt = open_weights_h5_file(
         data, path, config if isinstance(config, Mapping) else None, "keras3-zip"
     )
@@ -171,9 +176,49 @@ def _crc32(view: mmap.mmap, start: int, size: int, chunk: int = 1 << 24) -> int:
     crc = 0
     with memoryview(view) as whole:
         for pos in range(start, start + size, chunk):
-            with whole[pos : min(pos + chunk, start + size)] as part:
+            stop = min(pos + chunk, start + size)
+            with whole[pos:stop] as part:
                 crc = zlib.crc32(part, crc)
+            release(view, pos, stop)  # a chunk of memory, not the member
     return crc
+
+
+def _inflated_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> Window:
+    """A compressed member, inflated in chunks into an anonymous temporary file and read
+    through an mmap of it: memory stays at a chunk whatever the member inflates to. The
+    HDF5 signature is checked on the first chunk, before anything else is inflated; the zip
+    CRC-32 as the stream ends (zipfile checks it)."""
+    try:
+        tmp = tempfile.TemporaryFile(prefix="ckptdoc-")  # unlinked: gone when unmapped
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot create a temporary file to inflate "
+                                    f"{info.filename!r} into: {exc}") from exc
+    with tmp:
+        written = 0
+        try:
+            with zf.open(info) as fh:
+                while chunk := fh.read(_INFLATE_CHUNK):
+                    if written == 0 and not chunk.startswith(HDF5_MAGIC):
+                        raise CorruptCheckpointError(
+                            path, f"{info.filename!r} is not an HDF5 file (no HDF5 signature)")
+                    written += len(chunk)
+                    if written > min(info.file_size, MAX_MEMBER_BYTES):
+                        raise UnsafeCheckpointError(
+                            path, f"{info.filename!r} inflates past its declared size")
+                    tmp.write(chunk)
+            tmp.flush()
+        except CheckpointError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, ValueError, EOFError,
+                NotImplementedError) as exc:  # zlib.error: a damaged deflate stream
+            raise CorruptCheckpointError(path, f"cannot read {info.filename!r}: {exc}") from exc
+        except OSError as exc:  # ENOSPC on the temporary folder, above all
+            raise CheckpointError(path, f"cannot inflate {info.filename!r} ({written} bytes "
+                                        f"so far) into a temporary file: {exc}") from exc
+        if written == 0:
+            raise CorruptCheckpointError(path, f"{info.filename!r} is empty")
+        view = mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_READ)
+    return Window(view, 0, written)
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, cap: int) -> bytes:

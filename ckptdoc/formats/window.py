@@ -48,6 +48,22 @@ class Window:
     def open(self) -> WindowFile:
         return WindowFile(self)
 
+    def release(self, start: int, end: int) -> None:
+        """Drop the pages of [start, end) from this process's memory (they are re-read from
+        the file if touched again): scans of big files stay within a chunk's worth of RSS."""
+        release(self._buf, self._start + start, self._start + end)
+
+
+def release(buf: mmap.mmap, start: int, end: int) -> None:
+    """madvise(MADV_DONTNEED) on the whole pages inside [start, end) of a file mapping."""
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:  # not on this platform: the kernel reclaims clean pages anyway
+        return
+    first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE
+    last = (end // mmap.PAGESIZE) * mmap.PAGESIZE
+    if last > first:
+        buf.madvise(advice, first, last - first)
+
 
 class WindowFile(io.RawIOBase):
     """A read-only, seekable file over a Window (what h5py's file-object driver needs)."""
