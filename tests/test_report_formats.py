@@ -291,3 +291,25 @@ def test_write_atomic_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
     write_atomic(dest, "two")
     assert dest.read_text() == "two"
     assert [p.name for p in dest.parent.iterdir()] == ["r.sarif"]
+
+
+@pytest.mark.parametrize(("detail", "golden"), [("concise", "samples.txt"),
+                                                ("full", "samples.verbose.txt")])
+def test_text_report_golden_from_real_rule_output(
+    detail: str, golden: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wording users read, locked from real readers and rules on the shipped samples (not
+    # a hand-made report): any change to a message, hint or layout shows up in review.
+    import io
+
+    from rich.console import Console
+
+    import ckptdoc
+    from ckptdoc.report import text
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)
+    report = ckptdoc.audit("sample_ckpts", config=False)
+    buf = io.StringIO()
+    text.render(report, Console(file=buf, width=160, no_color=True, highlight=False),
+                text.Detail(detail))
+    check_golden(golden, buf.getvalue())
