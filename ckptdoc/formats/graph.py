@@ -265,6 +265,12 @@ def _function(buf: bytes) -> tuple[str, _Function]:
     return name, _Function(tuple(args), tuple(outputs), tuple(nodes), ret)
 
 
+# Ops whose attributes the analysis reads (constants' values, fused BN's `is_training`, the
+# functions of control flow); every other node's attributes are skipped undecoded, which is
+# most of a graph's bytes.
+_ATTR_OPS = frozenset({"Const", *_OUTPUT_ARGS, "_FusedBatchNormEx", *_IF_OPS, *_CALL_OPS})
+
+
 def _node(buf: bytes) -> GraphNode:
     name = op = ""
     inputs: list[str] = []
@@ -272,6 +278,7 @@ def _node(buf: bytes) -> GraphNode:
     value: bool | float | None = None
     flags: dict[str, bool] = {}
     funcs: dict[str, str] = {}
+    attrs: list[bytes] = []
     for f, _w, v in iter_fields(buf):
         if not isinstance(v, bytes):
             continue
@@ -283,18 +290,20 @@ def _node(buf: bytes) -> GraphNode:
             ref = v.decode("utf-8", "replace")
             (controls if ref.startswith("^") else inputs).append(ref)
         elif f == 5:
-            entry = parse(v)
-            key = _text(entry, 1)
-            attr_raw = entry.get(2, [b""])[-1]
-            if not isinstance(attr_raw, bytes):
-                continue
-            attr = parse(attr_raw)
-            if 5 in attr and isinstance(attr[5][-1], int):
-                flags[key] = bool(attr[5][-1])
-            elif 10 in attr and isinstance(attr[10][-1], bytes):
-                funcs[key] = _text(parse(attr[10][-1]), 1)
-            elif key == "value" and 8 in attr and isinstance(attr[8][-1], bytes):
-                value = _scalar(attr[8][-1])
+            attrs.append(v)
+    for v in attrs if op in _ATTR_OPS else ():
+        entry = parse(v)
+        key = _text(entry, 1)
+        attr_raw = entry.get(2, [b""])[-1]
+        if not isinstance(attr_raw, bytes):
+            continue
+        attr = parse(attr_raw)
+        if 5 in attr and isinstance(attr[5][-1], int):
+            flags[key] = bool(attr[5][-1])
+        elif 10 in attr and isinstance(attr[10][-1], bytes):
+            funcs[key] = _text(parse(attr[10][-1]), 1)
+        elif key == "value" and 8 in attr and isinstance(attr[8][-1], bytes):
+            value = _scalar(attr[8][-1])
     if not name:
         raise ProtoError("graph node without a name")
     return GraphNode(name, op, tuple(inputs), tuple(c[1:] for c in controls), value, flags, funcs)
