@@ -6,6 +6,8 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError
@@ -33,9 +35,10 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
     try:
         with open_checkpoint(path) as ckpt:
             groups = evidence_groups(ckpt)
+            read = _read_once(ckpt)
             results, findings = [], []
             for group in groups:
-                group_findings = check_group(group, ckpt.read, selection)
+                group_findings = check_group(group, read, selection)
                 findings.extend(group_findings)
                 results.append(
                     GroupResult(
@@ -46,13 +49,26 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
                         group.evidence.found_by,
                     )
                 )
-            findings.extend(model_findings(groups, ckpt.read, selection))
+            findings.extend(model_findings(groups, read, selection))
             findings.extend(_file_findings(ckpt, selection))
             return FileReport(
                 str(path), ckpt.format, tuple(results), tuple(findings), None, tuple(ckpt.warnings)
             )
     except CheckpointError as exc:
         return FileReport(str(path), None, error=str(exc))
+
+
+def _read_once(ckpt: Checkpoint) -> Callable[[str], np.ndarray]:
+    """`ckpt.read`, each tensor read (and checksummed) once however many rules look at it."""
+    cache: dict[str, np.ndarray] = {}
+
+    def read(key: str) -> np.ndarray:
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = ckpt.read(key)
+        return value
+
+    return read
 
 
 def evidence_groups(ckpt: Checkpoint) -> list[BNGroup]:
@@ -126,24 +142,50 @@ def audit_files(
     """
     paths = [Path(f) for f in files]
     selections = [selection(p) if callable(selection) else selection for p in paths]
+    items = list(zip(paths, selections, strict=True))
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
-    jobs = min(jobs, len(paths))
-    if jobs <= 1:
-        return [_audit_guarded(p, s) for p, s in zip(paths, selections, strict=True)]
+    if jobs <= 1 or len(items) < _MIN_FILES_PER_WORKER * 2:
+        # Starting processes costs more than a few audits: small work stays in-process, so
+        # --jobs is never slower than --jobs 1.
+        return [_audit_guarded(p, s) for p, s in items]
     from concurrent.futures import ProcessPoolExecutor  # only for --jobs > 1: slow to import
 
+    jobs = min(jobs, len(items) // _MIN_FILES_PER_WORKER)
+    # A few batches per worker: one task per file pays a round trip per file; one batch per
+    # worker leaves a worker idle when its files are slower.
+    size = -(-len(items) // (jobs * 4))
+    batches = [items[i : i + size] for i in range(0, len(items), size)]
+    reports: list[FileReport] = []
     with ProcessPoolExecutor(max_workers=jobs) as pool:
-        pairs = zip(paths, selections, strict=True)
-        futures = [pool.submit(_audit_guarded, p, s) for p, s in pairs]
-        reports = []
-        for path, future in zip(paths, futures, strict=True):
+        futures = [pool.submit(_audit_batch, batch) for batch in batches]
+        for batch, future in zip(batches, futures, strict=True):
             try:
-                reports.append(future.result())
-            except Exception as exc:  # noqa: BLE001 - a worker died (e.g. a crash in a C library)
-                reports.append(
-                    FileReport(str(path), None, error=f"{path}: audit process failed: {exc!r}")
-                )
-        return reports
+                reports.extend(future.result())
+            except Exception:  # noqa: BLE001 - a worker died (e.g. a crash in a C library)
+                reports.extend(_audit_isolated(batch))
+    return reports
+
+
+_MIN_FILES_PER_WORKER = 8
+
+
+def _audit_batch(items: list[tuple[Path, RuleSelection | None]]) -> list[FileReport]:
+    return [_audit_guarded(p, s) for p, s in items]
+
+
+def _audit_isolated(items: list[tuple[Path, RuleSelection | None]]) -> list[FileReport]:
+    """A batch whose worker died, again one file per fresh process: only the file that kills
+    its process is reported as failed, and the others are audited."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = []
+    for path, sel in items:
+        try:
+            with ProcessPoolExecutor(max_workers=1) as pool:
+                out.append(pool.submit(_audit_guarded, path, sel).result())
+        except Exception as exc:  # noqa: BLE001 - this file kills its process
+            out.append(FileReport(str(path), None, error=f"{path}: audit process failed: {exc!r}"))
+    return out
 
 
 def audit_paths(

@@ -466,3 +466,39 @@ def test_matches_tensorflow_bit_for_bit(tf_reader, name: str) -> None:  # type: 
         assert (
             got.reshape(-1).view(np.uint8).tobytes() == want.reshape(-1).view(np.uint8).tobytes()
         ), key
+
+
+def test_fast_entry_decoder_agrees_with_the_general_one() -> None:
+    # The fast path for common BundleEntryProtos must decode exactly as the general decoder,
+    # and hand anything unusual to it (returning None), never guess.
+    from ckptdoc.formats.proto import ProtoError, _decode_bundle_entry, _fast_bundle_entry
+    from ckptdoc.formats.table import Table
+
+    real = []
+    for idx in Path(__file__).resolve().parent.parent.rglob("*.index"):
+        try:
+            table = Table.open(idx)
+        except Exception:  # noqa: BLE001 - corrupt fixtures are other tests' business
+            continue
+        real += [v for k, v in table.items() if k]
+    assert len(real) > 200
+    for value in real:
+        fast = _fast_bundle_entry(value)
+        assert fast is None or fast == _decode_bundle_entry(value)
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.sampled_from(real), st.integers(0, 64), st.integers(0, 255))
+    def mutated(value: bytes, where: int, byte: int) -> None:
+        data = bytearray(value)
+        data[where % len(data)] = byte
+        try:
+            fast = _fast_bundle_entry(bytes(data))
+        except ProtoError:
+            fast = "error"
+        try:
+            general = _decode_bundle_entry(bytes(data))
+        except ProtoError:
+            general = "error"
+        assert fast is None or fast == general or (fast == "error" and general == "error")
+
+    mutated()

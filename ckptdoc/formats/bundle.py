@@ -94,6 +94,7 @@ class BundleCheckpoint(Checkpoint):
         if not self.index_path.is_file():
             raise NotFoundError(self.index_path, "checkpoint index file does not exist")
         self._entries: dict[str, BundleEntry] = {}
+        self._shard_paths: dict[int, Path] = {}
         self._tensors: dict[str, TensorInfo] = {}
         self._pieces: dict[str, list[_Piece]] = {}
         self._load_index()
@@ -270,7 +271,11 @@ class BundleCheckpoint(Checkpoint):
             )
 
     def shard_path(self, shard_id: int) -> Path:
-        return bundle_file(self.prefix, f".data-{shard_id:05d}-of-{self.num_shards:05d}")
+        path = self._shard_paths.get(shard_id)
+        if path is None:  # resolved once per shard: it costs a stat
+            path = bundle_file(self.prefix, f".data-{shard_id:05d}-of-{self.num_shards:05d}")
+            self._shard_paths[shard_id] = path
+        return path
 
     # --- object graph -------------------------------------------------------------------------
 

@@ -171,6 +171,72 @@ def decode_shape(buf: bytes) -> tuple[tuple[int, ...], bool]:
 
 
 def decode_bundle_entry(buf: bytes) -> BundleEntry:
+    """A BundleEntryProto. The common entry (no slices, a plain shape) takes a direct path:
+    it is decoded once per variable of every checkpoint audited, so it dominates folder
+    audits; anything unusual goes through the general decoder, and both agree (tested)."""
+    fast = _fast_bundle_entry(buf)
+    return fast if fast is not None else _decode_bundle_entry(buf)
+
+
+def _fast_bundle_entry(buf: bytes) -> BundleEntry | None:
+    dtype = shard = offset = size = 0
+    crc: int | None = None
+    dims: list[int] = []
+    pos, n = 0, len(buf)
+    while pos < n:
+        tag = buf[pos]
+        pos += 1
+        if tag in (0x08, 0x18, 0x20, 0x28):  # dtype, shard_id, offset, size: varints
+            if pos < n and buf[pos] < 0x80:  # one byte, the usual case
+                value = buf[pos]
+                pos += 1
+            else:
+                value, pos = read_varint(buf, pos)
+                if value >= 1 << 63:
+                    return None  # negative: let the general path report it
+            if tag == 0x08:
+                dtype = value
+            elif tag == 0x18:
+                shard = value
+            elif tag == 0x20:
+                offset = value
+            else:
+                size = value
+        elif tag == 0x35:  # crc32c, fixed32
+            if pos + 4 > n:
+                return None
+            crc = int.from_bytes(buf[pos : pos + 4], "little")
+            pos += 4
+        elif tag == 0x12:  # shape: TensorShapeProto of `dim { size: N }` only
+            if pos >= n or buf[pos] >= 0x80:
+                return None
+            end = pos + 1 + buf[pos]
+            pos += 1
+            if end > n:
+                return None
+            dims = []
+            while pos < end:
+                # dim: 0x12, length, [0x08, varint size]
+                if buf[pos] != 0x12 or pos + 1 >= end or buf[pos + 1] >= 0x80:
+                    return None
+                dim_end = pos + 2 + buf[pos + 1]
+                pos += 2
+                if dim_end > end:
+                    return None
+                dim = 0
+                if pos < dim_end:
+                    if buf[pos] != 0x08:
+                        return None
+                    dim, pos = read_varint(buf, pos + 1, dim_end)
+                    if dim >= 1 << 63 or pos != dim_end:
+                        return None
+                dims.append(dim)
+        else:
+            return None  # slices, unknown fields, multi-byte tags
+    return BundleEntry(dtype, tuple(dims), False, shard, offset, size, crc, ())
+
+
+def _decode_bundle_entry(buf: bytes) -> BundleEntry:
     msg = parse(buf)
     dims, unknown_rank = decode_shape(_bytes(msg, 2))
     crc_values = msg.get(6)
