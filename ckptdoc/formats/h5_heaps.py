@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 from ckptdoc.errors import CorruptCheckpointError
@@ -43,13 +44,19 @@ def _size_of_lengths(buf: Buffer) -> int | None:
     return None
 
 
-def check_global_heaps(buf: Buffer, path: Path) -> None:
-    """Raise CorruptCheckpointError if any global heap collection in `buf` is malformed."""
+def check_global_heaps(
+    buf: Buffer, path: Path, skip: Sequence[tuple[int, int]] = ()
+) -> None:
+    """Raise CorruptCheckpointError if any global heap collection in `buf` is malformed.
+
+    `skip`: sorted, disjoint byte ranges not searched (the raw data of big numeric datasets,
+    see `raw_data_extents`); a collection found elsewhere is walked whole wherever it ends."""
     lengths = _size_of_lengths(buf)
     if lengths != 8:  # h5py / Keras always write 8; anything else is left to libhdf5
         return
     end_of_file = len(buf)
-    pos = _find(buf, 0)
+    skips = list(skip)
+    pos = _find(buf, 0, skips)
     while pos != -1:
         if pos + 16 > end_of_file:
             raise CorruptCheckpointError(path, f"truncated global heap at byte {pos}")
@@ -59,18 +66,24 @@ def check_global_heaps(buf: Buffer, path: Path) -> None:
                 path, f"global heap at byte {pos} claims {size} bytes (file has {end_of_file})"
             )
         _walk(buf, pos, size, path)
-        pos = _find(buf, pos + 8)
+        pos = _find(buf, pos + 8, skips)
 
 
-def _find(buf: Buffer, start: int) -> int:
-    """The next collection signature at or after `start`, searched a chunk at a time; pages
-    of a mapped file already scanned are released, so scanning a multi-gigabyte file costs
-    a chunk of memory, not the file."""
+def _find(buf: Buffer, start: int, skips: list[tuple[int, int]]) -> int:
+    """The next collection signature at or after `start`, outside the `skips` ranges (consumed
+    as passed), searched a chunk at a time; pages of a mapped file already scanned are
+    released, so scanning a multi-gigabyte file costs a chunk of memory, not the file."""
     end = len(buf)
     while start < end:
-        stop = min(end, start + _CHUNK)
+        while skips and skips[0][1] <= start:
+            skips.pop(0)
+        if skips and skips[0][0] <= start:
+            start = skips.pop(0)[1]
+            continue
+        stop = min(end, start + _CHUNK, skips[0][0] if skips else end)
+        # A signature may start before `stop` and end after it.
         pos = buf.find(_SIGNATURE, start, stop + len(_SIGNATURE) - 1)
-        if pos != -1:
+        if pos != -1 and pos < stop:
             return pos
         _release(buf, start, stop)
         start = stop
@@ -102,7 +115,7 @@ def _walk(buf: Buffer, start: int, size: int, path: Path) -> None:
         pos += need
 
 
-def check_global_heaps_in_file(path: Path) -> None:
+def check_global_heaps_in_file(path: Path, skip: Sequence[tuple[int, int]] = ()) -> None:
     """`check_global_heaps` on a file, through mmap so only a scan's worth of pages is read."""
     with open(path, "rb") as f:
         try:
@@ -110,4 +123,4 @@ def check_global_heaps_in_file(path: Path) -> None:
         except ValueError:  # an empty file: nothing to check, h5py will refuse it
             return
         with view:
-            check_global_heaps(view, path)
+            check_global_heaps(view, path, skip)

@@ -172,6 +172,45 @@ class KerasH5Checkpoint(Checkpoint):
 _STEP_LEAVES = frozenset({"iter", "iteration", "iterations"})
 
 
+#: Files up to this size get the global-heap scan over every byte, before libhdf5 opens them.
+#: Bigger files are opened first (superblock, groups, dataset layouts: no string attribute is
+#: read), and the scan skips the raw data of big numeric datasets, which is most of a weights
+#: file's bytes: the scan then costs the metadata, not the file (docs/reliability.md).
+FULL_SCAN_BYTES = 64 << 20
+_MIN_SKIPPED_EXTENT = 1 << 20
+
+
+def raw_data_extents(h5: h5py.File, path: Path, size: int) -> list[tuple[int, int]]:
+    """Sorted byte ranges holding the raw data of contiguous, unfiltered numeric datasets of
+    at least 1 MiB. Only layout information is read. Ranges that overlap each other or run
+    past the file are not skipped (a file lying about its layout gets the full scan there)."""
+    extents: list[tuple[int, int]] = []
+
+    def walk(group: h5py.Group, depth: int) -> None:
+        for _name, obj in _hard_items(group, path):
+            if isinstance(obj, h5py.Group) and depth < 64:
+                walk(obj, depth + 1)
+                continue
+            if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "biuf":
+                continue
+            dcpl = obj.id.get_create_plist()
+            if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
+                continue
+            offset, nbytes = obj.id.get_offset(), obj.id.get_storage_size()
+            if offset is not None and nbytes >= _MIN_SKIPPED_EXTENT and offset + nbytes <= size:
+                extents.append((offset, offset + nbytes))
+
+    try:
+        walk(h5, 0)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        raise CorruptCheckpointError(path, f"damaged HDF5 structure: {exc}") from exc
+    extents.sort()
+    disjoint = [e for i, e in enumerate(extents)
+                if (i == 0 or extents[i - 1][1] <= e[0])
+                and (i + 1 == len(extents) or e[1] <= extents[i + 1][0])]
+    return disjoint
+
+
 def _step_keys(h5: h5py.File) -> list[str]:
     if "optimizer" in h5:
         return ["optimizer/vars/0"]
@@ -199,13 +238,16 @@ def open_hdf5(path: Path) -> KerasH5Checkpoint:
     path = Path(path)
     try:
         size = path.stat().st_size
-        check_global_heaps_in_file(path)  # before libhdf5 reads any string attribute
+        if size <= FULL_SCAN_BYTES:
+            check_global_heaps_in_file(path)  # before libhdf5 opens anything
         h5 = h5py.File(path, "r")
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise CorruptCheckpointError(path, f"not a readable HDF5 file: {exc}") from exc
     try:
+        if size > FULL_SCAN_BYTES:  # before libhdf5 reads any string attribute
+            check_global_heaps_in_file(path, raw_data_extents(h5, path, size))
         return _open(h5, path, size, config=None, fmt_override=None)
     except BaseException:
         h5.close()
@@ -217,12 +259,15 @@ def open_weights_h5_file(
 ) -> KerasH5Checkpoint:
     """Open a Keras 3 weights file inside a `.keras` zip: in memory (`bytes`, an inflated
     member) or read in place (`Window`, a stored member of the mmapped archive)."""
-    check_global_heaps(data, path)
+    if len(data) <= FULL_SCAN_BYTES:
+        check_global_heaps(data, path)
     try:
         h5 = h5py.File(io.BytesIO(data) if isinstance(data, bytes) else data.open(), "r")
     except OSError as exc:
         raise CorruptCheckpointError(path, f"model.weights.h5 is not valid HDF5: {exc}") from exc
     try:
+        if len(data) > FULL_SCAN_BYTES:
+            check_global_heaps(data, path, raw_data_extents(h5, path, len(data)))
         try:
             v3 = _is_v3_layout(h5)
         except (OSError, RuntimeError, KeyError, ValueError) as exc:  # damaged root group
