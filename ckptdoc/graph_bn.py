@@ -231,16 +231,23 @@ def _walk_back(graph: Graph, ref: str, through: frozenset[str]) -> list[GraphNod
             continue
         seen.add(key)
         out.append(node)
-        if node.op not in through:
-            continue
-        if node.results:
-            port = output_index(r)
-            queue.extend(node.results[port] if port < len(node.results) else ())
-        elif node.op in ("Switch", "RefSwitch"):
-            queue.extend(node.inputs[:1])
-        elif node.op not in ("If", "StatelessIf", "PartitionedCall", "StatefulPartitionedCall"):
-            queue.extend(node.inputs)
+        if node.op in through:
+            queue.extend(_sources(node, r))
     return out
+
+
+def _sources(node: GraphNode, ref: str) -> tuple[str, ...]:
+    """What flows into output `ref` of `node`: the inlined results of a functional `If` /
+    call, a `Switch`'s data (not its predicate), else every input; a functional op whose body
+    was not inlined has no known source (its inputs are arguments, the predicate among them)."""
+    if node.results:
+        port = output_index(ref)
+        return node.results[port] if port < len(node.results) else ()
+    if node.op in ("Switch", "RefSwitch"):
+        return node.inputs[:1]
+    if node.op in ("If", "StatelessIf", "PartitionedCall", "StatefulPartitionedCall"):
+        return ()
+    return node.inputs
 
 
 def _switches(graph: Graph, op: GraphNode) -> set[Switch]:
@@ -325,13 +332,7 @@ def _statistics(graph: Graph, ref: str) -> list[tuple[str, str]]:
             continue
         if node.op in _VARIABLES or node.op in ("Placeholder", "PlaceholderWithDefault"):
             continue
-        if node.results:
-            port = output_index(r)
-            queue.extend(node.results[port] if port < len(node.results) else ())
-        elif node.op in ("Switch", "RefSwitch"):
-            queue.extend(node.inputs[:1])
-        else:
-            queue.extend(node.inputs)
+        queue.extend(_sources(node, r))
     return out
 
 
