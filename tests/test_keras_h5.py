@@ -13,13 +13,13 @@ import h5py
 import numpy as np
 import pytest
 
+from ckptdoc.auditor import audit_file
 from ckptdoc.errors import (
     CheckpointError,
     CorruptCheckpointError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from ckptdoc.auditor import audit_file
 from ckptdoc.formats.keras_h5 import open_hdf5
 
 DATA = Path(__file__).parent / "data"
