@@ -236,3 +236,37 @@ def test_errors_name_the_problem(npz: Any, tmp_path: Path) -> None:
         recalibrate_bundle(DATA / "moments", npz["calib"], sets={"is_training:0": "maybe"})
     res = _cli(str(DATA / "moments"), "--data", str(npz["calib"]), "--in-place")
     assert res.exit_code == 2 and "--in-place is not supported" in res.output
+
+
+def test_inference_graph_is_measured_layer_after_layer(
+    npz: dict[str, Path], tmp_path: Path
+) -> None:
+    # tests/data/evidence/tf1_caffe_style: an inference graph (fused BN, is_training=False),
+    # bn1 -> relu -> conv2 -> bn2, stats at 0 / 1. One precise pass would measure bn2's input
+    # behind bn1 still normalizing with 0 / 1: silently wrong. Reference: float64, layer by
+    # layer, each BN normalizing with the statistics just computed.
+    src = ROOT / "tests" / "data" / "evidence" / "tf1_caffe_style"
+    out = tmp_path / "fixed" / "model.ckpt"
+    res = _cli(str(src), "--data", str(npz["calib"]), "--feed", "data:0=x", "--samples", "512",
+               "--output", str(out), "--force")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)["report"]
+    assert report["passes"] >= 2 and report["mode"] == "sequential"
+    assert any("layer after layer" in n for n in report["notes"])
+
+    reader = tf.train.load_checkpoint(str(src / "model.ckpt"))
+    with np.load(npz["calib"]) as z:
+        h = z["x"][:512].astype(np.float64)
+    expected = {}
+    for i in (1, 2):
+        h = tf.nn.conv2d(h, reader.get_tensor(f"conv{i}/weights").astype(np.float64), 1,
+                         "SAME").numpy()
+        mean, var = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+        expected[f"bn{i}"] = (mean, var)
+        scale = reader.get_tensor(f"bn{i}/scale").astype(np.float64)
+        offset = reader.get_tensor(f"bn{i}/offset").astype(np.float64)
+        h = np.maximum((h - mean) / np.sqrt(var + 1e-5) * scale + offset, 0.0)
+    fixed = tf.train.load_checkpoint(str(out))
+    for name, (mean, var) in expected.items():
+        np.testing.assert_allclose(fixed.get_tensor(f"{name}/mean"), mean, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(fixed.get_tensor(f"{name}/variance"), var, rtol=1e-4)

@@ -16,6 +16,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,36 @@ def _tf1(
         if consumed.samples == 0:
             raise RecalibrationError(f"--data {source.description}: no samples")
         moved = [p.group.name for p in plans if tf1.stats_moved(gm, p, ck)]
+        passes = 1
+        if len(plans) > 1 and _normalizes_with_moving_stats(gm, plans, moments, source,
+                                                             batch_size, ck):
+            # Inference graph (or a training switch left False): every BN layer normalizes
+            # with its moving statistics during the pass, so a layer's input depends on the
+            # statistics upstream. One pass would measure it behind layers still holding the
+            # old (broken) values. Measure again with the new values in place until nothing
+            # changes: each pass settles at least one more layer, as sequential mode does.
+            for _ in range(len(plans)):
+                previous = moments
+                moments = tf1.run_pass(
+                    gm, plans, limited(source.batches(batch_size), budget, Consumed()), None
+                )
+                if set(moments) != set(previous):
+                    raise RecalibrationError(
+                        f"--data {source.description} could be read only once, but BN layers "
+                        "in this graph normalize with their moving statistics, which takes "
+                        "several passes: give data that can be read again (a file, a folder, "
+                        "or a function that returns a new iterator)"
+                    )
+                passes += 1
+                _assign_all(tf1, gm, plans, moments, ck)
+                if _settled(previous, moments):
+                    break
+            notes.append(
+                "BN layers normalize with their moving statistics in this graph (an inference "
+                "graph, or a training switch that stays False): statistics were measured layer "
+                f"after layer, with the new values in place, {passes} passes until they stopped "
+                "changing"
+            )
         if moved:  # harmless (stats come from the inputs), but the user should know
             notes.append(
                 f"the moving statistics of {', '.join(moved)} changed in the session during the "
@@ -199,10 +230,10 @@ def _tf1(
             f"the data holds fewer samples than the budget: all {consumed.samples} were used"
         )
     report = RecalibrationReport(
-        mode="precise",
+        mode="precise" if passes == 1 else "sequential",
         samples=consumed.samples,
         batches=consumed.batches,
-        passes=1,
+        passes=passes,
         budget_samples=budget.samples,
         budget_batches=budget.batches,
         data_exhausted=consumed.exhausted,
@@ -215,6 +246,42 @@ def _tf1(
         notes=tuple(notes),
     )
     return BundleResult(prefix, "tf1-graph", report, replacements)
+
+
+def _assign_all(tf1: Any, gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
+                ck: Any) -> None:
+    for p in plans:
+        m = moments[p.group.name]
+        mean = ck.read(str(p.group.key("moving_mean")))
+        var = ck.read(str(p.group.key("moving_variance")))
+        tf1.assign(gm, p, {"moving_mean": m.mean.reshape(mean.shape).astype(mean.dtype),
+                           "moving_variance": m.variance.reshape(var.shape).astype(var.dtype)})
+
+
+def _normalizes_with_moving_stats(gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
+                                  source: Any, batch_size: int, ck: Any) -> bool:
+    """Whether the BN layers of the pass read their moving statistics: one batch measured
+    before and after the new statistics are put in place. In training mode (batch statistics)
+    nothing downstream changes; in inference mode the layers after the first one do. The new
+    statistics stay in place either way (the after-evaluation uses them)."""
+    from ckptdoc.recalibrate import tf1
+
+    probe = list(islice(source.batches(batch_size), 1))
+    before = tf1.run_pass(gm, plans, probe, None)
+    _assign_all(tf1, gm, plans, moments, ck)
+    after = tf1.run_pass(gm, plans, probe, None)
+    return not _settled(before, after)
+
+
+def _settled(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6) -> bool:
+    for name, m in a.items():
+        n = b[name]
+        scale = np.sqrt(np.maximum(m.variance, 1e-12))
+        if np.any(np.abs(m.mean - n.mean) > rtol * scale + 1e-12) or np.any(
+            np.abs(m.variance - n.variance) > rtol * np.maximum(m.variance, 1e-12)
+        ):
+            return False
+    return True
 
 
 # --- TF2 ---------------------------------------------------------------------------------------
@@ -297,9 +364,9 @@ def recalibrate_bundle(
     `feeds` maps placeholder names to data keys (`{"x:0": "x"}`), `sets` fixes placeholders
     (`{"is_training:0": "true"}`); both are TF1 only. Pass the result to `write_bundle`.
     """
+    from ckptdoc.auditor import evidence_groups
     from ckptdoc.formats import open_checkpoint
     from ckptdoc.formats.resolve import resolve
-    from ckptdoc.groups import find_groups
 
     resolved = resolve(Path(path))
     if resolved.kind != "bundle":
@@ -325,7 +392,7 @@ def recalibrate_bundle(
             )
         if mode != "precise":
             raise RecalibrationError("TF1 graph checkpoints support --mode precise only")
-        groups = find_groups(ck)
+        groups = evidence_groups(ck)
         if not groups:
             raise RecalibrationError(f"{prefix}: no batch-norm layer in the checkpoint")
         return _tf1(
