@@ -13,6 +13,7 @@ from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError
 from ckptdoc.evidence import with_training
 from ckptdoc.formats import open_checkpoint
+from ckptdoc.formats.remote import find_remote_checkpoints, is_url
 from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
 from ckptdoc.graph_bn import analyze
 from ckptdoc.groups import BNGroup, find_groups
@@ -112,15 +113,18 @@ def canonical_path(path: Path) -> Path:
     return path
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+def expand_paths(paths: Iterable[str | Path]) -> list[Path | str]:
     """Files and prefixes as given; directories searched for checkpoints. Each checkpoint once,
     in the order given.
 
     A SavedModel or checkpoint directory is one checkpoint; any other directory is searched
     recursively for every supported format.
     """
-    out: dict[Path, None] = {}
+    out: dict[Path | str, None] = {}
     for raw in paths:
+        if is_url(raw):  # a store's folder is listed; a single object or prefix kept
+            out.update(dict.fromkeys(find_remote_checkpoints(str(raw))))
+            continue
         path = Path(raw)
         if path.is_dir() and not is_savedmodel_dir(path):
             out.update(dict.fromkeys(find_checkpoints(path)))
@@ -131,7 +135,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 
 def audit_files(
     files: Sequence[str | Path],
-    selection: RuleSelection | Callable[[Path], RuleSelection] | None = None,
+    selection: RuleSelection | Callable[[Path | str], RuleSelection] | None = None,
     jobs: int = 1,
 ) -> list[FileReport]:
     """Audit `files` in order; with `jobs > 1` in that many processes (0: one per CPU).
@@ -140,7 +144,7 @@ def audit_files(
     of `files` whatever `jobs` is, and each file is audited on its own: one that cannot be read
     or crashes its worker is reported with `error`, and the others go on.
     """
-    paths = [Path(f) for f in files]
+    paths = [f if isinstance(f, str) and is_url(f) else Path(f) for f in files]
     selections = [selection(p) if callable(selection) else selection for p in paths]
     items = list(zip(paths, selections, strict=True))
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
@@ -169,11 +173,11 @@ def audit_files(
 _MIN_FILES_PER_WORKER = 8
 
 
-def _audit_batch(items: list[tuple[Path, RuleSelection | None]]) -> list[FileReport]:
+def _audit_batch(items: list[tuple[Path | str, RuleSelection | None]]) -> list[FileReport]:
     return [_audit_guarded(p, s) for p, s in items]
 
 
-def _audit_isolated(items: list[tuple[Path, RuleSelection | None]]) -> list[FileReport]:
+def _audit_isolated(items: list[tuple[Path | str, RuleSelection | None]]) -> list[FileReport]:
     """A batch whose worker died, again one file per fresh process: only the file that kills
     its process is reported as failed, and the others are audited."""
     from concurrent.futures import ProcessPoolExecutor
@@ -222,10 +226,12 @@ def selection_from(
                          tolerances=Tolerances(**merged))
 
 
-def per_file_selection(config: Config, selection: RuleSelection) -> Callable[[Path], RuleSelection]:
+def per_file_selection(
+    config: Config, selection: RuleSelection
+) -> Callable[[Path | str], RuleSelection]:
     """The selection for each file, with the configuration's `per-file-ignores` applied."""
 
-    def for_path(path: Path) -> RuleSelection:
+    def for_path(path: Path | str) -> RuleSelection:
         extra = config.ignored_for(path)
         if not extra:
             return selection

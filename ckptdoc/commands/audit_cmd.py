@@ -65,10 +65,12 @@ def _load_config(config_file: Path | None, isolated: bool) -> Config:
 
 def audit(
     paths: Annotated[
-        list[Path],
+        list[str],
         typer.Argument(
             help="Checkpoint prefixes or their .index files, Keras files, SavedModel or "
-            "checkpoint folders, or any folder (searched recursively for every format)."
+            "checkpoint folders, or any folder (searched recursively for every format); "
+            "local paths or URLs (s3://, gs://, https://, with `ckptdoc[remote]`).",
+            show_default=False,
         ),
     ],
     verbose: Annotated[

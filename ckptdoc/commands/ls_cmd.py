@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -28,8 +27,11 @@ class LsFormat(str, Enum):
 
 def ls(
     path: Annotated[
-        Path,
-        typer.Argument(help="A checkpoint prefix, .index, directory, SavedModel or Keras file."),
+        str,
+        typer.Argument(
+            help="A checkpoint prefix, .index, directory, SavedModel or Keras file; or a URL "
+            "(s3://, gs://, https://, with `ckptdoc[remote]`)."
+        ),
     ],
     all_variables: Annotated[
         bool, typer.Option("--all", help="List every variable, not only BN groups.")
@@ -54,7 +56,7 @@ def ls(
 
 
 def _as_json(
-    path: Path, ckpt: Checkpoint, groups: list[BNGroup], all_variables: bool
+    path: str, ckpt: Checkpoint, groups: list[BNGroup], all_variables: bool
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "path": str(path),
@@ -88,7 +90,7 @@ def _stat(ckpt: Checkpoint, key: str | None) -> str:
     return f"{v.min():.3g} / {v.mean():.3g} / {v.max():.3g}"
 
 
-def _print_groups(path: Path, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
+def _print_groups(path: str, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     for note in ckpt.warnings:
         stderr.print(f"note: {note}", soft_wrap=True, markup=False)
     table = Table(

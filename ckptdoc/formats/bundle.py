@@ -8,7 +8,7 @@ read on demand with one seek + read of exactly its extent, and checked against i
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +86,17 @@ class _Piece:
 class BundleCheckpoint(Checkpoint):
     """An open tensor bundle. Every problem surfaces as a CheckpointError naming the file."""
 
-    def __init__(self, prefix: Path, savedmodel: bool = False, notes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        prefix: Path,
+        savedmodel: bool = False,
+        notes: tuple[str, ...] = (),
+        fetch: Callable[[Path, int, int], None] | None = None,
+    ) -> None:
         super().__init__(prefix)
+        #: Called with (shard, offset, size) before those bytes are read: a remote mirror
+        #: fetches them (formats/remote.py); None for local files.
+        self._fetch = fetch
         self.prefix = prefix
         self.index_path = bundle_file(prefix, ".index")
         self._warnings: list[str] = list(notes)
@@ -374,6 +383,8 @@ class BundleCheckpoint(Checkpoint):
 
     def _read_entry(self, key: str, entry: BundleEntry) -> np.ndarray:
         shard = self.shard_path(entry.shard_id)
+        if self._fetch is not None:
+            self._fetch(shard, entry.offset, entry.size)
         try:
             with open(shard, "rb", buffering=0) as f:
                 end = f.seek(0, 2)
@@ -474,10 +485,16 @@ def _escaped_name_end(key: bytes) -> int:
     return len(key)
 
 
-def open_bundle(prefix: Path, savedmodel: bool = False, notes: tuple[str, ...] = ()) -> Checkpoint:
-    """Open the bundle at `prefix` (`dir/model.ckpt`, or the directory for an empty prefix)."""
+def open_bundle(
+    prefix: Path,
+    savedmodel: bool = False,
+    notes: tuple[str, ...] = (),
+    fetch: Callable[[Path, int, int], None] | None = None,
+) -> Checkpoint:
+    """Open the bundle at `prefix` (`dir/model.ckpt`, or the directory for an empty prefix).
+    `fetch(shard, offset, size)` is called before each tensor's bytes are read."""
     try:
-        return BundleCheckpoint(Path(prefix), savedmodel=savedmodel, notes=notes)
+        return BundleCheckpoint(Path(prefix), savedmodel=savedmodel, notes=notes, fetch=fetch)
     except CheckpointError:
         raise
     except (ProtoError, ValueError, IndexError, struct.error, OverflowError) as exc:

@@ -1,0 +1,345 @@
+"""Checkpoints where they live: `s3://`, `gs://`, `https://` and any other fsspec protocol
+whose package is installed (`pip install 'ckptdoc[remote]'`). Knows URLs and byte ranges,
+nothing about batch norm.
+
+A remote checkpoint is read through a local *mirror*: a private temporary folder with the
+files the readers need. Small files come whole (a bundle's `.index` and `.meta`, a
+SavedModel's `saved_model.pb`, Keras files); a bundle's data shards are sparse files of their
+remote size, and only the byte ranges the reader asks for are fetched (ranged GETs), so auditing
+a multi-gigabyte checkpoint transfers its index and its BN tensors. The local readers then run
+unchanged: the same checks (CRC32C of every tensor read, HDF5 and zip hardening) and the same
+`CheckpointError` contract, with the mirror's paths in messages replaced by the URL.
+
+Credentials and endpoints are the store's usual ones (AWS environment / config files and
+`AWS_ENDPOINT_URL` for S3-compatible stores such as MinIO; Google application credentials).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
+from ckptdoc.errors import CheckpointError, NotFoundError, UnsupportedFormatError
+
+if TYPE_CHECKING:
+    from ckptdoc.formats.graph import Graph
+
+__all__ = ["is_url", "open_remote", "find_remote_checkpoints", "Transfer", "TRANSFER"]
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SHARD = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
+_KERAS = (".h5", ".hdf5", ".keras")
+#: Ranges are fetched in blocks of this size at least: a BN tensor is a few KB, and one
+#: request per block keeps neighbouring tensors (gamma, beta, mean, variance) to one GET.
+BLOCK = 64 << 10
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """A URL for fsspec (`s3://b/k`, `https://...`); `file://` and plain paths are local."""
+    text = os.fspath(path)
+    return bool(_URL.match(text)) and not text.startswith("file://")
+
+
+class Transfer:
+    """Bytes and requests fetched from remote stores by this process (for reports and tests)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.requests = 0
+
+    def add(self, nbytes: int) -> None:
+        self.bytes += nbytes
+        self.requests += 1
+
+
+TRANSFER = Transfer()
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    try:
+        import fsspec
+    except ImportError:
+        raise UnsupportedFormatError(
+            url, "remote checkpoints need fsspec: pip install 'ckptdoc[remote]'"
+        ) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:  # e.g. s3fs / gcsfs not installed
+        raise UnsupportedFormatError(url, f"cannot open this URL: {exc}") from exc
+
+
+def _errors(url: str, exc: BaseException) -> CheckpointError:
+    """A store's exception as the audit's contract: the URL and what went wrong."""
+    if isinstance(exc, CheckpointError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return NotFoundError(url, "no such object")
+    if isinstance(exc, PermissionError):
+        return CheckpointError(url, f"access denied: {exc}")
+    return CheckpointError(url, f"could not read from the store: {type(exc).__name__}: {exc}")
+
+
+def _parent(rpath: str) -> str:
+    return rpath.rsplit("/", 1)[0] if "/" in rpath else ""
+
+
+def _name(rpath: str) -> str:
+    return rpath.rsplit("/", 1)[-1]
+
+
+class _Mirror:
+    """A private temporary folder standing in for the remote folder `base`."""
+
+    def __init__(self, fs: Any, base: str) -> None:
+        self.fs = fs
+        self.base = base.rstrip("/")
+        self.dir = Path(tempfile.mkdtemp(prefix="ckptdoc-remote-"))
+        self._remote: dict[Path, str] = {}
+        self._have: dict[Path, set[int]] = {}
+
+    def local(self, rpath: str) -> Path:
+        rel = rpath[len(self.base) + 1 :] if rpath.startswith(self.base + "/") else _name(rpath)
+        path = self.dir.joinpath(*[p for p in rel.split("/") if p not in ("", ".", "..")])
+        self._remote[path] = rpath
+        return path
+
+    def whole(self, rpath: str) -> Path:
+        path = self.local(rpath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = self.fs.cat_file(rpath)
+        TRANSFER.add(len(data))
+        path.write_bytes(data)
+        return path
+
+    def sparse(self, rpath: str, size: int) -> Path:
+        path = self.local(rpath)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.truncate(size)  # holes: no disk, no transfer
+        self._have[path] = set()
+        return path
+
+    def fetch(self, path: Path, offset: int, size: int) -> None:
+        """Make bytes [offset, offset + size) of a sparse file real, fetching missing blocks."""
+        have = self._have.get(path)
+        if have is None or size <= 0:
+            return
+        total = path.stat().st_size
+        if offset >= total:
+            return  # past the end: the reader reports the truncation
+        first, last = offset // BLOCK, (min(offset + size, total) - 1) // BLOCK
+        missing = [b for b in range(first, last + 1) if b not in have]
+        while missing:  # contiguous runs of missing blocks: one ranged GET each
+            run = [missing.pop(0)]
+            while missing and missing[0] == run[-1] + 1:
+                run.append(missing.pop(0))
+            start, end = run[0] * BLOCK, min((run[-1] + 1) * BLOCK, total)
+            data = self.fs.cat_file(self._remote[path], start=start, end=end)
+            TRANSFER.add(len(data))
+            if len(data) != end - start:
+                raise CheckpointError(self._remote[path], "the object changed while being read")
+            with open(path, "r+b") as f:
+                f.seek(start)
+                f.write(data)
+            have.update(run)
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RemoteCheckpoint(Checkpoint):
+    """A checkpoint read through a mirror; messages name the URL, never the mirror."""
+
+    def __init__(self, url: str, inner: Checkpoint, mirror: _Mirror, base_url: str) -> None:
+        super().__init__(Path(url))
+        self.url = url
+        self.format = inner.format
+        self._inner = inner
+        self._mirror = mirror
+        self._base_url = base_url.rstrip("/")
+
+    def relabel(self, text: str) -> str:
+        return text.replace(str(self._mirror.dir), self._base_url)
+
+    @property
+    def tensors(self) -> Mapping[str, TensorInfo]:
+        return self._inner.tensors
+
+    @property
+    def layers(self) -> list[LayerNode] | None:
+        return self._inner.layers
+
+    @property
+    def warnings(self) -> list[str]:
+        return [self.relabel(w) for w in self._inner.warnings]
+
+    @property
+    def model_config(self) -> Any:
+        return getattr(self._inner, "model_config", None)
+
+    def read(self, key: str) -> np.ndarray:
+        try:
+            return self._inner.read(key)
+        except CheckpointError as exc:
+            raise type(exc)(self.relabel(exc.path), self.relabel(exc.problem)) from exc
+        except Exception as exc:  # noqa: BLE001 - a store error while fetching a range
+            raise _errors(self.url, exc) from exc
+
+    def graph(self) -> Graph | None:
+        return self._inner.graph()
+
+    def step_count(self) -> StepCount | None:
+        return self._inner.step_count()
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._mirror.close()
+
+
+def open_remote(url: str) -> Checkpoint:
+    """Open the checkpoint at `url`: a bundle prefix (or its `.index`), a checkpoint or
+    SavedModel folder, or a Keras file. Raises CheckpointError naming the URL."""
+    fs, rpath = _filesystem(url)
+    rpath = rpath.rstrip("/")
+    head = url.rstrip("/")[: len(url.rstrip("/")) - len(rpath)]  # "s3://", or "" for https
+    mirror: _Mirror | None = None
+    try:
+        kind, target = _classify(fs, rpath)
+        base = target if kind == "savedmodel" else _parent(target)
+        mirror = _Mirror(fs, base)
+        inner = _open_local(kind, _materialize(mirror, fs, kind, target), mirror)
+    except Exception as exc:  # noqa: BLE001 - stores raise their own types (403, timeouts, ...)
+        err = _errors(url, exc)
+        if mirror is not None:
+            mirror.close()
+            local, remote = str(mirror.dir), head + mirror.base
+            err = type(err)(err.path.replace(local, remote), err.problem.replace(local, remote))
+        raise err from exc
+    return RemoteCheckpoint(url, inner, mirror, head + mirror.base)
+
+
+def _classify(fs: Any, rpath: str) -> tuple[str, str]:
+    """("bundle", prefix) | ("savedmodel", folder) | ("keras", file)."""
+    name = _name(rpath)
+    if name.endswith(".index"):
+        return "bundle", rpath[: -len(".index")]
+    m = _SHARD.match(rpath)
+    if m:
+        return "bundle", m.group("prefix")
+    if name.endswith(".meta"):
+        return "bundle", rpath[: -len(".meta")]
+    if name.lower().endswith(_KERAS):
+        return "keras", rpath
+    if fs.exists(rpath + ".index"):
+        return "bundle", rpath
+    if fs.isdir(rpath):
+        if fs.exists(rpath + "/saved_model.pb"):
+            return "savedmodel", rpath
+        names = [_name(n) for n in fs.ls(rpath, detail=False)]
+        indexes = sorted(n for n in names if n.endswith(".index"))
+        if "checkpoint" in names:  # the state file names the newest checkpoint
+            state = fs.cat_file(rpath + "/checkpoint").decode("utf-8", "replace")
+            TRANSFER.add(len(state))
+            m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', state, re.M)
+            if m and _name(m.group(1)) + ".index" in indexes:
+                return "bundle", rpath + "/" + _name(m.group(1))
+        if len(indexes) == 1:
+            return "bundle", rpath + "/" + indexes[0][: -len(".index")]
+        if not indexes:
+            raise NotFoundError(rpath, "no checkpoint in this folder")
+        raise UnsupportedFormatError(
+            rpath, f"{len(indexes)} checkpoints and no `checkpoint` file: name one")
+    if fs.exists(rpath):
+        head = fs.cat_file(rpath, start=0, end=8)
+        TRANSFER.add(len(head))
+        if head.startswith((b"\x89HDF\r\n\x1a\n", b"PK\x03\x04")):
+            return "keras", rpath
+        raise UnsupportedFormatError(rpath, "not a checkpoint ckptdoc can read")
+    raise NotFoundError(rpath, "no such object or checkpoint prefix")
+
+
+def _materialize(mirror: _Mirror, fs: Any, kind: str, target: str) -> Path:
+    if kind == "keras":
+        return mirror.whole(target)
+    if kind == "savedmodel":
+        mirror.whole(target + "/saved_model.pb")
+        if fs.exists(target + "/keras_metadata.pb"):
+            mirror.whole(target + "/keras_metadata.pb")
+        _bundle(mirror, fs, target + "/variables/variables")
+        return mirror.dir
+    return _bundle(mirror, fs, target)
+
+
+def _bundle(mirror: _Mirror, fs: Any, prefix: str) -> Path:
+    """The index (and `.meta`) whole, every data shard sparse: no listing needed, so a plain
+    HTTPS server serving the files works too."""
+    from ckptdoc.formats.proto import decode_bundle_header
+    from ckptdoc.formats.table import Table
+
+    if not fs.exists(prefix + ".index"):
+        raise NotFoundError(prefix, "no .index for this checkpoint prefix")
+    index = mirror.whole(prefix + ".index")
+    header = next(iter(Table.open(index).items()), (None, b""))
+    shards = decode_bundle_header(header[1]).num_shards if header[0] == b"" else 0
+    if shards > 100_000:
+        raise CheckpointError(prefix, f"implausible shard count {shards}")
+    for i in range(shards):
+        shard = f"{prefix}.data-{i:05d}-of-{shards:05d}"
+        if fs.exists(shard):
+            mirror.sparse(shard, fs.size(shard))
+    if fs.exists(prefix + ".meta"):
+        mirror.whole(prefix + ".meta")
+    local = mirror.local(prefix + ".index")
+    return local.with_name(local.name[: -len(".index")])
+
+
+def _open_local(kind: str, local: Path, mirror: _Mirror) -> Checkpoint:
+    from ckptdoc.formats.bundle import open_bundle
+    from ckptdoc.formats.keras_h5 import open_hdf5
+    from ckptdoc.formats.keras_zip import open_keras_zip
+
+    if kind == "bundle":
+        return open_bundle(local, fetch=mirror.fetch)
+    if kind == "savedmodel":
+        return open_bundle(local / "variables" / "variables", savedmodel=True,
+                           fetch=mirror.fetch)
+    with open(local, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"
+    return open_keras_zip(local) if zipped else open_hdf5(local)
+
+
+def find_remote_checkpoints(url: str) -> list[str]:
+    """Every checkpoint under the folder (prefix) `url`, each once, as URLs: bundle prefixes,
+    SavedModel folders, Keras files (by extension)."""
+    fs, rpath = _filesystem(url)
+    rpath = rpath.rstrip("/")
+    try:
+        if not fs.isdir(rpath):
+            return [url]
+        names = sorted(fs.find(rpath))
+    except Exception as exc:  # noqa: BLE001 - listed per path, reported as unreadable
+        raise _errors(url, exc) from exc
+    head = url.rstrip("/")[: len(url.rstrip("/")) - len(rpath)]
+    found: dict[str, None] = {}
+    saved = {_parent(n) for n in names if n.endswith("/saved_model.pb")}
+    for n in names:
+        folder = _parent(n)
+        if folder in saved or any(folder.startswith(s + "/") for s in saved):
+            if n.endswith("/saved_model.pb"):
+                found[head + folder] = None
+            continue
+        if n.endswith(".index"):
+            found[head + n[: -len(".index")]] = None
+        elif n.lower().endswith(_KERAS):
+            found[head + n] = None
+    return list(found)
