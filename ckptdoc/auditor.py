@@ -123,7 +123,10 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path | str]:
     out: dict[Path | str, None] = {}
     for raw in paths:
         if is_url(raw):  # a store's folder is listed; a single object or prefix kept
-            out.update(dict.fromkeys(find_remote_checkpoints(str(raw))))
+            try:
+                out.update(dict.fromkeys(find_remote_checkpoints(str(raw))))
+            except CheckpointError:  # unreachable, denied: reported with the file, exit 2
+                out[str(raw)] = None
             continue
         path = Path(raw)
         if path.is_dir() and not is_savedmodel_dir(path):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import io
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,49 @@ FULL_SCAN_BYTES = 64 << 20
 _MIN_SKIPPED_EXTENT = 1 << 20
 
 
+class _FetchingFile(io.RawIOBase):
+    """A local sparse mirror of a remote file, fetching each range before libhdf5 reads it."""
+
+    def __init__(self, path: Path, fetch: Callable[[Path, int, int], None]) -> None:
+        super().__init__()
+        self._path, self._fetch = path, fetch
+        self._f = open(path, "rb")  # noqa: SIM115 - closed with this object
+        self._size = path.stat().st_size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._f.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def readinto(self, buffer: Any) -> int:
+        pos = self._f.tell()
+        self._fetch(self._path, pos, min(len(buffer), max(0, self._size - pos)))
+        return self._f.readinto(buffer)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def _gaps(skip: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
+    """The byte ranges of [0, size) outside the sorted, disjoint `skip` ranges."""
+    out, pos = [], 0
+    for start, end in skip:
+        if start > pos:
+            out.append((pos, start))
+        pos = max(pos, end)
+    if pos < size:
+        out.append((pos, size))
+    return out
+
+
 def raw_data_extents(h5: h5py.File, path: Path, size: int) -> list[tuple[int, int]]:
     """Sorted byte ranges holding the raw data of contiguous, unfiltered numeric datasets of
     at least 1 MiB. Only layout information is read. Ranges that overlap each other or run
@@ -233,21 +276,32 @@ def _step_keys(h5: h5py.File) -> list[str]:
 # --------------------------------------------------------------------------- opening
 
 
-def open_hdf5(path: Path) -> KerasH5Checkpoint:
-    """Open a Keras `.h5` / `.hdf5` / `.weights.h5` file, sniffing which layout it uses."""
+def open_hdf5(
+    path: Path, fetch: Callable[[Path, int, int], None] | None = None
+) -> KerasH5Checkpoint:
+    """Open a Keras `.h5` / `.hdf5` / `.weights.h5` file, sniffing which layout it uses.
+
+    `fetch(path, offset, size)`: `path` is a sparse mirror of a remote file (formats/remote.py)
+    and those bytes must be fetched before they are read; libhdf5 then reads through it."""
     path = Path(path)
     try:
         size = path.stat().st_size
         if size <= FULL_SCAN_BYTES:
+            if fetch is not None:
+                fetch(path, 0, size)  # the scan reads every byte
             check_global_heaps_in_file(path)  # before libhdf5 opens anything
-        h5 = h5py.File(path, "r")
+        h5 = h5py.File(_FetchingFile(path, fetch) if fetch else path, "r")
     except FileNotFoundError:
         raise
     except OSError as exc:
         raise CorruptCheckpointError(path, f"not a readable HDF5 file: {exc}") from exc
     try:
         if size > FULL_SCAN_BYTES:  # before libhdf5 reads any string attribute
-            check_global_heaps_in_file(path, raw_data_extents(h5, path, size))
+            skip = raw_data_extents(h5, path, size)
+            if fetch is not None:
+                for start, end in _gaps(skip, size):
+                    fetch(path, start, end - start)
+            check_global_heaps_in_file(path, skip)
         return _open(h5, path, size, config=None, fmt_override=None)
     except BaseException:
         h5.close()

@@ -151,6 +151,9 @@ class _Mirror:
                 f.write(data)
             have.update(run)
 
+    def is_sparse(self, path: Path) -> bool:
+        return path in self._have
+
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -220,11 +223,14 @@ def open_remote(url: str) -> Checkpoint:
         inner = _open_local(kind, _materialize(mirror, fs, kind, target), mirror)
     except Exception as exc:  # noqa: BLE001 - stores raise their own types (403, timeouts, ...)
         err = _errors(url, exc)
+        path, problem = err.path, err.problem
         if mirror is not None:
             mirror.close()
             local, remote = str(mirror.dir), head + mirror.base
-            err = type(err)(err.path.replace(local, remote), err.problem.replace(local, remote))
-        raise err from exc
+            path, problem = path.replace(local, remote), problem.replace(local, remote)
+        if head and not is_url(path):  # a store path without its scheme
+            path = head + path
+        raise type(err)(path, problem) from exc
     return RemoteCheckpoint(url, inner, mirror, head + mirror.base)
 
 
@@ -270,7 +276,11 @@ def _classify(fs: Any, rpath: str) -> tuple[str, str]:
 
 def _materialize(mirror: _Mirror, fs: Any, kind: str, target: str) -> Path:
     if kind == "keras":
-        return mirror.whole(target)
+        head = fs.cat_file(target, start=0, end=8)
+        TRANSFER.add(len(head))
+        if head.startswith(b"\x89HDF\r\n\x1a\n"):  # HDF5: ranged reads through the mirror
+            return mirror.sparse(target, fs.size(target))
+        return mirror.whole(target)  # .keras: its weights member's CRC reads every byte
     if kind == "savedmodel":
         mirror.whole(target + "/saved_model.pb")
         if fs.exists(target + "/keras_metadata.pb"):
@@ -313,6 +323,8 @@ def _open_local(kind: str, local: Path, mirror: _Mirror) -> Checkpoint:
     if kind == "savedmodel":
         return open_bundle(local / "variables" / "variables", savedmodel=True,
                            fetch=mirror.fetch)
+    if mirror.is_sparse(local):
+        return open_hdf5(local, fetch=mirror.fetch)
     with open(local, "rb") as f:
         zipped = f.read(4) == b"PK\x03\x04"
     return open_keras_zip(local) if zipped else open_hdf5(local)
