@@ -175,3 +175,33 @@ def test_the_mirror_is_removed(s3: dict[str, str], tmp_path: Path) -> None:
     after = set(Path(tempfile.gettempdir()).glob("ckptdoc-remote-*"))
     assert after <= before
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_plain_http_server(tmp_path: Path) -> None:
+    # https:// and http:// through fsspec's HTTP filesystem: no listing needed for a bundle
+    # (shard names come from the index header); a server without range support still works.
+    import functools
+    import http.server
+    import threading
+
+    pytest.importorskip("aiohttp")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(SAMPLES)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for name in ("tf1_nan/model.ckpt", "keras2_healthy.h5",
+                     "tf1_update_ops_missing/model.ckpt.index"):
+            remote = ckptdoc.audit(f"{base}/{name}", config=False).files[0]
+            local = ckptdoc.audit(SAMPLES / name, config=False).files[0]
+            assert remote.error is None, remote.error
+            assert (remote.groups, remote.findings) == (local.groups, local.findings)
+        missing = ckptdoc.audit(f"{base}/nope/model.ckpt", config=False).files[0]
+        assert missing.error == f"{base}/nope/model.ckpt: no such object or checkpoint prefix"
+    finally:
+        server.shutdown()
