@@ -13,6 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import typer
 from rich.markup import escape
 
@@ -85,7 +86,9 @@ def recalibrate(
                                        "topological order (more passes).")] = Mode.precise,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     samples: Annotated[
-        int | None, typer.Option(min=1, help="Use at most this many samples (default 4096).")
+        int | None,
+        typer.Option(min=2, help="Use at most this many samples (default 4096; a variance needs "
+                     "at least 2)."),
     ] = None,
     batches: Annotated[
         int | None, typer.Option(min=1, help="Use at most this many batches.")
@@ -118,6 +121,11 @@ def recalibrate(
         list[str] | None, typer.Option("--set", help="TF1 graphs: PLACEHOLDER=VALUE fixes a "
                                        "placeholder, e.g. is_training:0=true.")
     ] = None,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="Import this module first (repeatable): the custom "
+                     "layer classes it registers with Keras can then be loaded."),
+    ] = None,
     predictions: Annotated[
         str | None, typer.Option("--predictions", help="TF1 graphs: the logits / predictions "
                                  "tensor for the held-out check (default: the loss's input).")
@@ -131,6 +139,9 @@ def recalibrate(
     """
     if in_place and output is not None:
         raise usage_error("--in-place and --output are exclusive")
+    _preflight(model_path, output, in_place)
+    for module in imports or []:
+        _import_user_module(module)
     if samples is not None and batches is not None:
         raise usage_error("give --samples or --batches, not both")
     if samples is None and batches is None:
@@ -173,6 +184,51 @@ def recalibrate(
     raise typer.Exit(code)
 
 
+def _preflight(model_path: Path, output: Path | None, in_place: bool) -> None:
+    """What can be checked before anything is loaded or measured, so a mistake costs a
+    second, not a full pass: the input passes the audit reader's own checks (regular files
+    only, zip and HDF5 hardening, size caps: nothing reaches Keras that the audit would
+    refuse), and the output can be written."""
+    from ckptdoc.formats import open_checkpoint
+
+    try:
+        with open_checkpoint(model_path):
+            pass
+    except CheckpointError as exc:
+        raise usage_error(f"{exc} (checked before loading)") from None
+    if output is None or in_place:
+        return
+    if output.is_dir():
+        raise usage_error(f"--output {output} is a folder; name the file to write")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise usage_error(f"--output {output}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise usage_error(f"--output {output}: the folder {parent} is not writable")
+    name, src = output.name.lower(), model_path.name.lower()
+    for ext in (".weights.h5", ".keras"):
+        if src.endswith(ext) and not name.endswith(ext):
+            raise usage_error(f"--output {output}: the input is a {ext} file; the output must "
+                              f"end in {ext} too")
+    if src.endswith((".h5", ".hdf5")) and not src.endswith(".weights.h5") and not name.endswith(
+        (".h5", ".hdf5")
+    ):
+        raise usage_error(f"--output {output}: the input is HDF5; the output must end in .h5")
+
+
+def _import_user_module(module: str) -> None:
+    """`--import my_pkg.layers`: run before loading, so classes it registers with
+    `keras.saving.register_keras_serializable` resolve."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, os.getcwd())  # as `python -m` would find the user's package
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - the user's code: report, do not crash
+        raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
+
+
 def _run(
     model_path: Path, dest: Path, *, data: str, model_spec: str | None, in_place: bool, mode: str,
     batch_size: int, samples: int | None, batches: int | None, eval_data: str | None,
@@ -206,6 +262,15 @@ def _run(
     )
     result: dict[str, Any] = {"input": str(model_path), "output": None, "written": False,
                               "refused": None, "audit": None, "report": report.to_dict()}
+    broken = _non_finite(layers)
+    if broken:  # never written, --force or not: NaN statistics make every output NaN
+        message = (
+            f"the new statistics of {', '.join(broken)} are not finite (NaN or Inf): the data "
+            "or the model's activations hold NaN / Inf values. Check the data (and any "
+            "preprocessing); nothing written"
+        )
+        result["refused"] = message
+        return _finish(result, report, as_json, render, message, EXIT_FINDINGS)
     refusal: str | None = None
     if report.got_worse:
         refusal = (
@@ -239,6 +304,16 @@ def _run(
         result["refused"] = None
         result["warning"] = refusal
     return _finish(result, report, as_json, render, refusal if force else None, EXIT_OK)
+
+
+def _non_finite(layers: list[Any]) -> list[str]:
+    from ckptdoc.recalibrate.engine import snapshot
+
+    return [
+        str(bn.path)
+        for bn in layers
+        if not all(np.all(np.isfinite(v)) for v in snapshot(bn).values())
+    ]
 
 
 def _eval_line(ev: Any) -> str:

@@ -178,8 +178,12 @@ def load(
             custom_objects=_legacy_custom_objects() if kind == "legacy-h5-full" else None,
         )
     except Exception as exc:
+        hint = ""
+        if "locate class" in str(exc) or "Unknown layer" in str(exc):
+            hint = (" (a custom class from your code: pass --import MODULE, the module that "
+                    "defines and registers it with keras.saving.register_keras_serializable)")
         raise CheckpointError(
-            path, f"Keras could not load the model: {type(exc).__name__}: {exc}"
+            path, f"Keras could not load the model: {type(exc).__name__}: {exc}{hint}"
         ) from exc
     return ModelFile(path, kind, model)
 
