@@ -124,3 +124,24 @@ def test_recalibrate_modules_import_without_tensorflow() -> None:
         "assert callable(ckptdoc.recalibrate)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_sample_budget_is_spread_across_sorted_data(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Class-sorted data (as every image folder is): the first 40 of 400 samples are all one
+    # class; the budget must come from across the data instead.
+    from ckptdoc.recalibrate.data import Budget, Consumed, from_path
+
+    x = np.arange(400, dtype=np.float32).reshape(400, 1)
+    y = np.repeat(np.arange(4), 100)
+    np.savez(tmp_path / "sorted.npz", x=x, y=y)
+    source = from_path(str(tmp_path / "sorted.npz"))
+    consumed = Consumed()
+    batches = list(source.budgeted(16, Budget(samples=40), consumed))
+    seen = np.concatenate([b.y for b in batches])
+    assert consumed.samples == 40 and sorted(set(seen.tolist())) == [0, 1, 2, 3]
+    picked = np.concatenate([b.x for b in batches]).ravel()
+    assert picked[0] == 0 and picked[-1] == 399 and np.all(np.diff(picked) > 0)
+    assert "evenly spread" in (source.budget_note(Budget(samples=40)) or "")
+    # A budget of all the data (or more) reads it in order, untouched.
+    whole = np.concatenate([b.x for b in source.budgeted(64, Budget(samples=400), Consumed())])
+    assert np.array_equal(whole.ravel(), x.ravel())

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object, limited
+from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object
 from ckptdoc.recalibrate.engine import (
     MODES,
     BNLayer,
@@ -80,13 +80,15 @@ def recalibrate(
         eval_source = from_object(eval_data, batch_size=batch_size, x_key=x_key, y_key=y_key)
         eval_label = f"eval data {eval_source.description}"
     notes: list[str] = list(source.notes)
+    if (spent := source.budget_note(budget)) is not None:
+        notes.append(spent)
 
     def ev() -> EvalResult | None:
         if eval_source is not None:
             return evaluate(model, eval_source.batches(batch_size), eval_label)
         return evaluate(
             model,
-            limited(source.batches(batch_size), budget, Consumed()),
+            source.budgeted(batch_size, budget, Consumed()),
             "calibration data (its labels)",
         )
 
@@ -102,7 +104,7 @@ def recalibrate(
                 result = run_pass(
                     model,
                     capture,
-                    limited(source.batches(batch_size), budget, consumed),
+                    source.budgeted(batch_size, budget, consumed),
                     progress,
                 )
                 moments = result.moments
@@ -187,7 +189,7 @@ def _sequential(
     progress: Callable[[int], None] | None,
     notes: list[str],
 ) -> tuple[dict[int, Moments], int]:
-    first: Batch | None = next(iter(limited(source.batches(batch_size), budget, Consumed())), None)
+    first: Batch | None = next(iter(source.budgeted(batch_size, budget, Consumed())), None)
     if first is None:
         raise RecalibrationError(f"--data {source.description}: no samples")
     levels = dependency_levels(model, capture, first)
@@ -197,7 +199,7 @@ def _sequential(
         for i in range(len(layers)):
             capture.state[i] = "fixed" if i in done else ("batch" if i in level else "batch-quiet")
         result = run_pass(
-            model, capture, limited(source.batches(batch_size), budget, consumed), progress
+            model, capture, source.budgeted(batch_size, budget, consumed), progress
         )
         for i in level:
             if i in result.moments:

@@ -192,11 +192,11 @@ def _preflight(model_path: Path, output: Path | None, in_place: bool) -> None:
     from ckptdoc.formats import open_checkpoint
 
     try:
-        with open_checkpoint(model_path):
-            pass
+        with open_checkpoint(model_path) as ckpt:
+            bundle = ckpt.format in ("tf1-bundle", "tf2-object", "savedmodel")
     except CheckpointError as exc:
         raise usage_error(f"{exc} (checked before loading)") from None
-    if output is None or in_place:
+    if output is None or in_place or bundle:  # a bundle's output folder is created by the writer
         return
     if output.is_dir():
         raise usage_error(f"--output {output} is a folder; name the file to write")

@@ -66,15 +66,40 @@ def _to_model_dtype(a: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DataSource:
-    """A named, re-iterable stream of batches."""
+    """A named, re-iterable stream of batches.
+
+    `size` (samples, when known) and `spread(batch_size, n)` (batches of `n` samples taken
+    across the whole data) let a sample budget smaller than the data cover all of it: data
+    sorted by class (every image folder, many `.npz` files) would otherwise give statistics
+    of its first classes only."""
 
     description: str
     factory: Callable[[int], Iterable[Batch]]
     notes: list[str] = field(default_factory=list)
+    size: int | None = None
+    spread: Callable[[int, int], Iterable[Batch]] | None = None
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for b in self.factory(batch_size):
             yield b if isinstance(b, Batch) else to_batch(b)
+
+    def budgeted(self, batch_size: int, budget: Budget, consumed: Consumed) -> Iterator[Batch]:
+        """Batches within `budget`: across the whole data when it is larger than the sample
+        budget and can be sampled, else its first samples."""
+        n = budget.samples
+        if n is not None and self.size is not None and self.size > n and self.spread:
+            if budget.batches is None:
+                return limited(self.spread(batch_size, n), budget, consumed)
+        return limited(self.batches(batch_size), budget, consumed)
+
+    def budget_note(self, budget: Budget) -> str | None:
+        """Says how a sample budget smaller than the data was spent."""
+        n = budget.samples
+        if n is None or self.size is None or self.size <= n:
+            return None
+        if self.spread is not None and budget.batches is None:
+            return f"{n} of the data's {self.size} samples, evenly spread across all of it"
+        return None
 
 
 @dataclass
@@ -232,6 +257,38 @@ def _array_chunks(
     return factory
 
 
+def _array_spread(
+    chunks: list[tuple[np.ndarray, np.ndarray | None]],
+) -> Callable[[int, int], Iterator[Batch]]:
+    """`n` samples at evenly spaced positions over all chunks, in order, in batches."""
+
+    def spread(batch_size: int, n: int) -> Iterator[Batch]:
+        total = sum(len(x) for x, _ in chunks)
+        picks = np.unique(np.linspace(0, total - 1, n).round().astype(np.int64))
+        starts = np.cumsum([0] + [len(x) for x, _ in chunks])
+        for i in range(0, len(picks), batch_size):
+            part = picks[i : i + batch_size]
+            xs: list[np.ndarray] = []
+            ys: list[np.ndarray | None] = []
+            for c, (x, y) in enumerate(chunks):
+                local = part[(part >= starts[c]) & (part < starts[c + 1])] - starts[c]
+                if len(local):
+                    xs.append(np.asarray(x[local]))
+                    ys.append(None if y is None else np.asarray(y[local]))
+            labels = [v for v in ys if v is not None]
+            yb = np.concatenate(labels) if len(labels) == len(ys) else None
+            yield Batch(_to_model_dtype(np.ascontiguousarray(np.concatenate(xs))), yb)
+
+    return spread
+
+
+def _arrays_source(
+    description: str, chunks: list[tuple[np.ndarray, np.ndarray | None]]
+) -> DataSource:
+    return DataSource(description, _array_chunks(chunks), size=sum(len(x) for x, _ in chunks),
+                      spread=_array_spread(chunks))
+
+
 def _load_npz_pair(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray | None]:
     keys = _npz_keys(path)
     if x_key not in keys:
@@ -255,7 +312,7 @@ def _check_pair(path: Path, x: np.ndarray, y: np.ndarray | None) -> None:
 def from_arrays(
     x: np.ndarray, y: np.ndarray | None = None, description: str = "arrays"
 ) -> DataSource:
-    return DataSource(description, _array_chunks([(x, y)]))
+    return _arrays_source(description, [(x, y)])
 
 
 def from_path(
@@ -265,11 +322,11 @@ def from_path(
     path = Path(spec)
     if path.is_file():
         if path.suffix == ".npz":
-            return DataSource(str(path), _array_chunks([_load_npz_pair(path, x_key, y_key)]))
+            return _arrays_source(str(path), [_load_npz_pair(path, x_key, y_key)])
         if path.suffix == ".npy":
             x = _npy(path)
             _check_pair(path, x, None)
-            return DataSource(str(path), _array_chunks([(x, None)]))
+            return _arrays_source(str(path), [(x, None)])
         raise RecalibrationError(f"{path}: --data must be .npz, .npy, a folder or module:function")
     if path.is_dir():
         return _from_folder(path, x_key=x_key, y_key=y_key, image_size=image_size)
@@ -283,9 +340,9 @@ def _from_folder(path: Path, *, x_key: str, y_key: str, image_size: tuple[int, i
     npz = [p for p in files if p.suffix == ".npz"]
     npy = [p for p in files if p.suffix == ".npy"]
     if npz:
-        return DataSource(
+        return _arrays_source(
             f"{path} ({len(npz)} .npz files)",
-            _array_chunks([_load_npz_pair(p, x_key, y_key) for p in npz]),
+            [_load_npz_pair(p, x_key, y_key) for p in npz],
         )
     if npy:
         by_stem = {p.stem: p for p in npy}
@@ -293,13 +350,13 @@ def _from_folder(path: Path, *, x_key: str, y_key: str, image_size: tuple[int, i
             x = _npy(by_stem[x_key])
             y = _npy(by_stem[y_key]) if y_key in by_stem else None
             _check_pair(path, x, y)
-            return DataSource(f"{path} ({x_key}.npy)", _array_chunks([(x, y)]))
+            return _arrays_source(f"{path} ({x_key}.npy)", [(x, y)])
         chunks: list[tuple[np.ndarray, np.ndarray | None]] = []
         for p in npy:
             a = _npy(p)
             _check_pair(p, a, None)
             chunks.append((a, None))
-        return DataSource(f"{path} ({len(npy)} .npy files)", _array_chunks(chunks))
+        return _arrays_source(f"{path} ({len(npy)} .npy files)", chunks)
     if _has_images(path):
         return _image_folder(path, image_size)
     raise RecalibrationError(f"--data {path}: the folder holds no .npz, .npy or image files")
@@ -337,8 +394,28 @@ def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
             else:
                 yield Batch(item)
 
+    def spread(batch_size: int, n: int) -> Iterator[Batch]:
+        # Sub-folders are classes, listed in order: a fixed-seed shuffle takes the budget
+        # from all of them, reproducibly.
+        import keras
+
+        ds = keras.utils.image_dataset_from_directory(
+            str(path),
+            labels="inferred" if labelled else None,
+            label_mode="int" if labelled else None,
+            image_size=image_size,
+            batch_size=batch_size,
+            shuffle=True,
+            seed=1337,
+            verbose=False,
+        )
+        for item in ds:
+            yield Batch(item[0], item[1].numpy()) if labelled else Batch(item)
+
     note = "labels from sub-folder names" if labelled else "no labels (flat folder)"
-    return DataSource(f"{path} (images, {image_size[0]}x{image_size[1]}, {note})", factory)
+    count = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    return DataSource(f"{path} (images, {image_size[0]}x{image_size[1]}, {note})", factory,
+                      size=count, spread=spread)
 
 
 # -- module:function ---------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object, limited
+from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object
 from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
 
 
@@ -143,6 +143,8 @@ def _tf1(
             else None
         )
         notes = list(gm.notes) + list(source.notes)
+        if (spent := source.budget_note(budget)) is not None:
+            notes.append(spent)
 
         def ev() -> EvalResult | None:
             if eval_source is not None:
@@ -151,7 +153,7 @@ def _tf1(
                 )
             return tf1.evaluate(
                 gm,
-                limited(source.batches(batch_size), budget, Consumed()),
+                source.budgeted(batch_size, budget, Consumed()),
                 "calibration data (its labels)",
             )
 
@@ -162,7 +164,7 @@ def _tf1(
             )
         consumed = Consumed()
         moments = tf1.run_pass(
-            gm, plans, limited(source.batches(batch_size), budget, consumed), progress
+            gm, plans, source.budgeted(batch_size, budget, consumed), progress
         )
         if consumed.samples == 0:
             raise RecalibrationError(f"--data {source.description}: no samples")
@@ -178,7 +180,7 @@ def _tf1(
             for _ in range(len(plans)):
                 previous = moments
                 moments = tf1.run_pass(
-                    gm, plans, limited(source.batches(batch_size), budget, Consumed()), None
+                    gm, plans, source.budgeted(batch_size, budget, Consumed()), None
                 )
                 if set(moments) != set(previous):
                     raise RecalibrationError(
