@@ -375,7 +375,7 @@ def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
         for d in path.iterdir()
     )
 
-    def factory(batch_size: int) -> Iterator[Batch]:
+    def images(batch_size: int, shuffle: bool) -> Iterator[Batch]:
         import keras
 
         ds = keras.utils.image_dataset_from_directory(
@@ -384,33 +384,20 @@ def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
             label_mode="int" if labelled else None,
             image_size=image_size,
             batch_size=batch_size,
-            shuffle=False,
-            verbose=False,
-        )
-        for item in ds:
-            if labelled:
-                x, y = item
-                yield Batch(x, y.numpy())
-            else:
-                yield Batch(item)
-
-    def spread(batch_size: int, n: int) -> Iterator[Batch]:
-        # Sub-folders are classes, listed in order: a fixed-seed shuffle takes the budget
-        # from all of them, reproducibly.
-        import keras
-
-        ds = keras.utils.image_dataset_from_directory(
-            str(path),
-            labels="inferred" if labelled else None,
-            label_mode="int" if labelled else None,
-            image_size=image_size,
-            batch_size=batch_size,
-            shuffle=True,
-            seed=1337,
+            shuffle=shuffle,
+            seed=1337 if shuffle else None,
             verbose=False,
         )
         for item in ds:
             yield Batch(item[0], item[1].numpy()) if labelled else Batch(item)
+
+    def factory(batch_size: int) -> Iterator[Batch]:
+        return images(batch_size, shuffle=False)
+
+    def spread(batch_size: int, n: int) -> Iterator[Batch]:
+        # Sub-folders are classes, listed in order: a fixed-seed shuffle takes the budget
+        # from all of them, reproducibly.
+        return images(batch_size, shuffle=True)
 
     note = "labels from sub-folder names" if labelled else "no labels (flat folder)"
     count = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
