@@ -96,6 +96,9 @@ class GraphLayer:
     has_training_mode: bool = False
     #: The moving-average momentum (decay) its update ops use, when the graph holds it.
     momentum: float | None = None
+    #: The tensors it normalizes, as main-graph refs (`conv1/Conv2D`): what recalibration
+    #: measures. Inside an inlined `If` branch, the branch argument's outer input.
+    inputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class _Site:
     producers: set[str] = field(default_factory=set)  # batch-statistic nodes it normalizes with
     training: bool = False
     switches: set[Switch] = field(default_factory=set)
+    x: str | None = None  # the normalized tensor
 
 
 def _bn_sites(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[_Site]:
@@ -151,6 +155,7 @@ def _bn_sites(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[_S
     for node in graph.nodes.values():
         if node.op in _FUSED:
             site = _Site(node.name, training=node.flags.get("is_training", True))
+            site.x = _data_source(graph, node.inputs[0]) if node.inputs else None
             site.producers.add(node.name)
             for index, role in _FUSED_ROLES.items():
                 if index < len(node.inputs):
@@ -187,13 +192,18 @@ def _pattern_site(
                 site.roles["gamma"] = scale
                 inv = c
                 break
-    for c in consumers.get(inv.name, ()):
-        if c.op != "Mul":
-            continue
+    muls = [c for c in consumers.get(inv.name, ()) if c.op == "Mul"]
+    for c in muls:
         users = consumers.get(c.name, ())
         sub = next((u for u in users if u.op in ("Sub", "Neg")), None)
         if sub is None:
             continue
+        # x * inv is the Mul whose output is added to this Sub (gradient Muls are not).
+        for xm in muls:
+            adds = [u for u in consumers.get(xm.name, ()) if u.op in ("Add", "AddV2")]
+            if any(sub.name in map(node_name, a.inputs) for a in adds):
+                x_ref = next((r for r in xm.inputs if node_name(r) != inv.name), None)
+                site.x = _data_source(graph, x_ref) if x_ref else None
         for ref in c.inputs:
             if node_name(ref) != inv.name:
                 site.roles["moving_mean"] = _variables(graph, ref)
@@ -203,6 +213,18 @@ def _pattern_site(
     site.training = bool(site.producers)
     has_stats = site.roles.get("moving_mean") or site.roles.get("moving_variance")
     return site if has_stats or site.producers else None
+
+
+def _data_source(graph: Graph, ref: str) -> str:
+    """`ref` followed back through v1 control flow (`Switch`, `Identity`, `Enter`) to the
+    tensor that computes it: fetching a `Switch` output of a branch not taken fails."""
+    for _ in range(64):
+        node = graph.node(ref)
+        if node is None or node.op not in ("Switch", "RefSwitch", "Identity", "Enter") \
+                or not node.inputs:
+            return ref
+        ref = node.inputs[0]
+    return ref
 
 
 def _variables(graph: Graph, ref: str) -> set[str]:
@@ -415,6 +437,7 @@ def _merge(
         site.roles.setdefault(role, set()).add(var)
         site.producers.add(f"update:{op}")
     layers: dict[int, tuple[dict[str, set[str]], list[str], set[Switch], bool]] = {}
+    inputs: dict[int, list[str]] = {}
     for i, site in enumerate(sites):
         roles, ops, switches, training = layers.setdefault(find(i), ({}, [], set(), False))
         for role, names in site.roles.items():
@@ -422,10 +445,12 @@ def _merge(
         ops.extend(p[len("update:") :] for p in sorted(site.producers) if p.startswith("update:"))
         switches.update(site.switches)
         layers[find(i)] = (roles, ops, switches, training or site.training)
+        if site.x is not None and site.x not in inputs.setdefault(find(i), []):
+            inputs[find(i)].append(site.x)
     out = []
-    for roles, ops, switches, training in [
-        *layers.values(),
-        *((r, o, set(), False) for r, o in extra.values()),
+    for root, (roles, ops, switches, training) in [
+        *layers.items(),
+        *((-1, (r, o, set(), False)) for r, o in extra.values()),
     ]:
         members = {role: sorted(names)[0] for role, names in roles.items() if names}
         if not (members.get("moving_mean") or members.get("moving_variance") or ops):
@@ -441,6 +466,7 @@ def _merge(
                 switches_sorted,
                 training,
                 momenta.pop() if len(momenta) == 1 else None,
+                tuple(inputs.get(root, ())),
             )
         )
     order = {name: i for i, name in enumerate(graph.nodes)}

@@ -94,3 +94,15 @@ def test_non_finite_statistics_are_never_written(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "not finite" in out.stdout + out.stderr and "NaN" in out.stdout + out.stderr
     assert not dest.exists()
+
+
+def test_data_the_model_cannot_run_on_is_one_line_exit_2(tmp_path: Path) -> None:
+    data = tmp_path / "wrong.npz"
+    np.savez(data, x=np.zeros((32, 5), np.float32))  # the model takes 8x8x1 images
+    for model in (SAMPLES / "keras3_healthy.keras", SAMPLES / "tf1_update_ops_missing"):
+        args = ["--feed", "x:0=x"] if model.is_dir() else []
+        out = _run(str(model), "--data", str(data), *args, "--output",
+                   str(tmp_path / ("o" + (model.suffix or "")) / "m") if model.is_dir()
+                   else str(tmp_path / "o.keras"))
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and "could not run on the data" in out.stderr

@@ -270,3 +270,37 @@ def test_inference_graph_is_measured_layer_after_layer(
     for name, (mean, var) in expected.items():
         np.testing.assert_allclose(fixed.get_tensor(f"{name}/mean"), mean, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(fixed.get_tensor(f"{name}/variance"), var, rtol=1e-4)
+
+
+def test_trainable_only_saver_gets_its_statistics_back(tmp_path: Path) -> None:
+    # BN001: `Saver(var_list=trainable_variables())` dropped pop_mean / pop_var. The graph
+    # beside the checkpoint names them; recalibration measures and *adds* them, so the
+    # original graph's Saver restores the output.
+    src = ROOT / "tests" / "data" / "evidence" / "tf1_handwritten_trainable_only"
+    rng = np.random.default_rng(0)
+    data = tmp_path / "d.npz"
+    x = (rng.normal(size=(256, 8, 8, 1)) * 2 + 3).astype(np.float32)
+    np.savez(data, x=x)
+    out = tmp_path / "fixed" / "model.ckpt"
+    res = _cli(str(src), "--data", str(data), "--feed", "x:0=x", "--set", "is_training:0=true",
+               "--output", str(out))
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["written"] and doc["audit"]["errors"] == []
+    assert any("were added as conv1/pop_mean" in n for n in doc["report"]["notes"])
+    reader = tf.train.load_checkpoint(str(out))
+    keys = reader.get_variable_to_shape_map()
+    for scope in ("conv1", "fc"):
+        assert f"{scope}/pop_mean" in keys and f"{scope}/pop_var" in keys
+    # the first layer's statistics are those of conv1's output over the data
+    kernel = reader.get_tensor("conv1/w")
+    mean, var = _conv_stats(x, kernel)
+    np.testing.assert_allclose(reader.get_tensor("conv1/pop_mean"), mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(reader.get_tensor("conv1/pop_var"), var, rtol=1e-4)
+    # every original tensor is byte-identical, and the training graph restores the output
+    original = tf.train.load_checkpoint(str(src / "model.ckpt"))
+    for key in original.get_variable_to_shape_map():
+        np.testing.assert_array_equal(reader.get_tensor(key), original.get_tensor(key))
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        v1.train.import_meta_graph(str(src / "model.ckpt.meta")).restore(sess, str(out))

@@ -173,12 +173,17 @@ def encode_values(key: str, dtype: int, shape: tuple[int, ...], value: np.ndarra
 
 
 def write_patched_bundle(
-    src_prefix: Path, dst_prefix: Path, replacements: Mapping[str, np.ndarray]
+    src_prefix: Path,
+    dst_prefix: Path,
+    replacements: Mapping[str, np.ndarray],
+    additions: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Write `dst_prefix.{index,data-*}`: a copy of `src_prefix` with `replacements` applied.
+    """Write `dst_prefix.{index,data-*}`: a copy of `src_prefix` with `replacements` applied,
+    and `additions` (float32 tensors under new keys: moving statistics a trainable-only Saver
+    dropped) appended to the first data shard, their index entries in key order.
 
     Raises CheckpointError when a key is missing, partitioned, not floating point, or its new
-    value does not have the stored element count.
+    value does not have the stored element count; or when an added key already exists.
     """
     index_path = bundle_file(src_prefix, ".index")
     table = Table.open(index_path)
@@ -213,6 +218,12 @@ def write_patched_bundle(
         raise CheckpointError(
             index_path, f"no tensor {', '.join(sorted(wanted.values()))} in this checkpoint"
         )
+    existing = {k for k, _ in entries}
+    clash = sorted(k for k in additions or {} if k.encode("utf-8") in existing)
+    if clash:
+        raise CheckpointError(index_path, f"cannot add {', '.join(clash)}: already present")
+    if additions and header.num_shards < 1:
+        raise CheckpointError(index_path, "a bundle without data shards cannot take new tensors")
     src_shards = shard_paths(src_prefix, header.num_shards)
     dst_shards = shard_paths(dst_prefix, header.num_shards)
     for sid, (src, dst) in enumerate(zip(src_shards, dst_shards, strict=True)):
@@ -225,7 +236,25 @@ def write_patched_bundle(
                     raise CheckpointError(src, f"checksum mismatch at offset {offset}")
                 f.seek(offset)
                 f.write(data)
+            if sid == 0:
+                for name, added in sorted((additions or {}).items()):
+                    arr = np.ascontiguousarray(np.asarray(added, dtype="<f4"))
+                    raw = arr.tobytes()
+                    end = f.seek(0, 2)
+                    f.write(raw)
+                    out_entries.append((name.encode("utf-8"), _new_entry(arr.shape, end, raw)))
+    out_entries.sort(key=lambda kv: kv[0])  # the table is sorted bytewise; "" (header) first
     bundle_file(dst_prefix, ".index").write_bytes(encode_table(out_entries))
+
+
+def _new_entry(shape: tuple[int, ...], offset: int, data: bytes) -> bytes:
+    """A BundleEntryProto for a float32 tensor in shard 0 (TF's field order)."""
+    dims = b"".join(_encode_field(2, WIRE_LEN, _encode_field(1, WIRE_VARINT, d)) for d in shape)
+    out = _encode_field(1, WIRE_VARINT, 1) + _encode_field(2, WIRE_LEN, dims)
+    if offset:
+        out += _encode_field(4, WIRE_VARINT, offset)
+    out += _encode_field(5, WIRE_VARINT, len(data))
+    return out + _encode_field(6, WIRE_FIXED32, mask_crc(crc32c(data)))
 
 
 # --- staging and committing the output files ---------------------------------------------------

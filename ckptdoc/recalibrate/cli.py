@@ -167,6 +167,8 @@ def recalibrate(
             )
         except (CheckpointError, RecalibrationError) as exc:
             raise usage_error(str(exc)) from None
+        except Exception as exc:  # noqa: BLE001 - the model / graph failed on the user's data
+            raise usage_error(_run_failure(exc)) from None
         raise typer.Exit(code)
     dest = model_path if in_place else (output or default_output(model_path))
     if not in_place and dest.resolve() == model_path.resolve():
@@ -181,7 +183,22 @@ def recalibrate(
         )
     except (CheckpointError, RecalibrationError) as exc:
         raise usage_error(str(exc)) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model failed on the user's data
+        raise usage_error(_run_failure(exc)) from None
     raise typer.Exit(code)
+
+
+def _run_failure(exc: BaseException) -> str:
+    """One line for a model that could not run on the data (wrong shape, rank, dtype, an
+    unbatched dataset): what TensorFlow / Keras said, without the traceback."""
+    text = getattr(exc, "message", None) or str(exc)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    first = next((line for line in lines if "rror" in line or "expected" in line.lower()),
+                 lines[0] if lines else "")
+    return (f"the model could not run on the data: {type(exc).__name__}: {first[:300]}. "
+            "Check --data (shape, dtype, batching) against the model's inputs")
 
 
 def _preflight(model_path: Path, output: Path | None, in_place: bool) -> None:

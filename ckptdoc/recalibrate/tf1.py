@@ -220,6 +220,20 @@ def _variables_downstream(tensors: Iterable[Any], depth: int = 6) -> list[str]:
     return names
 
 
+def _sites_from_refs(graph: Any, refs: Sequence[str]) -> list[Site]:
+    """Sites for main-graph tensors the graph analysis found (channels last)."""
+    sites = []
+    for ref in refs:
+        try:
+            t = graph.get_tensor_by_name(ref if ":" in ref else ref + ":0")
+        except (KeyError, ValueError):
+            continue
+        rank = t.shape.rank
+        if rank:
+            sites.append(Site(t, (rank - 1,), [], "graph"))
+    return sites
+
+
 def find_sites(graph: Any) -> list[Site]:
     library = {f.signature.name: f for f in graph.as_graph_def().library.function}
     return _fused_sites(graph, library) + _moments_sites(graph)
@@ -404,6 +418,12 @@ def open_graph(
         session = v1.Session(graph=graph)
         try:
             saver.restore(session, str(prefix))
+            # Variables the checkpoint lacks (a trainable-only Saver dropped the moving
+            # statistics) start at their initializers, as in training: 0 / 1.
+            absent = {m.decode() for m in session.run(v1.report_uninitialized_variables())}
+            if absent:
+                session.run([v.initializer for v in v1.global_variables()
+                             if v.op.name in absent])
         except Exception as exc:
             session.close()
             raise RecalibrationError(
@@ -483,8 +503,17 @@ class LayerPlan:
     variables: dict[str, Any]  # role -> tf.Variable (moving_mean / moving_variance), may be empty
 
 
-def plan_layers(gm: GraphModel, groups: Sequence[BNGroup]) -> tuple[list[LayerPlan], list[str]]:
-    """Match each BN group of the checkpoint to its input in the graph."""
+def plan_layers(
+    gm: GraphModel,
+    groups: Sequence[BNGroup],
+    expected: Mapping[str, Mapping[str, str]] | None = None,
+    inputs: Mapping[str, Sequence[str]] | None = None,
+) -> tuple[list[LayerPlan], list[str]]:
+    """Match each BN group of the checkpoint to its input in the graph. `expected`: group name
+    -> role -> the graph's variable name, for statistics the checkpoint lacks (a trainable-only
+    Saver): they are measured and added. `inputs`: group name -> the tensors the audit's graph
+    analysis found it normalizing, used where the patterns here find nothing (moments inside
+    a `cond` branch, hand-written layers)."""
     import tensorflow as tf
 
     sites = find_sites(gm.graph)
@@ -494,18 +523,19 @@ def plan_layers(gm: GraphModel, groups: Sequence[BNGroup]) -> tuple[list[LayerPl
     plans: list[LayerPlan] = []
     problems: list[str] = []
     for g in groups:
-        if not g.key("moving_mean") or not g.key("moving_variance"):
-            problems.append(f"{g.name}: the checkpoint has no moving statistics to write")
+        names = {r: g.key(r) or (expected or {}).get(g.name, {}).get(r)
+                 for r in ("moving_mean", "moving_variance")}
+        if not names["moving_mean"] or not names["moving_variance"]:
+            problems.append(
+                f"{g.name}: the checkpoint has no moving statistics and no graph (`.meta`) "
+                "names them: give the graph that trained it, so they can be added"
+            )
             continue
-        found = by_group.get(g.name)
+        found = by_group.get(g.name) or _sites_from_refs(gm.graph, (inputs or {}).get(g.name, ()))
         if not found:
             problems.append(f"{g.name}: no batch-norm computation reads it in the graph")
             continue
-        roles = {
-            r: variables[g.key(r)]
-            for r in ("moving_mean", "moving_variance")
-            if g.key(r) in variables
-        }
+        roles = {r: variables[n] for r, n in names.items() if n in variables}
         plans.append(LayerPlan(g, found, roles))
     return plans, problems
 

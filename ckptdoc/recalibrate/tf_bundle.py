@@ -36,6 +36,8 @@ class BundleResult:
     kind: str  # "tf1-graph" or "tf2-object"
     report: RecalibrationReport
     replacements: Mapping[str, np.ndarray]
+    #: New keys: statistics the input lacked (BN001), written beside the others.
+    additions: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def is_bundle(path: str | Path) -> bool:
@@ -131,8 +133,9 @@ def _tf1(
         sets=sets,
         predictions=predictions,
     )
+    expected, inputs = _graph_names(ck)
     try:
-        plans, problems = tf1.plan_layers(gm, groups)
+        plans, problems = tf1.plan_layers(gm, groups, expected, inputs)
         if problems:
             raise RecalibrationError("cannot recalibrate: " + "; ".join(problems))
         keys = set(gm.feeds)
@@ -171,7 +174,7 @@ def _tf1(
         moved = [p.group.name for p in plans if tf1.stats_moved(gm, p, ck)]
         passes = 1
         if len(plans) > 1 and _normalizes_with_moving_stats(gm, plans, moments, source,
-                                                             batch_size, ck):
+                                                             batch_size, ck, expected):
             # Inference graph (or a training switch left False): every BN layer normalizes
             # with its moving statistics during the pass, so a layer's input depends on the
             # statistics upstream. One pass would measure it behind layers still holding the
@@ -190,7 +193,7 @@ def _tf1(
                         "or a function that returns a new iterator)"
                     )
                 passes += 1
-                _assign_all(tf1, gm, plans, moments, ck)
+                _assign_all(tf1, gm, plans, moments, ck, expected)
                 if _settled(previous, moments):
                     break
             notes.append(
@@ -205,12 +208,14 @@ def _tf1(
                 "pass: update ops run as part of the fetched tensors (control dependencies)"
             )
         replacements: dict[str, np.ndarray] = {}
+        additions: dict[str, np.ndarray] = {}
         changes = []
         for p in plans:
             g = p.group
             m = moments[g.name]
-            mean_key, var_key = str(g.key("moving_mean")), str(g.key("moving_variance"))
-            old_mean, old_var = ck.read(mean_key), ck.read(var_key)
+            (mean_key, old_mean), (var_key, old_var) = (
+                _stored(ck, g, expected, r, m.mean.size) for r in ("moving_mean", "moving_variance")
+            )
             if m.mean.size != old_mean.size or m.mean.size != old_var.size:
                 raise RecalibrationError(
                     f"{g.name}: the graph's input has {m.mean.size} channels, the checkpoint "
@@ -218,8 +223,11 @@ def _tf1(
                 )
             new_mean = m.mean.reshape(old_mean.shape).astype(old_mean.dtype)
             new_var = m.variance.reshape(old_var.shape).astype(old_var.dtype)
-            replacements[mean_key] = new_mean
-            replacements[var_key] = new_var
+            for key, value in ((mean_key, new_mean), (var_key, new_var)):
+                (replacements if key in ck.tensors else additions)[key] = value
+            if mean_key not in ck.tensors or var_key not in ck.tensors:
+                notes.append(f"{g.name}: moving statistics the checkpoint lacked were added "
+                             f"as {mean_key} and {var_key} (named as the graph names them)")
             tf1.assign(gm, p, {"moving_mean": new_mean, "moving_variance": new_var})
             changes.append(LayerChange.build(g.name, m.total, old_mean, new_mean, old_var, new_var))
             if g.extras:
@@ -247,21 +255,44 @@ def _tf1(
         eval_after=after,
         notes=tuple(notes),
     )
-    return BundleResult(prefix, "tf1-graph", report, replacements)
+    return BundleResult(prefix, "tf1-graph", report, replacements, additions)
+
+
+def _graph_names(ck: Any) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, ...]]]:
+    """From the graph beside the checkpoint (if any), per BN layer: role -> variable name,
+    and the tensors it normalizes."""
+    from ckptdoc.graph_bn import analyze
+
+    graph = ck.graph()
+    layers = analyze(graph).layers if graph else ()
+    return ({layer.name: dict(layer.members) for layer in layers},
+            {layer.name: layer.inputs for layer in layers})
+
+
+def _stored(ck: Any, group: Any, expected: Mapping[str, Mapping[str, str]], role: str,
+            channels: int) -> tuple[str, np.ndarray]:
+    """(key, stored value) of a moving statistic; a missing one (BN001) is named as the graph
+    names it and stands at its initial value (0 / 1), float32 as the graph creates it."""
+    key = group.key(role)
+    if key:
+        return str(key), ck.read(str(key))
+    name = expected[group.name][role]
+    return name, np.full(channels, 0.0 if role == "moving_mean" else 1.0, np.float32)
 
 
 def _assign_all(tf1: Any, gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
-                ck: Any) -> None:
+                ck: Any, expected: Mapping[str, Mapping[str, str]]) -> None:
     for p in plans:
         m = moments[p.group.name]
-        mean = ck.read(str(p.group.key("moving_mean")))
-        var = ck.read(str(p.group.key("moving_variance")))
+        _, mean = _stored(ck, p.group, expected, "moving_mean", m.mean.size)
+        _, var = _stored(ck, p.group, expected, "moving_variance", m.mean.size)
         tf1.assign(gm, p, {"moving_mean": m.mean.reshape(mean.shape).astype(mean.dtype),
                            "moving_variance": m.variance.reshape(var.shape).astype(var.dtype)})
 
 
 def _normalizes_with_moving_stats(gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
-                                  source: Any, batch_size: int, ck: Any) -> bool:
+                                  source: Any, batch_size: int, ck: Any,
+                                  expected: Mapping[str, Mapping[str, str]]) -> bool:
     """Whether the BN layers of the pass read their moving statistics: one batch measured
     before and after the new statistics are put in place. In training mode (batch statistics)
     nothing downstream changes; in inference mode the layers after the first one do. The new
@@ -270,7 +301,7 @@ def _normalizes_with_moving_stats(gm: Any, plans: Sequence[Any], moments: Mappin
 
     probe = list(islice(source.batches(batch_size), 1))
     before = tf1.run_pass(gm, plans, probe, None)
-    _assign_all(tf1, gm, plans, moments, ck)
+    _assign_all(tf1, gm, plans, moments, ck, expected)
     after = tf1.run_pass(gm, plans, probe, None)
     return not _settled(before, after)
 
@@ -426,7 +457,7 @@ def write_bundle(
     from ckptdoc.recalibrate.bundle_writer import staged_bundle, write_patched_bundle
 
     with staged_bundle(result.prefix, Path(dest)) as staged:
-        write_patched_bundle(result.prefix, staged.prefix, result.replacements)
+        write_patched_bundle(result.prefix, staged.prefix, result.replacements, result.additions)
         if check is not None:
             check(staged.prefix)
     return staged.notes
