@@ -565,3 +565,25 @@ def test_traced_step_is_reused_and_records_into_the_current_pass() -> None:
         x64 = x.astype(np.float64)
         np.testing.assert_allclose(m.layers[0].moving_mean.numpy(), x64.mean(0), rtol=1e-5)
         np.testing.assert_allclose(m.layers[0].moving_variance.numpy(), x64.var(0), rtol=1e-5)
+
+
+@pytest.mark.parametrize("labelled", [False, True])
+def test_python_api_with_a_one_shot_generator(data, labelled) -> None:  # type: ignore[no-untyped-def]
+    # A generator is read once: the first batch (peeked at) must not be lost, and (x, y)
+    # tuples are batches with labels, not "no samples".
+    import ckptdoc
+
+    x = data["xtr"].reshape(len(data["xtr"]), -1)[:, :3].astype(np.float32)
+    y = data["ytr"]
+
+    def batches():  # type: ignore[no-untyped-def]
+        for i in range(0, len(x), 32):
+            yield (x[i : i + 32], y[i : i + 32]) if labelled else x[i : i + 32]
+
+    for mode in ("precise", "sequential"):
+        m = keras.Sequential([keras.Input((3,)), keras.layers.BatchNormalization()])
+        rep = ckptdoc.recalibrate(m, batches(), mode=mode)
+        assert rep.samples == len(x), (mode, rep.samples)
+        np.testing.assert_allclose(
+            m.layers[0].moving_mean.numpy(), x.astype(np.float64).mean(0), rtol=1e-5
+        )

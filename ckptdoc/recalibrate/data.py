@@ -503,11 +503,27 @@ def from_object(data: Any, *, batch_size: int, x_key: str = "x", y_key: str = "y
     if hasattr(data, "__iter__") and not hasattr(data, "__next__"):
         return DataSource(type(data).__name__, lambda bs: iterate_any(data, bs))
     if hasattr(data, "__next__"):
-        # A one-shot iterator cannot be walked twice (sequential mode needs that).
-        items = data
+        # A one-shot iterator (a generator) can be read once: what is read is kept, so a peek
+        # at the first batch, a second pass (sequential mode) or the held-out check replay it
+        # instead of losing it.
+        replay = _Replay(data)
         return DataSource(
             type(data).__name__,
-            lambda bs: iterate_any(items, bs),
-            notes=["one-shot iterator: usable for a single pass only"],
+            lambda bs: iterate_any(replay, bs),
+            notes=["a one-shot iterator: the batches read are kept in memory to be read again"],
         )
     raise RecalibrationError(f"cannot use a {type(data).__name__} as data")
+
+
+class _Replay:
+    """An iterable over a one-shot iterator that every new iteration reads from the start."""
+
+    def __init__(self, it: Iterator[Any]) -> None:
+        self._it = it
+        self._seen: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        yield from list(self._seen)
+        for item in self._it:
+            self._seen.append(item)
+            yield item
