@@ -587,3 +587,25 @@ def test_python_api_with_a_one_shot_generator(data, labelled) -> None:  # type: 
         np.testing.assert_allclose(
             m.layers[0].moving_mean.numpy(), x.astype(np.float64).mean(0), rtol=1e-5
         )
+
+
+def test_float16_bn_layers_are_recalibrated(data, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The sentinels that locate variables in the saved file must be exact in float16 (and
+    # bfloat16); they used to be -1024.5 - j, which float16 rounds.
+    x = data["xtr"].reshape(len(data["xtr"]), -1)[:, :3].astype(np.float32)
+    m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                          keras.layers.BatchNormalization(dtype="float16", name="bn16")])
+    src = tmp_path / "m.keras"
+    m.save(src)
+    np.savez(tmp_path / "d.npz", x=x)
+    out = tmp_path / "fixed.keras"
+    res = cli(str(src), "--data", str(tmp_path / "d.npz"), "--output", str(out))
+    assert res.exit_code == 0, res.output
+    fixed = keras.saving.load_model(out)
+    bn = fixed.get_layer("bn16")
+    assert bn.moving_mean.dtype == "float16"
+    h = (x.astype(np.float64) @ m.layers[0].kernel.numpy().astype(np.float64)
+         + m.layers[0].bias.numpy())
+    np.testing.assert_allclose(np.asarray(bn.moving_mean, np.float64), h.mean(0), rtol=2e-3,
+                               atol=2e-3)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance, np.float64), h.var(0), rtol=2e-3)

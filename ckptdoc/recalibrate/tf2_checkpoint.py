@@ -21,11 +21,7 @@ import numpy as np
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError
-
-
-def _sentinel(j: int) -> float:
-    # Exact in float16/32/64 and distinct per variable (as the Keras writer's sentinels).
-    return -(1024.0 + j) - 0.5
+from ckptdoc.recalibrate.sentinels import BATCH, sentinel
 
 
 def root_names(ck: Checkpoint) -> list[str]:
@@ -65,26 +61,27 @@ def stat_keys(model: Any, root: str, variables: Sequence[Any]) -> list[str]:
     from ckptdoc.formats import open_checkpoint
 
     saved = [np.array(v.numpy()) for v in variables]
-    if len(variables) > 2048:
-        raise RecalibrationError("more than 2048 BN statistic variables: not supported")
     keys: list[str | None] = [None] * len(variables)
     with tempfile.TemporaryDirectory() as d:
-        try:
-            for j, v in enumerate(variables):
-                v.assign(np.full(v.shape, _sentinel(j), dtype=v.dtype))
-            path = tf.train.Checkpoint(**{root: model}).write(str(Path(d) / "probe"))
-        finally:
-            for v, s in zip(variables, saved, strict=True):
-                v.assign(s)
-        wanted = {_sentinel(j): j for j in range(len(variables))}
-        with open_checkpoint(path) as probe:
-            for key, info in probe.tensors.items():
-                if len(info.shape) != 1 or info.size == 0 or info.dtype.kind != "f":
-                    continue
-                a = probe.read(key)
-                hit = wanted.get(float(a[0]))
-                if hit is not None and np.all(a == a[0]) and a.shape == tuple(variables[hit].shape):
-                    keys[hit] = key
+        for start in range(0, len(variables), BATCH):  # sentinels stay exact in every dtype
+            chunk = variables[start : start + BATCH]
+            try:
+                for j, v in enumerate(chunk):
+                    v.assign(np.full(v.shape, sentinel(j), dtype=v.dtype))
+                path = tf.train.Checkpoint(**{root: model}).write(str(Path(d) / f"probe{start}"))
+            finally:
+                for v, s in zip(variables, saved, strict=True):
+                    v.assign(s)
+            wanted = {sentinel(j): j for j in range(len(chunk))}
+            with open_checkpoint(path) as probe:
+                for key, info in probe.tensors.items():
+                    if len(info.shape) != 1 or info.size == 0 or info.dtype.kind != "f":
+                        continue
+                    a = probe.read(key)
+                    hit = wanted.get(float(a[0]))
+                    if (hit is not None and np.all(a == a[0])
+                            and a.shape == tuple(chunk[hit].shape)):
+                        keys[start + hit] = key
     missing = [variables[j].path for j, k in enumerate(keys) if k is None]
     if missing:
         raise RecalibrationError(f"cannot locate {', '.join(missing)} in a checkpoint of the model")

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 from ckptdoc.errors import CheckpointError
+from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.engine import BNLayer
 from ckptdoc.recalibrate.model_io import KERAS_WEIGHTS_MEMBER
+from ckptdoc.recalibrate.sentinels import BATCH, sentinel
 
 
 @dataclass(frozen=True)
@@ -58,25 +60,20 @@ def _h5_attr_list(group: Any, name: str) -> list[str]:
     return out
 
 
-def _sentinel(j: int) -> float:
-    # Exactly representable in float16/32/64 for j < 2048 per sign; distinct per variable.
-    return -(1024.0 + j) - 0.5
-
-
 def map_keras3(model: Any, layers: list[BNLayer]) -> dict[int, str]:
     """id(variable) -> dataset path in a Keras 3 weights file, found via sentinel values."""
 
     variables = [v for bn in layers for v in bn.stat_variables().values()]
     saved = [np.array(v.numpy()) for v in variables]
-    # Batches of 1024 variables keep each sentinel exact in float16 as well.
+    # Batches of `BATCH` variables keep each sentinel exact in every float dtype.
     out: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as d:
         probe = Path(d) / "probe.weights.h5"
-        for start in range(0, len(variables), 1024):
-            chunk = variables[start : start + 1024]
+        for start in range(0, len(variables), BATCH):
+            chunk = variables[start : start + BATCH]
             try:
                 for j, v in enumerate(chunk):
-                    v.assign(np.full(v.shape, _sentinel(j), dtype=v.dtype))
+                    v.assign(np.full(v.shape, sentinel(j), dtype=v.dtype))
                 model.save_weights(str(probe))
             finally:
                 for v, s in zip(variables, saved, strict=True):
@@ -84,8 +81,9 @@ def map_keras3(model: Any, layers: list[BNLayer]) -> dict[int, str]:
             found = _find_sentinels(probe, chunk)
             for j, v in enumerate(chunk):
                 if j not in found:
-                    raise CheckpointError(
-                        probe, f"cannot locate variable {v.path} in the saved weights"
+                    raise RecalibrationError(
+                        f"cannot locate variable {v.path} ({v.dtype}) in the weights Keras "
+                        "saves for this model: please report this model"
                     )
                 out[id(v)] = found[j]
     return out
@@ -95,7 +93,7 @@ def _find_sentinels(probe: Path, chunk: list[Any]) -> dict[int, str]:
     """Index in `chunk` -> dataset path whose values are all that variable's sentinel."""
     import h5py
 
-    wanted = {_sentinel(j): j for j in range(len(chunk))}
+    wanted = {sentinel(j): j for j in range(len(chunk))}
     found: dict[int, str] = {}
 
     def visit(name: str, obj: Any) -> None:
