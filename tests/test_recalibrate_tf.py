@@ -609,3 +609,28 @@ def test_float16_bn_layers_are_recalibrated(data, tmp_path) -> None:  # type: ig
     np.testing.assert_allclose(np.asarray(bn.moving_mean, np.float64), h.mean(0), rtol=2e-3,
                                atol=2e-3)
     np.testing.assert_allclose(np.asarray(bn.moving_variance, np.float64), h.var(0), rtol=2e-3)
+
+
+def test_image_folder_labels_and_pixel_scale(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Sub-folder names are not class labels unless asked (their order need not match the
+    # model's classes: a false refusal otherwise); raw 0-255 pixels are said, or scaled.
+    import tensorflow as tf
+
+    from ckptdoc.recalibrate.data import ImageOptions, from_path
+
+    for cls in ("cat", "dog"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            img = np.full((8, 8, 3), 200 if cls == "cat" else 50, np.uint8)
+            tf.io.write_file(str(tmp_path / cls / f"{i}.png"), tf.io.encode_png(img))
+    plain = from_path(str(tmp_path), images=ImageOptions(size=(8, 8)))
+    batches = list(plain.batches(4))
+    assert all(b.y is None for b in batches)
+    assert any("not taken as class labels" in n for n in plain.notes)
+    assert any("fed as read (0-255)" in n for n in plain.notes)
+    assert float(np.max(np.concatenate([np.asarray(b.x) for b in batches]))) == 200.0
+    labelled = from_path(str(tmp_path), images=ImageOptions((8, 8), 1 / 255, True))
+    batches = list(labelled.batches(4))
+    assert sorted(np.concatenate([b.y for b in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
+    assert float(np.max(np.concatenate([np.asarray(b.x) for b in batches]))) <= 1.0
+    assert not labelled.notes

@@ -20,6 +20,7 @@ from rich.markup import escape
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.report import WORSE_CAUSES
 
 
 class Mode(str, Enum):
@@ -39,6 +40,13 @@ def default_output(path: Path) -> Path:
         if name.endswith(ext) and len(name) > len(ext):
             return path.with_name(name[: -len(ext)] + ".recalibrated" + ext)
     return path.with_name(name + ".recalibrated")
+
+
+def data_mod_options(size: str, scale: float | None, folder_labels: bool) -> Any:
+    """The image-folder options of the command line, as the data module takes them."""
+    from ckptdoc.recalibrate.data import ImageOptions
+
+    return ImageOptions(parse_image_size(size), scale, folder_labels)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -101,6 +109,17 @@ def recalibrate(
     image_size: Annotated[
         str, typer.Option("--image-size", help="HEIGHT,WIDTH for image folders.")
     ] = "256,256",
+    pixel_scale: Annotated[
+        float | None,
+        typer.Option("--pixel-scale", help="Image folders: multiply pixels (0-255 as read) by "
+                     "this, e.g. 0.00392156862745098 for [0, 1]."),
+    ] = None,
+    folder_labels: Annotated[
+        bool,
+        typer.Option("--folder-labels", help="Image folders: sub-folder names are the class "
+                     "labels, in alphabetical order (off: their order need not match the "
+                     "model's classes)."),
+    ] = False,
     allow_unsafe_code: Annotated[
         bool, typer.Option("--allow-unsafe-code", help="Load models with Lambda layers "
                            "(runs code stored in the file).")
@@ -177,7 +196,8 @@ def recalibrate(
         code = _run(
             model_path, dest, data=data, model_spec=model_spec, in_place=in_place,
             mode=mode.value, batch_size=batch_size, samples=samples, batches=batches,
-            eval_data=eval_data, x_key=x_key, y_key=y_key, image_size=parse_image_size(image_size),
+            eval_data=eval_data, x_key=x_key, y_key=y_key,
+            images=data_mod_options(image_size, pixel_scale, folder_labels),
             allow_unsafe=allow_unsafe_code, force=force, as_json=output_format is OutputFormat.json,
             show_progress=progress,
         )
@@ -249,7 +269,7 @@ def _import_user_module(module: str) -> None:
 def _run(
     model_path: Path, dest: Path, *, data: str, model_spec: str | None, in_place: bool, mode: str,
     batch_size: int, samples: int | None, batches: int | None, eval_data: str | None,
-    x_key: str, y_key: str, image_size: tuple[int, int], allow_unsafe: bool, force: bool,
+    x_key: str, y_key: str, images: Any, allow_unsafe: bool, force: bool,
     as_json: bool, show_progress: bool,
 ) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -260,9 +280,9 @@ def _run(
     from ckptdoc.recalibrate.engine import find_bn_layers, snapshot
     from ckptdoc.recalibrate.report import render
 
-    source = data_mod.from_path(data, x_key=x_key, y_key=y_key, image_size=image_size)
+    source = data_mod.from_path(data, x_key=x_key, y_key=y_key, images=images)
     eval_source = (
-        data_mod.from_path(eval_data, x_key=x_key, y_key=y_key, image_size=image_size)
+        data_mod.from_path(eval_data, x_key=x_key, y_key=y_key, images=images)
         if eval_data else None
     )
     with stderr.status("loading model"):
@@ -293,8 +313,8 @@ def _run(
         refusal = (
             "held-out results are WORSE after recalibration "
             f"({_eval_line(report.eval_before)} before, {_eval_line(report.eval_after)} after). "
-            "The model was probably trained with BN in inference mode, so its weights expect the "
-            "old statistics. Nothing written" + ("" if not force else "; --force: writing anyway")
+            f"Possible causes: {WORSE_CAUSES}. Nothing written"
+            + ("" if not force else "; --force: writing anyway")
         )
     if refusal and not force:
         result["refused"] = refusal

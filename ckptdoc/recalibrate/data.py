@@ -315,8 +315,22 @@ def from_arrays(
     return _arrays_source(description, [(x, y)])
 
 
+@dataclass(frozen=True)
+class ImageOptions:
+    """How an image folder becomes batches."""
+
+    size: tuple[int, int] = (256, 256)
+    #: Multiply pixels (0-255 as read) by this, e.g. 1/255 for a model that expects [0, 1].
+    #: None: fed as read, and the report says so.
+    scale: float | None = None
+    #: Use sub-folder names as class labels (alphabetical order = class index). Off by
+    #: default: that order need not match the model's classes, which would make the
+    #: before/after check compare against wrong labels.
+    folder_labels: bool = False
+
+
 def from_path(
-    spec: str, *, x_key: str = "x", y_key: str = "y", image_size: tuple[int, int] = (256, 256)
+    spec: str, *, x_key: str = "x", y_key: str = "y", images: ImageOptions | None = None
 ) -> DataSource:
     """Resolve a `--data` value: file, folder, or `module:function`."""
     path = Path(spec)
@@ -329,13 +343,13 @@ def from_path(
             return _arrays_source(str(path), [(x, None)])
         raise RecalibrationError(f"{path}: --data must be .npz, .npy, a folder or module:function")
     if path.is_dir():
-        return _from_folder(path, x_key=x_key, y_key=y_key, image_size=image_size)
+        return _from_folder(path, x_key=x_key, y_key=y_key, images=images or ImageOptions())
     if ":" in spec:
         return from_callable_spec(spec)
     raise RecalibrationError(f"--data {spec}: no such file or folder, and not module:function")
 
 
-def _from_folder(path: Path, *, x_key: str, y_key: str, image_size: tuple[int, int]) -> DataSource:
+def _from_folder(path: Path, *, x_key: str, y_key: str, images: ImageOptions) -> DataSource:
     files = sorted(p for p in path.iterdir() if p.is_file())
     npz = [p for p in files if p.suffix == ".npz"]
     npy = [p for p in files if p.suffix == ".npy"]
@@ -358,7 +372,7 @@ def _from_folder(path: Path, *, x_key: str, y_key: str, image_size: tuple[int, i
             chunks.append((a, None))
         return _arrays_source(f"{path} ({len(npy)} .npy files)", chunks)
     if _has_images(path):
-        return _image_folder(path, image_size)
+        return _image_folder(path, images)
     raise RecalibrationError(f"--data {path}: the folder holds no .npz, .npy or image files")
 
 
@@ -369,19 +383,21 @@ def _has_images(path: Path) -> bool:
     return False
 
 
-def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
-    labelled = any(
+def _image_folder(path: Path, options: ImageOptions) -> DataSource:
+    image_size = options.size
+    in_folders = any(
         d.is_dir() and any(f.suffix.lower() in IMAGE_EXTS for f in d.iterdir())
         for d in path.iterdir()
     )
+    labelled = in_folders and options.folder_labels
 
     def images(batch_size: int, shuffle: bool) -> Iterator[Batch]:
         import keras
 
         ds = keras.utils.image_dataset_from_directory(
             str(path),
-            labels="inferred" if labelled else None,
-            label_mode="int" if labelled else None,
+            labels="inferred" if in_folders else None,
+            label_mode="int" if in_folders else None,
             image_size=image_size,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -389,7 +405,10 @@ def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
             verbose=False,
         )
         for item in ds:
-            yield Batch(item[0], item[1].numpy()) if labelled else Batch(item)
+            x = item[0] if labelled or in_folders else item
+            if options.scale is not None:
+                x = x * options.scale
+            yield Batch(x, item[1].numpy()) if labelled else Batch(x)
 
     def factory(batch_size: int) -> Iterator[Batch]:
         return images(batch_size, shuffle=False)
@@ -399,10 +418,20 @@ def _image_folder(path: Path, image_size: tuple[int, int]) -> DataSource:
         # from all of them, reproducibly.
         return images(batch_size, shuffle=True)
 
-    note = "labels from sub-folder names" if labelled else "no labels (flat folder)"
+    note = ("labels from sub-folder names" if labelled else
+            "sub-folder names not used as labels" if in_folders else "no labels (flat folder)")
+    notes = []
+    if in_folders and not labelled:
+        notes.append(f"{path}: sub-folder names are not taken as class labels (their "
+                     "alphabetical order need not match the model's classes); pass "
+                     "--folder-labels if it does")
+    if options.scale is None:
+        notes.append(f"{path}: pixels are fed as read (0-255): if the model expects other "
+                     "preprocessing and does not do it itself, pass --pixel-scale (e.g. "
+                     "0.00392156862745098 for [0, 1]) or give data through module:function")
     count = sum(1 for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     return DataSource(f"{path} (images, {image_size[0]}x{image_size[1]}, {note})", factory,
-                      size=count, spread=spread)
+                      notes=notes, size=count, spread=spread)
 
 
 # -- module:function ---------------------------------------------------------------------------

@@ -171,3 +171,13 @@ def render(report: RecalibrationReport, console: Any) -> None:
             )
     for note in report.notes:
         console.print(f"Note: {note}", markup=False)
+
+
+#: Why held-out results can get worse after recalibration, all of them: the refusal must not
+#: blame one cause when the data cannot tell them apart.
+WORSE_CAUSES = (
+    "the model was trained with BN in inference mode, so its weights expect the old "
+    "statistics; or the calibration data is not what the model sees in use (other "
+    "preprocessing or scale: see --pixel-scale, or the training switch was not set); or the "
+    "held-out labels do not match the model's classes"
+)

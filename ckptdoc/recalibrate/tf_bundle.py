@@ -25,7 +25,12 @@ import numpy as np
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object
-from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
+from ckptdoc.recalibrate.report import (
+    WORSE_CAUSES,
+    EvalResult,
+    LayerChange,
+    RecalibrationReport,
+)
 
 
 @dataclass(frozen=True)
@@ -541,9 +546,8 @@ def run_cli(
         refusal = (
             "held-out results are WORSE after recalibration "
             f"({cli._eval_line(report.eval_before)} before, "
-            f"{cli._eval_line(report.eval_after)} after). The model was probably trained with "
-            "BN in inference mode, so its weights expect the old statistics. Nothing written"
-            + ("" if not force else "; --force: writing anyway")
+            f"{cli._eval_line(report.eval_after)} after). Possible causes: {WORSE_CAUSES}. "
+            "Nothing written" + ("" if not force else "; --force: writing anyway")
         )
     if refusal and not force:
         out["refused"] = refusal
