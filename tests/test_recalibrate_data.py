@@ -145,3 +145,19 @@ def test_a_sample_budget_is_spread_across_sorted_data(tmp_path) -> None:  # type
     # A budget of all the data (or more) reads it in order, untouched.
     whole = np.concatenate([b.x for b in source.budgeted(64, Budget(samples=400), Consumed())])
     assert np.array_equal(whole.ravel(), x.ravel())
+
+
+def test_recalibrate_refuses_what_ck001_reports() -> None:
+    # One walker for the audit's CK001 and recalibrate's refusal: a Keras 3 serialized Python
+    # lambda used as an activation is code too (the old walker only knew `Lambda` layers).
+    from ckptdoc.recalibrate.model_io import find_code_layers
+    from ckptdoc.rules.code import code_findings
+
+    config = {"class_name": "Functional", "config": {"layers": [
+        {"class_name": "Dense", "config": {"name": "head", "activation": {
+            "class_name": "__lambda__", "config": {"value": ["4wEAAAAA", None, None]}}}},
+        {"class_name": "Lambda", "config": {"name": "scale", "function": "x"}},
+        {"class_name": "MyLayer", "module": "my_pkg.layers", "config": {"name": "mine"}},
+    ]}}
+    assert sorted(find_code_layers(config)) == ["head", "scale"]
+    assert {f.group for f in code_findings(config)} == {"head", "scale", "mine"}

@@ -87,22 +87,12 @@ def model_config_json(path: Path, kind: str) -> Any:
 
 
 def find_code_layers(config: Any) -> list[str]:
-    """Names of layers whose config carries Python code (`Lambda`)."""
-    found: list[str] = []
+    """Names of layers whose config carries Python code (a `Lambda` layer, or a serialized
+    Python lambda as an activation): the audit's CK001 walker, so the audit's warning and
+    this refusal always agree."""
+    from ckptdoc.rules.code import CODE_CLASSES, code_findings
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                cfg = node.get("config") or {}
-                found.append(str(cfg.get("name", "?")) if isinstance(cfg, dict) else "?")
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(config)
-    return found
+    return [f.group for f in code_findings(config) if f.details.get("class_name") in CODE_CLASSES]
 
 
 @contextlib.contextmanager
