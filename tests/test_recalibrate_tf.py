@@ -634,3 +634,25 @@ def test_image_folder_labels_and_pixel_scale(tmp_path) -> None:  # type: ignore[
     assert sorted(np.concatenate([b.y for b in batches]).tolist()) == [0, 0, 0, 1, 1, 1]
     assert float(np.max(np.concatenate([np.asarray(b.x) for b in batches]))) <= 1.0
     assert not labelled.notes
+
+
+def test_multi_input_model_from_npz(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # `--x-key a,b`: several arrays of one .npz feed a multi-input model by input name.
+    rng = np.random.default_rng(0)
+    a = (rng.normal(size=(96, 3)) * 2 + 1).astype(np.float32)
+    b = (rng.normal(size=(96, 2)) * 3 - 2).astype(np.float32)
+    ia, ib = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    h = keras.layers.Concatenate()([ia, ib])
+    out = keras.layers.BatchNormalization(name="bn")(h)
+    model = keras.Model({"a": ia, "b": ib}, out)
+    src = tmp_path / "multi.keras"
+    model.save(src)
+    np.savez(tmp_path / "d.npz", a=a, b=b)
+    res = cli(str(src), "--data", str(tmp_path / "d.npz"), "--x-key", "a,b",
+              "--output", str(tmp_path / "fixed.keras"), "--samples", "64")
+    assert res.exit_code == 0, res.output
+    bn = keras.saving.load_model(tmp_path / "fixed.keras").get_layer("bn")
+    picks = np.unique(np.linspace(0, 95, 64).round().astype(int))  # spread across the data
+    both = np.concatenate([a, b], axis=1)[picks].astype(np.float64)
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), both.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), both.var(0), rtol=1e-5)

@@ -244,62 +244,80 @@ def _npz_keys(path: Path) -> list[str]:
         raise RecalibrationError(f"{path}: cannot read as .npz: {exc}") from exc
 
 
+# Inputs are one array, or a dict of arrays (a multi-input model: `--x-key a,b`), all of the
+# same length.
+Inputs = np.ndarray | dict[str, np.ndarray]
+
+
+def _length(x: Inputs) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def _take(x: Inputs, index: Any) -> Any:
+    """Rows `index` (a slice or an index array) of the inputs, as the model wants them."""
+    if isinstance(x, dict):
+        return {k: _to_model_dtype(np.ascontiguousarray(v[index])) for k, v in x.items()}
+    return _to_model_dtype(np.ascontiguousarray(x[index]))
+
+
 def _array_chunks(
-    chunks: list[tuple[np.ndarray, np.ndarray | None]],
+    chunks: list[tuple[Inputs, np.ndarray | None]],
 ) -> Callable[[int], Iterator[Batch]]:
     def factory(batch_size: int) -> Iterator[Batch]:
         for x, y in chunks:
-            for i in range(0, len(x), batch_size):
-                xb = _to_model_dtype(np.ascontiguousarray(x[i : i + batch_size]))
-                yb = None if y is None else np.asarray(y[i : i + batch_size])
-                yield Batch(xb, yb)
+            for i in range(0, _length(x), batch_size):
+                rows = slice(i, i + batch_size)
+                yield Batch(_take(x, rows), None if y is None else np.asarray(y[rows]))
 
     return factory
 
 
 def _array_spread(
-    chunks: list[tuple[np.ndarray, np.ndarray | None]],
+    chunks: list[tuple[Inputs, np.ndarray | None]],
 ) -> Callable[[int, int], Iterator[Batch]]:
-    """`n` samples at evenly spaced positions over all chunks, in order, in batches."""
+    """`n` samples at evenly spaced positions over all chunks, in order, in batches (each
+    batch from one chunk, so chunks of different inputs never mix)."""
 
     def spread(batch_size: int, n: int) -> Iterator[Batch]:
-        total = sum(len(x) for x, _ in chunks)
+        total = sum(_length(x) for x, _ in chunks)
         picks = np.unique(np.linspace(0, total - 1, n).round().astype(np.int64))
-        starts = np.cumsum([0] + [len(x) for x, _ in chunks])
-        for i in range(0, len(picks), batch_size):
-            part = picks[i : i + batch_size]
-            xs: list[np.ndarray] = []
-            ys: list[np.ndarray | None] = []
-            for c, (x, y) in enumerate(chunks):
-                local = part[(part >= starts[c]) & (part < starts[c + 1])] - starts[c]
-                if len(local):
-                    xs.append(np.asarray(x[local]))
-                    ys.append(None if y is None else np.asarray(y[local]))
-            labels = [v for v in ys if v is not None]
-            yb = np.concatenate(labels) if len(labels) == len(ys) else None
-            yield Batch(_to_model_dtype(np.ascontiguousarray(np.concatenate(xs))), yb)
+        starts = np.cumsum([0] + [_length(x) for x, _ in chunks])
+        for c, (x, y) in enumerate(chunks):
+            local = picks[(picks >= starts[c]) & (picks < starts[c + 1])] - starts[c]
+            for i in range(0, len(local), batch_size):
+                rows = local[i : i + batch_size]
+                yield Batch(_take(x, rows), None if y is None else np.asarray(y[rows]))
 
     return spread
 
 
-def _arrays_source(
-    description: str, chunks: list[tuple[np.ndarray, np.ndarray | None]]
-) -> DataSource:
-    return DataSource(description, _array_chunks(chunks), size=sum(len(x) for x, _ in chunks),
-                      spread=_array_spread(chunks))
+def _arrays_source(description: str, chunks: list[tuple[Inputs, np.ndarray | None]]) -> DataSource:
+    return DataSource(description, _array_chunks(chunks),
+                      size=sum(_length(x) for x, _ in chunks), spread=_array_spread(chunks))
 
 
-def _load_npz_pair(path: Path, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray | None]:
+def _load_npz_pair(path: Path, x_key: str, y_key: str) -> tuple[Inputs, np.ndarray | None]:
+    """The inputs under `x_key` (`a,b`: several, as a dict for a multi-input model, keyed
+    by the names its inputs have) and the labels under `y_key`, if any."""
     keys = _npz_keys(path)
-    if x_key not in keys:
+    wanted = [k.strip() for k in x_key.split(",") if k.strip()]
+    missing = [k for k in wanted if k not in keys]
+    if missing or not wanted:
         raise RecalibrationError(
-            f"{path}: no inputs under {x_key!r} (it holds: {', '.join(keys) or 'nothing'}); "
-            "use --x-key"
+            f"{path}: no inputs under {', '.join(map(repr, missing or [x_key]))} (it holds: "
+            f"{', '.join(keys) or 'nothing'}); use --x-key (several: --x-key a,b)"
         )
-    x = _npz_member(path, x_key)
     y = _npz_member(path, y_key) if y_key in keys else None
-    _check_pair(path, x, y)
-    return x, y
+    if len(wanted) == 1:
+        x = _npz_member(path, wanted[0])
+        _check_pair(path, x, y)
+        return x, y
+    inputs = {k: _npz_member(path, k) for k in wanted}
+    for a in inputs.values():
+        _check_pair(path, a, y)
+    if len({len(a) for a in inputs.values()}) != 1:
+        raise RecalibrationError(f"{path}: the inputs {', '.join(wanted)} differ in length")
+    return inputs, y
 
 
 def _check_pair(path: Path, x: np.ndarray, y: np.ndarray | None) -> None:
@@ -365,7 +383,7 @@ def _from_folder(path: Path, *, x_key: str, y_key: str, images: ImageOptions) ->
             y = _npy(by_stem[y_key]) if y_key in by_stem else None
             _check_pair(path, x, y)
             return _arrays_source(f"{path} ({x_key}.npy)", [(x, y)])
-        chunks: list[tuple[np.ndarray, np.ndarray | None]] = []
+        chunks: list[tuple[Inputs, np.ndarray | None]] = []
         for p in npy:
             a = _npy(p)
             _check_pair(p, a, None)
