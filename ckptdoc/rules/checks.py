@@ -228,6 +228,9 @@ When the file records its step count (Keras 3 `iterations`, TF1 `global_step`, t
 0.99, said as such; hand-written TF1 BN has no default),
 the rule computes `momentum**steps`, the share of the initial value still in each average,
 and fires when it is at least `initial_weight` (default 0.5), whatever the values look like.
+"Initial value" means the value when the counted steps began: 0 / 1 for a model trained from
+scratch, the previous statistics for a run that fine-tuned a trained model (then the warning
+says so, and the statistics may well be fine).
 
 Fix: lower the decay (momentum 0.9-0.99 for short runs), train longer, or
 {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]} The tolerance is `barely_moved`.
@@ -249,7 +252,8 @@ def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
             f"after {evidence.steps} steps ({evidence.steps_source}) at momentum "
             f"{evidence.momentum:g} ({evidence.momentum_source}), {weight:.0%} of each moving "
             "statistic is still its initial value",
-            "decay too high for the run",
+            "decay too high for the run (if this run fine-tuned a trained model, its "
+            "statistics are mostly that model's, which may be fine)",
             {"steps": evidence.steps, "momentum": evidence.momentum,
              "initial_weight": weight},
         )
