@@ -140,12 +140,14 @@ def audit_files(
     files: Sequence[str | Path],
     selection: RuleSelection | Callable[[Path | str], RuleSelection] | None = None,
     jobs: int = 1,
+    done: Callable[[int], None] | None = None,
 ) -> list[FileReport]:
     """Audit `files` in order; with `jobs > 1` in that many processes (0: one per CPU).
 
     `selection` may be a function of the path (per-file ignores). The result is in the order
     of `files` whatever `jobs` is, and each file is audited on its own: one that cannot be read
-    or crashes its worker is reported with `error`, and the others go on.
+    or crashes its worker is reported with `error`, and the others go on. `done(n)` is called
+    as files finish (a progress bar).
     """
     paths = [f if isinstance(f, str) and is_url(f) else Path(f) for f in files]
     selections = [selection(p) if callable(selection) else selection for p in paths]
@@ -154,7 +156,12 @@ def audit_files(
     if jobs <= 1 or len(items) < _MIN_FILES_PER_WORKER * 2:
         # Starting processes costs more than a few audits: small work stays in-process, so
         # --jobs is never slower than --jobs 1.
-        return [_audit_guarded(p, s) for p, s in items]
+        out = []
+        for p, s in items:
+            out.append(_audit_guarded(p, s))
+            if done is not None:
+                done(1)
+        return out
     from concurrent.futures import ProcessPoolExecutor  # only for --jobs > 1: slow to import
 
     jobs = min(jobs, len(items) // _MIN_FILES_PER_WORKER)
@@ -170,6 +177,8 @@ def audit_files(
                 reports.extend(future.result())
             except Exception:  # noqa: BLE001 - a worker died (e.g. a crash in a C library)
                 reports.extend(_audit_isolated(batch))
+            if done is not None:
+                done(len(batch))
     return reports
 
 

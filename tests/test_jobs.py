@@ -60,3 +60,10 @@ def test_a_file_that_kills_its_worker_costs_only_that_file(
     assert failed == [victim]
     assert "audit process failed" in (reports[7].error or "")
     assert all(len(r.groups) == 3 for r in reports if r.path != victim)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_progress_counts_every_file(many: list[Path], jobs: int) -> None:
+    seen: list[int] = []
+    reports = audit_files(many, jobs=jobs, done=seen.append)
+    assert sum(seen) == len(reports) == len(many)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -215,7 +215,7 @@ def audit(
             soft_wrap=True,
         )
 
-    report = AuditReport(tuple(audit_files(files, per_file_selection(config, selection), jobs)))
+    report = AuditReport(tuple(_with_progress(files, per_file_selection(config, selection), jobs)))
 
     if write_baseline is not None:
         from ckptdoc import baseline as baselines  # only with a baseline: quicker start
@@ -248,6 +248,19 @@ def audit(
         # the audit found, not that a pipe closed.
         silence_stdout()
     raise typer.Exit(code)
+
+
+def _with_progress(files: list[Path | str], selection: Any, jobs: int) -> list[Any]:
+    """audit_files, with a progress bar on stderr when a person watches a long run (a terminal,
+    more than 20 files); logs and pipes get none."""
+    if len(files) <= 20 or not stderr.is_terminal:
+        return audit_files(files, selection, jobs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = ("auditing", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bar:
+        task = bar.add_task("audit", total=len(files))
+        return audit_files(files, selection, jobs, done=lambda n: bar.advance(task, n))
 
 
 def _selection(
