@@ -28,8 +28,8 @@ def from_graph(layer: GraphLayer, facts: GraphFacts) -> Evidence:
         skipped = [u for u in layer.update_ops if u in facts.unwired]
         if skipped:
             listed = len(facts.update_collection)
-            total = len(facts.unwired)
-            where = f" ({total} of the {listed} ops in UPDATE_OPS are not run)" if listed else ""
+            not_run = len(facts.collection_not_run)
+            where = f" ({not_run} of the {listed} ops in UPDATE_OPS are not run)" if listed else ""
             return Evidence(
                 "graph",
                 False,
@@ -66,7 +66,7 @@ def with_training(groups: list[BNGroup], steps: StepCount | None) -> list[BNGrou
     to its evidence."""
     out = []
     for group in groups:
-        momentum, source = _momentum(group, group.evidence.momentum)
+        momentum, source = _momentum(group)
         evidence = replace(
             group.evidence,
             steps=steps.steps if steps is not None else None,
@@ -78,12 +78,14 @@ def with_training(groups: list[BNGroup], steps: StepCount | None) -> list[BNGrou
     return out
 
 
-def _momentum(group: BNGroup, graph_momentum: float | None) -> tuple[float | None, str]:
+def _momentum(group: BNGroup) -> tuple[float | None, str]:
+    """The layer's config, else the graph's update ops (already in its evidence), else the
+    Keras default for Keras layers."""
     value = group.config.get("momentum")
     if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1:
         return float(value), "the layer's config"
-    if graph_momentum is not None:
-        return graph_momentum, "the graph"
+    if group.evidence.momentum is not None:
+        return group.evidence.momentum, "the graph"
     if group.evidence.found_by in _KERAS_EVIDENCE or group.class_name is not None:
         # A Keras layer: its framework default applies. Hand-written TF1 BN has none.
         return DEFAULT_MOMENTUM, "the Keras default, the file does not say"

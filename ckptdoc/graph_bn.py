@@ -72,10 +72,6 @@ class Switch:
     #: None for a Placeholder that must be fed.
     default: bool | None
 
-    @property
-    def is_learning_phase(self) -> bool:
-        return "learning_phase" in self.node
-
     def describe(self) -> str:
         if self.op == "PlaceholderWithDefault":
             return f"`{self.node}` (defaults to {self.default} unless fed)"
@@ -110,7 +106,9 @@ class GraphFacts:
     update_collection: tuple[str, ...]
     #: Update ops no train op depends on.
     unwired: frozenset[str] = field(default_factory=frozenset)
-    trainable: frozenset[str] = field(default_factory=frozenset)
+    #: Entries of the UPDATE_OPS collection no train op depends on (the collection may list an
+    #: `If`'s output where the graph's update op sits inside its branch: counted separately).
+    collection_not_run: tuple[str, ...] = ()
 
 
 def analyze(graph: Graph, train_ops: list[str] | None = None) -> GraphFacts:
@@ -126,13 +124,9 @@ def analyze(graph: Graph, train_ops: list[str] | None = None) -> GraphFacts:
     reached = _ancestors(graph, train_ops) if train_ops else set()
     all_updates = {u for layer in layers for u in layer.update_ops}
     unwired = frozenset(u for u in all_updates if u not in reached) if train_ops else frozenset()
-    return GraphFacts(
-        tuple(layers),
-        tuple(train_ops),
-        tuple(graph.collections.get("update_ops", ())),
-        unwired,
-        frozenset(graph.collections.get("trainable_variables", ())),
-    )
+    collection = tuple(graph.collections.get("update_ops", ()))
+    not_run = tuple(u for u in collection if u not in reached) if train_ops else ()
+    return GraphFacts(tuple(layers), tuple(train_ops), collection, unwired, not_run)
 
 
 # --------------------------------------------------------------------------- BN ops
@@ -181,8 +175,9 @@ def _pattern_site(
     site = _Site(rsqrt.name)
     site.roles["moving_variance"] = set()
     for ref in add.inputs:
-        site.roles["moving_variance"] |= _variables(graph, ref)
-        site.producers |= _producers(graph, ref)
+        variables, producers = _feeders(graph, ref)
+        site.roles["moving_variance"] |= variables
+        site.producers |= producers
     inv = rsqrt
     for c in consumers.get(rsqrt.name, ()):
         if c.op == "Mul":
@@ -206,8 +201,8 @@ def _pattern_site(
                 site.x = _data_source(graph, x_ref) if x_ref else None
         for ref in c.inputs:
             if node_name(ref) != inv.name:
-                site.roles["moving_mean"] = _variables(graph, ref)
-                site.producers |= _producers(graph, ref)
+                site.roles["moving_mean"], producers = _feeders(graph, ref)
+                site.producers |= producers
         if sub.op == "Sub" and sub.inputs:
             site.roles["beta"] = _variables(graph, sub.inputs[0])
     site.training = bool(site.producers)
@@ -232,9 +227,12 @@ def _variables(graph: Graph, ref: str) -> set[str]:
     return {n.name for n in _walk_back(graph, ref, _PASS) if n.op in _VARIABLES}
 
 
-def _producers(graph: Graph, ref: str) -> set[str]:
-    """Batch-statistic nodes (`Mean`, fused BN) whose value reaches `ref` unchanged."""
-    return {n.name for n in _walk_back(graph, ref, _PASS) if n.op == "Mean" or n.op in _FUSED}
+def _feeders(graph: Graph, ref: str) -> tuple[set[str], set[str]]:
+    """Variables, and batch-statistic nodes (`Mean`, fused BN), whose value reaches `ref`
+    through pass-through ops only: one walk for both."""
+    nodes = _walk_back(graph, ref, _PASS)
+    return ({n.name for n in nodes if n.op in _VARIABLES},
+            {n.name for n in nodes if n.op == "Mean" or n.op in _FUSED})
 
 
 def _walk_back(graph: Graph, ref: str, through: frozenset[str]) -> list[GraphNode]:
