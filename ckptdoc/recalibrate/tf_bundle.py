@@ -217,24 +217,16 @@ def _tf1(
         changes = []
         for p in plans:
             g = p.group
-            m = moments[g.name]
-            (mean_key, old_mean), (var_key, old_var) = (
-                _stored(ck, g, expected, r, m.mean.size) for r in ("moving_mean", "moving_variance")
-            )
-            if m.mean.size != old_mean.size or m.mean.size != old_var.size:
-                raise RecalibrationError(
-                    f"{g.name}: the graph's input has {m.mean.size} channels, the checkpoint "
-                    f"stores {old_mean.size}"
-                )
-            new_mean = m.mean.reshape(old_mean.shape).astype(old_mean.dtype)
-            new_var = m.variance.reshape(old_var.shape).astype(old_var.dtype)
-            for key, value in ((mean_key, new_mean), (var_key, new_var)):
-                (replacements if key in ck.tensors else additions)[key] = value
-            if mean_key not in ck.tensors or var_key not in ck.tensors:
+            stats = _new_stats(ck, g, expected, moments[g.name])
+            mean, var = stats["moving_mean"], stats["moving_variance"]
+            for s in (mean, var):
+                (replacements if s.key in ck.tensors else additions)[s.key] = s.new
+            if mean.key not in ck.tensors or var.key not in ck.tensors:
                 notes.append(f"{g.name}: moving statistics the checkpoint lacked were added "
-                             f"as {mean_key} and {var_key} (named as the graph names them)")
-            tf1.assign(gm, p, {"moving_mean": new_mean, "moving_variance": new_var})
-            changes.append(LayerChange.build(g.name, m.total, old_mean, new_mean, old_var, new_var))
+                             f"as {mean.key} and {var.key} (named as the graph names them)")
+            tf1.assign(gm, p, {role: s.new for role, s in stats.items()})
+            changes.append(LayerChange.build(g.name, moments[g.name].total, mean.old, mean.new,
+                                             var.old, var.new))
             if g.extras:
                 notes.append(f"{g.name}: {', '.join(sorted(g.extras))} left as they were")
         after = ev() if before is not None else None
@@ -285,14 +277,34 @@ def _stored(ck: Any, group: Any, expected: Mapping[str, Mapping[str, str]], role
     return name, np.full(channels, 0.0 if role == "moving_mean" else 1.0, np.float32)
 
 
+@dataclass(frozen=True)
+class _NewStat:
+    key: str
+    old: np.ndarray
+    new: np.ndarray
+
+
+def _new_stats(ck: Any, group: Any, expected: Mapping[str, Mapping[str, str]],
+               m: Any) -> dict[str, _NewStat]:
+    """Role -> (checkpoint key, stored value, measured value in the stored shape and dtype).
+    Refuses a layer whose graph input has another channel count than the checkpoint holds."""
+    out = {}
+    for role, measured in (("moving_mean", m.mean), ("moving_variance", m.variance)):
+        key, old = _stored(ck, group, expected, role, m.mean.size)
+        if measured.size != old.size:
+            raise RecalibrationError(
+                f"{group.name}: the graph's input has {measured.size} channels, the checkpoint "
+                f"stores {old.size}"
+            )
+        out[role] = _NewStat(key, old, measured.reshape(old.shape).astype(old.dtype))
+    return out
+
+
 def _assign_all(tf1: Any, gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
                 ck: Any, expected: Mapping[str, Mapping[str, str]]) -> None:
     for p in plans:
-        m = moments[p.group.name]
-        _, mean = _stored(ck, p.group, expected, "moving_mean", m.mean.size)
-        _, var = _stored(ck, p.group, expected, "moving_variance", m.mean.size)
-        tf1.assign(gm, p, {"moving_mean": m.mean.reshape(mean.shape).astype(mean.dtype),
-                           "moving_variance": m.variance.reshape(var.shape).astype(var.dtype)})
+        stats = _new_stats(ck, p.group, expected, moments[p.group.name])
+        tf1.assign(gm, p, {role: s.new for role, s in stats.items()})
 
 
 def _normalizes_with_moving_stats(gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
