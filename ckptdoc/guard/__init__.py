@@ -12,8 +12,9 @@ when first used (PEP 562).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ckptdoc._lazy import lazy_getattr
 from ckptdoc.guard.errors import BatchNormNotUpdatingError, UpdateOpsNotRunError
 
 if TYPE_CHECKING:
@@ -35,10 +36,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ckptdoc.guard' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())
