@@ -222,17 +222,16 @@ def selection_from(
     """Rules and tolerances as `ckptdoc audit` combines them: `select` replaces the
     configuration's select and ignore, `ignore` adds to its ignore, `tolerances` (field names
     of `Tolerances`) win over the file's. Unknown codes raise ValueError."""
-    codes = [c.strip().upper() for c in [*(select or ()), *ignore] if c.strip()]
-    bad = unknown_codes(codes)
+    selected = [c.strip().upper() for c in select or () if c.strip()]
+    ignored = [c.strip().upper() for c in ignore if c.strip()]
+    bad = unknown_codes(selected + ignored)
     if bad:
         raise ValueError(f"unknown rule code(s): {', '.join(bad)} (see `ckptdoc rule`)")
-    selected = frozenset(c.strip().upper() for c in select or () if c.strip())
-    ignored = frozenset(c.strip().upper() for c in ignore if c.strip())
     if select is not None:
-        final_select, final_ignore = selected, ignored
+        final_select, final_ignore = frozenset(selected), frozenset(ignored)
     else:
         final_select = frozenset(config.select or ())
-        final_ignore = frozenset(config.ignore) | ignored
+        final_ignore = frozenset(config.ignore) | frozenset(ignored)
     merged = {**dict(config.tolerances), **dict(tolerances or {})}
     return RuleSelection(final_select, final_ignore, dict(config.severity),
                          tolerances=Tolerances(**merged))

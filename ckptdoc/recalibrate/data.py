@@ -83,23 +83,25 @@ class DataSource:
         for b in self.factory(batch_size):
             yield b if isinstance(b, Batch) else to_batch(b)
 
+    def _spreads(self, budget: Budget) -> bool:
+        """Whether `budget` is taken from across the data: a sample budget smaller than data
+        that can be sampled."""
+        n = budget.samples
+        return (n is not None and budget.batches is None and self.spread is not None
+                and self.size is not None and self.size > n)
+
     def budgeted(self, batch_size: int, budget: Budget, consumed: Consumed) -> Iterator[Batch]:
         """Batches within `budget`: across the whole data when it is larger than the sample
         budget and can be sampled, else its first samples."""
-        n = budget.samples
-        if n is not None and self.size is not None and self.size > n and self.spread:
-            if budget.batches is None:
-                return limited(self.spread(batch_size, n), budget, consumed)
+        if self._spreads(budget) and self.spread is not None and budget.samples is not None:
+            return limited(self.spread(batch_size, budget.samples), budget, consumed)
         return limited(self.batches(batch_size), budget, consumed)
 
     def budget_note(self, budget: Budget) -> str | None:
         """Says how a sample budget smaller than the data was spent."""
-        n = budget.samples
-        if n is None or self.size is None or self.size <= n:
+        if not self._spreads(budget):
             return None
-        if self.spread is not None and budget.batches is None:
-            return f"{n} of the data's {self.size} samples, evenly spread across all of it"
-        return None
+        return f"{budget.samples} of the data's {self.size} samples, evenly spread across all of it"
 
 
 @dataclass
