@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ckptdoc.auditor import audit_file, evidence_groups
@@ -43,3 +44,20 @@ def test_real_tf1_graph_proves_the_updates_run() -> None:
         assert g.evidence.updates_run is True
         assert "`Adam` runs this layer's update ops" in g.evidence.updates_detail
         assert g.evidence.momentum == pytest.approx(0.99)
+
+
+@pytest.mark.tf
+def test_real_bn_members_are_what_tensorflow_reads() -> None:
+    # musicnn's TF 1.x checkpoint: every BN member the graph analysis found is a variable
+    # TensorFlow's own reader has, with the same values; and no BN-named variable is left out.
+    tf = pytest.importorskip("tensorflow")
+    folder = REAL / "musicnn-mtt-vgg"
+    reader = tf.compat.v1.train.NewCheckpointReader(str(folder) + "/")  # empty prefix
+    with open_checkpoint(folder) as ckpt:
+        groups = evidence_groups(ckpt)
+        found = {key for g in groups for key in g.members.values() if key}
+        for key in found:
+            np.testing.assert_array_equal(ckpt.read(key), reader.get_tensor(key))
+    named = {k for k in reader.get_variable_to_shape_map()
+             if k.rsplit("/", 1)[-1] in ("gamma", "beta", "moving_mean", "moving_variance")}
+    assert found == named and len(found) == 24
