@@ -40,6 +40,7 @@ __all__ = [
     "find_groups",
     "open_checkpoint",
     "recalibrate",
+    "recalibrate_file",
 ]
 
 # The API loads on first use (PEP 562): `ckptdoc --version`, `--help` or `rule`, and the CLI
@@ -72,8 +73,16 @@ def __dir__() -> list[str]:
 def recalibrate(model: Any, data: Any, **options: Any) -> Any:
     """Recompute the BN statistics of an in-memory Keras model from `data`; returns a report.
 
-    Imports TensorFlow on first call. See `ckptdoc.recalibrate.api.recalibrate` for options.
+    Imports Keras on first call. See `ckptdoc.recalibrate.api.recalibrate` for options.
     """
-    from ckptdoc.recalibrate.api import recalibrate as _recalibrate
+    from ckptdoc.recalibrate import api
 
-    return _recalibrate(model, data, **options)
+    return api.recalibrate(model, data, **options)
+
+
+def recalibrate_file(path: Any, data: Any, **options: Any) -> Any:
+    """Recalibrate a model file or TF checkpoint and write a checked copy, as the CLI does;
+    returns the outcome. See `ckptdoc.recalibrate.api.recalibrate_file`."""
+    from ckptdoc.recalibrate import api
+
+    return api.recalibrate_file(path, data, **options)

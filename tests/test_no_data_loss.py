@@ -1,10 +1,11 @@
 """No data lost: recalibrate's write path under SIGKILL, Ctrl-C and a full disk.
 
-The write under test is exactly what `ckptdoc recalibrate` does once the new statistics are
-known (recalibrate/cli.py): `atomic.atomic_path(dest)` or `atomic.in_place(model)` around
-`writer.write_patched` (copy the input, patch the BN datasets with h5py, rebuild the zip for
-`.keras`) and the audit of the temporary file. No TensorFlow is needed: the patches are made
-from the file itself (new mean = old + 1, new variance = old * 2).
+The write under test is the pipeline's own write step, `pipeline.commit`, with the audit check
+`ckptdoc recalibrate` uses, on the `Fix` each target hands it: `KerasFileFix` (copy the input,
+patch the BN datasets with h5py, rebuild the zip for `.keras`; `atomic.atomic_path` or
+`atomic.in_place`) and `BundleFix` (TF1 and TF2 checkpoints: a staged bundle renamed into a
+new prefix, `.index` last). No TensorFlow is needed: the new values are made from the file
+itself (new mean = old + 1, new variance = old * 2).
 
 Faults are injected at *points*: every call of the functions a write goes through (each
 16 KiB chunk copied, every h5py file opened or closed, every dataset written, os.open / fsync /
@@ -36,8 +37,9 @@ import pytest
 from ckptdoc import atomic
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.groups import find_groups
-from ckptdoc.recalibrate import writer
-from ckptdoc.recalibrate.cli import _audit
+from ckptdoc.recalibrate import pipeline, writer
+from ckptdoc.recalibrate.bundle_writer import BundleFix
+from ckptdoc.recalibrate.targets import Fix
 
 # A fault injected into ZipFile.close also fires when the garbage collector closes the
 # half-written archive; Python reports that as "exception ignored", which is expected here.
@@ -47,7 +49,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "legacy-h5-full": ROOT / "sample_ckpts" / "keras2_healthy.h5",
     "keras-zip": ROOT / "tests" / "data" / "keras" / "k3_seq.keras",
+    "tf1-bundle": ROOT / "sample_ckpts" / "tf1_healthy" / "model.ckpt",
+    "tf2-bundle": ROOT / "sample_ckpts" / "tf2_healthy" / "ckpt-1",
 }
+BUNDLES = ("tf1-bundle", "tf2-bundle")
 CHUNK = 16 << 10
 
 
@@ -59,10 +64,10 @@ def _values(path: Path) -> dict[str, np.ndarray]:
         return {k: ckpt.read(k) for k in ckpt.tensors}
 
 
-def _plan(src: Path) -> tuple[list[writer.Patch], dict[str, np.ndarray]]:
-    """Patches for every BN statistic, and every tensor's expected value after the write."""
+def _plan(src: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """New values for every BN statistic, and every tensor's expected value after the write."""
     expected = _values(src)
-    patches = []
+    new: dict[str, np.ndarray] = {}
     with open_checkpoint(src) as ckpt:
         groups = find_groups(ckpt)
     changes: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -73,25 +78,19 @@ def _plan(src: Path) -> tuple[list[writer.Patch], dict[str, np.ndarray]]:
         for role, change in changes.items():
             key = group.members.get(role)
             if key:
-                new = change(expected[key]).astype(expected[key].dtype)
-                patches.append(writer.Patch(key, new, expected[key]))
-                expected[key] = new
-    assert len(patches) >= 4
-    return patches, expected
+                new[key] = change(expected[key]).astype(expected[key].dtype)
+    assert len(new) >= 4
+    old = dict(expected)
+    expected.update(new)
+    return {k: old[k] for k in new}, expected
 
 
-def _write(src: Path, dest: Path, kind: str, in_place: bool, patches: list[writer.Patch]) -> None:
-    """The write section of `ckptdoc recalibrate`."""
-    ctx = atomic.in_place(src) if in_place else atomic.atomic_path(dest)
-    with ctx as tmp:
-        writer.write_patched(src, kind, patches, tmp)
-        summary = _audit(tmp)
-        if summary["errors"]:  # e.g. the fault hit the audit's own read: the CLI refuses
-            raise Refused("; ".join(summary["errors"]))
+def _write(case: Case, in_place: bool) -> None:
+    """The write step of `ckptdoc recalibrate`, on this case's fix."""
+    pipeline.commit(case.fix, case.dest, in_place, pipeline.AuditCheck(force=False))
 
 
-class Refused(Exception):
-    """recalibrate's `_Refused`: the new file failed its audit, nothing is written."""
+Refused = pipeline.Refused
 
 
 # --------------------------------------------------------------------------- fault points
@@ -161,25 +160,51 @@ def _sha(path: Path) -> str:
 
 
 class Case:
-    """One model copied into a fresh folder, with what a correct write must produce."""
+    """One model copied into a fresh folder, with what a correct write must produce.
+
+    A bundle case copies the checkpoint's folder; its output is a new prefix in a sibling
+    folder (bundles have no in-place write)."""
 
     def __init__(self, root: Path, kind: str) -> None:
         self.kind = kind
+        self.bundle = kind in BUNDLES
         self.dir = root / kind
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.original = MODELS[kind].read_bytes()
-        self.src = self.dir / MODELS[kind].name
-        name = MODELS[kind].name
-        stem, dot, ext = name.partition(".")
-        self.dest = self.dir / f"{stem}.recalibrated{dot}{ext}"
+        model = MODELS[kind]
+        self.original = (
+            {p.name: p.read_bytes() for p in model.parent.iterdir()}
+            if self.bundle else {model.name: model.read_bytes()}
+        )
+        self.src = self.dir / model.name
+        if self.bundle:
+            self.out_dir = root / f"{kind}.recalibrated"
+            self.dest = self.out_dir / model.name
+        else:
+            stem, dot, ext = model.name.partition(".")
+            self.out_dir = self.dir
+            self.dest = self.dir / f"{stem}.recalibrated{dot}{ext}"
         self.reset()
-        self.patches, self.expected = _plan(self.src)
-        self.old = _values(self.src)
+        old, self.expected = _plan(self.src)
+        new = {k: self.expected[k] for k in old}
+        self.fix: Fix = (
+            BundleFix(self.src, new) if self.bundle
+            else writer.KerasFileFix(self.src, kind, [
+                writer.Patch(k, v, old[k]) for k, v in new.items()
+            ])
+        )
 
     def reset(self) -> None:
-        for p in self.dir.iterdir():
-            p.unlink()
-        self.src.write_bytes(self.original)
+        for d in {self.dir, self.out_dir}:
+            if d.exists():
+                shutil.rmtree(d)
+        self.dir.mkdir()
+        for name, data in self.original.items():
+            (self.dir / name).write_bytes(data)
+
+    def _input_intact(self, where: str) -> None:
+        now = {p.name: p.read_bytes() for p in self.dir.iterdir() if p.is_file()
+               and not p.name.startswith(".ckptdoc-tmp-") and p.name in self.original}
+        assert now == self.original, f"{where}: input changed"
 
     def _valid_new(self, path: Path) -> None:
         got = _values(path)
@@ -187,38 +212,49 @@ class Case:
         for key, want in self.expected.items():
             assert np.array_equal(got[key], want), f"{path}: {key} is wrong"
 
+    def _landed(self) -> bool:
+        # A bundle exists for readers once its .index is in place (it is renamed last).
+        return Path(str(self.dest) + ".index").exists() if self.bundle else self.dest.exists()
+
     def check(self, in_place: bool, where: str) -> str:
         """Assert the no-data-loss contract; return "old" or "new" (what the user now has)."""
-        leftovers = sorted(p.name for p in self.dir.iterdir() if p.name.startswith(".ckptdoc-tmp-"))
         if not in_place:
-            assert self.src.read_bytes() == self.original, f"{where}: input changed"
+            self._input_intact(where)
             assert not atomic.backup_path(self.src).exists()
-            if not self.dest.exists():
+            if not self._landed():
                 return "old"
             self._valid_new(self.dest)
             return "new"
+        leftovers = sorted(p.name for p in self.dir.iterdir() if p.name.startswith(".ckptdoc-tmp-"))
         bak = atomic.backup_path(self.src)
+        original = self.original[self.src.name]
         if bak.exists():
-            assert bak.read_bytes() == self.original, f"{where}: backup is not the original"
-        if self.src.read_bytes() == self.original:
+            assert bak.read_bytes() == original, f"{where}: backup is not the original"
+        if self.src.read_bytes() == original:
             return "old"
         assert bak.exists(), f"{where}: input replaced without a backup ({leftovers})"
         self._valid_new(self.src)
         return "new"
 
     def no_leftovers(self) -> None:
-        assert not [p.name for p in self.dir.iterdir() if p.name.startswith(".ckptdoc-tmp-")]
+        for d in {self.dir, self.out_dir}:
+            if d.exists():
+                assert not [p.name for p in d.iterdir() if p.name.startswith(".ckptdoc-tmp-")]
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+# Every target's fix, to a new output and (files only: bundles get a new prefix) in place.
+WRITES = [
+    pytest.param(kind, in_place, id=f"{kind}-{'in-place' if in_place else 'output'}")
+    for kind in sorted(MODELS)
+    for in_place in (False, True)
+    if not (in_place and kind in BUNDLES)
+]
 
 
 def _count_points(case: Case, in_place: bool) -> int:
     faults = Faults(0, lambda _n: None)
     with installed(faults):
-        _write(case.src, case.dest, case.kind, in_place, case.patches)
+        _write(case, in_place)
     assert case.check(in_place, "clean run") == "new"
     case.no_leftovers()
     case.reset()
@@ -248,7 +284,7 @@ def _in_child(body: Callable[[], None]) -> int:
 # --------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.parametrize("in_place", [False, True], ids=["output", "in-place"])
+@pytest.mark.parametrize(("kind", "in_place"), WRITES)
 def test_sigkill_at_every_point(tmp_path: Path, kind: str, in_place: bool) -> None:
     case = Case(tmp_path, kind)
     total = _count_points(case, in_place)
@@ -257,7 +293,7 @@ def test_sigkill_at_every_point(tmp_path: Path, kind: str, in_place: bool) -> No
 
         def body(at: int = at) -> None:
             with installed(Faults(at, lambda _n: os.kill(os.getpid(), signal.SIGKILL))):
-                _write(case.src, case.dest, kind, in_place, case.patches)
+                _write(case, in_place)
 
         status = _in_child(body)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, (at, status)
@@ -277,7 +313,7 @@ def test_sigkill_at_every_point(tmp_path: Path, kind: str, in_place: bool) -> No
         ),
     ],
 )
-@pytest.mark.parametrize("in_place", [False, True], ids=["output", "in-place"])
+@pytest.mark.parametrize(("kind", "in_place"), WRITES)
 def test_interrupt_and_full_disk_at_every_point(
     tmp_path: Path, kind: str, in_place: bool, fault: Callable[[str], None]
 ) -> None:
@@ -286,7 +322,7 @@ def test_interrupt_and_full_disk_at_every_point(
     for at in range(1, total + 1):
         faults = Faults(at, fault)
         with installed(faults), contextlib.suppress(KeyboardInterrupt, OSError, Refused):
-            _write(case.src, case.dest, kind, in_place, case.patches)
+            _write(case, in_place)
         where = f"fault at point {at}/{total} ({faults.hit})"
         outcome = case.check(in_place, where)
         if faults.hit in ("posix.unlink", "os.unlink"):
@@ -299,21 +335,39 @@ def test_interrupt_and_full_disk_at_every_point(
 
 def test_in_place_failure_keeps_original_and_backup(tmp_path: Path) -> None:
     case = Case(tmp_path, "legacy-h5-full")
-    with pytest.raises(RuntimeError), atomic.in_place(case.src) as tmp:
-        writer.write_patched(case.src, case.kind, case.patches, tmp)
-        raise RuntimeError("the audit of the new file failed")
-    assert case.src.read_bytes() == case.original
-    assert atomic.backup_path(case.src).read_bytes() == case.original
+    original = case.original[case.src.name]
+
+    def failing_check(tmp: Path) -> None:
+        raise Refused("the audit of the new file failed")
+
+    with pytest.raises(Refused):
+        case.fix.write(case.dest, True, failing_check)
+    assert case.src.read_bytes() == original
+    assert atomic.backup_path(case.src).read_bytes() == original
     case.no_leftovers()
     # A failure noticed after the rename: the backup puts the original back.
-    _write(case.src, case.dest, case.kind, True, case.patches)
+    _write(case, True)
     assert case.check(True, "after in-place write") == "new"
     atomic.restore_backup(case.src)
-    assert case.src.read_bytes() == case.original
+    assert case.src.read_bytes() == original
+
+
+@pytest.mark.parametrize("kind", BUNDLES)
+def test_a_refused_bundle_leaves_no_output(tmp_path: Path, kind: str) -> None:
+    case = Case(tmp_path, kind)
+
+    def failing_check(staged: Path) -> None:
+        assert Path(str(staged) + ".index").exists()  # the check sees the complete copy
+        raise Refused("the audit of the new checkpoint failed")
+
+    with pytest.raises(Refused):
+        case.fix.write(case.dest, False, failing_check)
+    assert case.check(False, "refused") == "old"
+    assert not case.out_dir.exists()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
-@pytest.mark.parametrize("in_place", [False, True], ids=["output", "in-place"])
+@pytest.mark.parametrize(("kind", "in_place"), WRITES)
 def test_signal_at_random_times(tmp_path: Path, kind: str, in_place: bool, sig: int) -> None:
     """Real signals at random moments of a slowed-down write (also inside libhdf5 calls)."""
     case = Case(tmp_path, kind)
@@ -321,7 +375,7 @@ def test_signal_at_random_times(tmp_path: Path, kind: str, in_place: bool, sig: 
 
     def body() -> None:
         with installed(Faults(0, lambda _n: None), delay=delay):
-            _write(case.src, case.dest, kind, in_place, case.patches)
+            _write(case, in_place)
 
     started = time.perf_counter()
     assert os.WEXITSTATUS(_in_child(body)) == 0

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.cli import default_output, parse_image_size
+from ckptdoc.recalibrate.cli import parse_image_size
 from ckptdoc.recalibrate.data import Budget, Consumed, from_path, limited, to_batch
+from ckptdoc.recalibrate.targets.keras_file import default_output
 
 
 def _all(source, batch_size, budget=None):  # type: ignore[no-untyped-def]

@@ -27,7 +27,8 @@ from ckptdoc.auditor import audit_file  # noqa: E402
 from ckptdoc.formats import open_checkpoint  # noqa: E402
 from ckptdoc.groups import find_groups  # noqa: E402
 from ckptdoc.recalibrate import RecalibrationError  # noqa: E402
-from ckptdoc.recalibrate.tf_bundle import recalibrate_bundle, write_bundle  # noqa: E402
+from ckptdoc.recalibrate.options import Options  # noqa: E402
+from ckptdoc.recalibrate.targets import Measured, open_target  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data" / "tf1_recal"
@@ -38,6 +39,11 @@ import models  # noqa: E402
 
 v1 = tf.compat.v1
 
+
+
+def recalibrate_bundle(path: Path, data: Any, **options: Any) -> Measured:
+    """What the pipeline measures for a TF1 checkpoint, nothing written."""
+    return open_target(path).measure(Options(data=data, **options), None)
 
 def _hashes(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
@@ -185,19 +191,19 @@ def test_hand_made_moments_graph_meta_and_model_agree(npz: Any) -> None:
         model_spec=f"{MODELS}:moments_graph",
         samples=None,
     )
-    assert set(r_meta.replacements) == {
+    assert set(r_meta.fix.replacements) == {
         f"{s}/bn/{r}" for s in ("conv1", "fc") for r in ("moving_mean", "moving_variance")
     }
-    for key, value in r_meta.replacements.items():
-        np.testing.assert_array_equal(value, r_model.replacements[key])
+    for key, value in r_meta.fix.replacements.items():
+        np.testing.assert_array_equal(value, r_model.fix.replacements[key])
     with np.load(npz["calib"]) as z:
         x = z["x"]
     kernel = tf.train.load_checkpoint(str(DATA / "moments" / "model.ckpt")).get_tensor(
         "conv1/weights"
     )
     mean, var = _conv_stats(x, kernel)
-    np.testing.assert_allclose(r_meta.replacements["conv1/bn/moving_mean"], mean, rtol=1e-5)
-    np.testing.assert_allclose(r_meta.replacements["conv1/bn/moving_variance"], var, rtol=1e-5)
+    np.testing.assert_allclose(r_meta.fix.replacements["conv1/bn/moving_mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(r_meta.fix.replacements["conv1/bn/moving_variance"], var, rtol=1e-5)
     rep = r_meta.report
     assert rep.eval_before.accuracy < 0.5 < 0.9 < rep.eval_after.accuracy
     assert not rep.got_worse
@@ -206,15 +212,16 @@ def test_hand_made_moments_graph_meta_and_model_agree(npz: Any) -> None:
 def test_slim_style_no_gamma_keeps_optimizer_slots(npz: Any, tmp_path: Path) -> None:
     src = DATA / "slim"
     r = recalibrate_bundle(src, npz["slim"], samples=None)
-    assert set(r.replacements) == {"conv1/BatchNorm/moving_mean", "conv1/BatchNorm/moving_variance"}
+    new = r.fix.replacements
+    assert set(new) == {"conv1/BatchNorm/moving_mean", "conv1/BatchNorm/moving_variance"}
     with np.load(npz["slim"]) as z:
         x = z["x"]
     reader = tf.train.load_checkpoint(str(src / "model.ckpt"))
     mean, var = _conv_stats(x, reader.get_tensor("conv1/weights"))
-    np.testing.assert_allclose(r.replacements["conv1/BatchNorm/moving_mean"], mean, rtol=1e-5)
-    np.testing.assert_allclose(r.replacements["conv1/BatchNorm/moving_variance"], var, rtol=1e-5)
+    np.testing.assert_allclose(new["conv1/BatchNorm/moving_mean"], mean, rtol=1e-5)
+    np.testing.assert_allclose(new["conv1/BatchNorm/moving_variance"], var, rtol=1e-5)
     out = tmp_path / "out" / "model.ckpt"
-    write_bundle(r, out)
+    r.fix.write(out, False, lambda staged: None)
     after = tf.train.load_checkpoint(str(out))
     slots = [k for k in reader.get_variable_to_shape_map() if k.endswith("/Momentum")]
     assert slots and "conv1/BatchNorm/beta/Momentum" in slots
@@ -304,3 +311,43 @@ def test_trainable_only_saver_gets_its_statistics_back(tmp_path: Path) -> None:
     g = tf.Graph()
     with g.as_default(), v1.Session(graph=g) as sess:
         v1.train.import_meta_graph(str(src / "model.ckpt.meta")).restore(sess, str(out))
+
+
+def test_one_policy_refuses_non_finite_statistics_for_graphs_too(
+    npz: dict[str, Path], tmp_path: Path
+) -> None:
+    # The policy (refuse NaN / Inf, even with --force) is the pipeline's, so TF checkpoints get
+    # it as Keras files do; before the one pipeline the TF1 path wrote NaN statistics.
+    with np.load(npz["calib"]) as z:
+        x, y = z["x"].copy(), z["y"]
+    x[5, 2, 2, 0] = np.inf
+    bad = tmp_path / "inf.npz"
+    np.savez(bad, x=x, y=y)
+    out = tmp_path / "fixed" / "model.ckpt"
+    res = _cli(str(SAMPLE), "--data", str(bad), "--feed", "x:0=x", "--set",
+               "is_training:0=true", "--output", str(out), "--force")
+    assert res.exit_code == 1, res.output
+    doc = json.loads(res.stdout)
+    assert not doc["written"] and "not finite" in doc["refused"]
+    assert not out.parent.exists()
+
+
+def test_python_api_runs_the_same_pipeline(npz: dict[str, Path], tmp_path: Path) -> None:
+    import ckptdoc
+
+    out = tmp_path / "api" / "model.ckpt"
+    outcome = ckptdoc.recalibrate_file(
+        SAMPLE, npz["calib"], output=out, feeds={"x:0": "x"}, sets={"is_training:0": "true"},
+        eval_data=npz["heldout"], samples=512,
+    )
+    assert outcome.written and outcome.output == out and outcome.refused is None
+    assert outcome.audit["errors"] == []
+    assert outcome.to_dict()["written"] and not audit_file(out).findings
+    cli = _cli(str(SAMPLE), "--data", str(npz["calib"]), "--eval-data", str(npz["heldout"]),
+               "--feed", "x:0=x", "--set", "is_training:0=true", "--samples", "512",
+               "--output", str(tmp_path / "cli" / "model.ckpt"))
+    api_stats = tf.train.load_checkpoint(str(out))
+    cli_stats = tf.train.load_checkpoint(str(tmp_path / "cli" / "model.ckpt"))
+    for key in ("batch_normalization/moving_mean", "batch_normalization/moving_variance"):
+        np.testing.assert_array_equal(api_stats.get_tensor(key), cli_stats.get_tensor(key))
+    assert cli.exit_code == 0

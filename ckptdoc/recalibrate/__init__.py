@@ -17,12 +17,19 @@ class RecalibrationError(Exception):
 
 def recalibrate(*args: Any, **kwargs: Any) -> Any:
     """See `ckptdoc.recalibrate.api.recalibrate`."""
-    from ckptdoc.recalibrate.api import recalibrate as _recalibrate
+    from ckptdoc.recalibrate import api
 
-    return _recalibrate(*args, **kwargs)
+    return api.recalibrate(*args, **kwargs)
 
 
-__all__ = ["RecalibrationError", "recalibrate"]
+def recalibrate_file(*args: Any, **kwargs: Any) -> Any:
+    """See `ckptdoc.recalibrate.api.recalibrate_file`."""
+    from ckptdoc.recalibrate import api
+
+    return api.recalibrate_file(*args, **kwargs)
+
+
+__all__ = ["RecalibrationError", "recalibrate", "recalibrate_file"]
 
 
 class _CallableModule(types.ModuleType):

@@ -1,208 +1,58 @@
-"""`recalibrate(model, data)`: the Python API on an in-memory Keras 3 model."""
+"""The Python API: `ckptdoc.recalibrate(model, data)` on an in-memory Keras 3 model, and
+`recalibrate_file(path, data)` on a file, which runs the same pipeline as the CLI."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource, from_object
-from ckptdoc.recalibrate.engine import (
-    MODES,
-    BNLayer,
-    Capture,
-    assign,
-    dependency_levels,
-    find_bn_layers,
-    run_pass,
-    snapshot,
-)
-from ckptdoc.recalibrate.evaluate import evaluate
-from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
-from ckptdoc.recalibrate.stats import Moments
-
-DEFAULT_BATCH_SIZE = 64
-DEFAULT_SAMPLES = 4096
-VARIANCE_CONVENTION = "population (biased) variance, as Keras 3 BatchNormalization reads it"
-
-
-def _check_backend() -> None:
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise RecalibrationError(
-            f"recalibration needs the TensorFlow Keras backend (KERAS_BACKEND is "
-            f"{keras.backend.backend()!r})"
-        )
+from ckptdoc.recalibrate.options import Options
+from ckptdoc.recalibrate.pipeline import Outcome
+from ckptdoc.recalibrate.report import RecalibrationReport
 
 
 def recalibrate(
     model: Any,
     data: Any,
     *,
-    mode: str = "precise",
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    samples: int | None = DEFAULT_SAMPLES,
-    batches: int | None = None,
-    eval_data: Any = None,
     progress: Callable[[int], None] | None = None,
-    x_key: str = "x",
-    y_key: str = "y",
+    **options: Any,
 ) -> RecalibrationReport:
     """Replace every BN layer's moving statistics with exact statistics over `data`.
 
     `data`: a `.npz` / `.npy` path or folder, an array, an `(x, y)` pair of arrays, a
     `tf.data.Dataset`, any re-iterable of batches (arrays, `(x, y)` tuples, dicts), or a
-    zero-argument function returning one. `samples` / `batches` cap how much is used (when both
-    are None, all of it). The model's BN variables are updated in place; on any error they are
+    zero-argument function returning one. Keyword options are `Options` fields: `mode`,
+    `batch_size`, `samples` / `batches` (both None: all of the data), `eval_data`, `x_key`,
+    `y_key`, `images`. The model's BN variables are updated in place; on any error they are
     put back as they were. With labels (in `data` or `eval_data`) the report carries inference
     loss / accuracy before and after; check `report.got_worse`.
     """
-    if mode not in MODES:
-        raise RecalibrationError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    if batch_size < 1:
-        raise RecalibrationError("batch size must be at least 1")
-    if samples is not None and samples < 1 or batches is not None and batches < 1:
-        raise RecalibrationError("--samples / --batches must be at least 1")
-    _check_backend()
-    started = time.perf_counter()
-    layers = find_bn_layers(model)
-    if not layers:
-        raise RecalibrationError("the model has no BatchNormalization layer: nothing to do")
-    source = from_object(data, batch_size=batch_size, x_key=x_key, y_key=y_key)
-    budget = Budget(samples=samples, batches=batches)
-    if samples is None and batches is None:
-        budget = Budget(samples=None, batches=None)
-    eval_source: DataSource | None = None
-    eval_label = ""
-    if eval_data is not None:
-        eval_source = from_object(eval_data, batch_size=batch_size, x_key=x_key, y_key=y_key)
-        eval_label = f"eval data {eval_source.description}"
-    notes: list[str] = list(source.notes)
-    if (spent := source.budget_note(budget)) is not None:
-        notes.append(spent)
+    from ckptdoc.recalibrate.keras_model import measure
 
-    def ev() -> EvalResult | None:
-        if eval_source is not None:
-            return evaluate(model, eval_source.batches(batch_size), eval_label)
-        return evaluate(
-            model,
-            source.budgeted(batch_size, budget, Consumed()),
-            "calibration data (its labels)",
-        )
-
-    old = [snapshot(bn) for bn in layers]
-    eval_before = ev() if eval_source is not None or _has_labels(source, batch_size) else None
-    if eval_data is not None and eval_before is None:
-        notes.append("--eval-data has no usable labels: no before/after comparison")
-    consumed = Consumed()
-    capture = Capture(layers)
-    try:
-        with capture.installed():
-            if mode == "precise":
-                result = run_pass(
-                    model,
-                    capture,
-                    source.budgeted(batch_size, budget, consumed),
-                    progress,
-                )
-                moments = result.moments
-                passes = 1
-                _apply(layers, moments, notes)
-            else:
-                moments, passes = _sequential(
-                    model, capture, layers, source, batch_size, budget, consumed, progress, notes
-                )
-        if consumed.samples == 0:
-            raise RecalibrationError(f"--data {source.description}: no samples")
-        eval_after = ev() if eval_before is not None else None
-    except BaseException:
-        for bn, values in zip(layers, old, strict=True):
-            assign(bn, values)
-        raise
-    changes = []
-    for i, bn in enumerate(layers):
-        new = snapshot(bn)
-        m = moments.get(i)
-        changes.append(
-            LayerChange.build(
-                bn.path,
-                m.total if m is not None else 0,
-                old[i]["moving_mean"],
-                new["moving_mean"],
-                old[i]["moving_variance"],
-                new["moving_variance"],
-            )
-        )
-    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
-        notes.append(
-            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
-        )
-    return RecalibrationReport(
-        mode=mode,
-        samples=consumed.samples,
-        batches=consumed.batches,
-        passes=passes,
-        budget_samples=budget.samples,
-        budget_batches=budget.batches,
-        data_exhausted=consumed.exhausted,
-        data=source.description,
-        variance_convention=VARIANCE_CONVENTION,
-        seconds=time.perf_counter() - started,
-        layers=tuple(changes),
-        eval_before=eval_before,
-        eval_after=eval_after,
-        notes=tuple(notes),
-    )
+    return measure(model, Options(data=data, **options), progress)
 
 
-def _has_labels(source: DataSource, batch_size: int) -> bool:
-    for b in source.batches(batch_size):
-        return b.y is not None
-    return False
+def recalibrate_file(
+    path: str | Path,
+    data: Any,
+    *,
+    output: str | Path | None = None,
+    in_place: bool = False,
+    progress: Callable[[int], None] | None = None,
+    **options: Any,
+) -> Outcome:
+    """Recalibrate a model file or TF checkpoint and write a checked copy, as
+    `ckptdoc recalibrate` does: `outcome.written`, `outcome.output`, `outcome.refused`.
 
+    Keyword options are `Options` fields (`model_spec`, `feeds`, `sets`, `force`, ...).
+    Errors in the input or the options raise `CheckpointError` / `RecalibrationError`.
+    """
+    from ckptdoc.recalibrate import pipeline
+    from ckptdoc.recalibrate.targets import open_target
 
-def _apply(
-    layers: list[BNLayer],
-    moments: dict[int, Moments],
-    notes: list[str],
-    only: list[int] | None = None,
-) -> None:
-    for i in range(len(layers)) if only is None else only:
-        bn = layers[i]
-        m = moments.get(i)
-        if m is None or m.total == 0:
-            notes.append(f"{bn.path} was never called on the data: its statistics are unchanged")
-            continue
-        assign(bn, bn.new_values(m))
-
-
-def _sequential(
-    model: Any,
-    capture: Capture,
-    layers: list[BNLayer],
-    source: DataSource,
-    batch_size: int,
-    budget: Budget,
-    consumed: Consumed,
-    progress: Callable[[int], None] | None,
-    notes: list[str],
-) -> tuple[dict[int, Moments], int]:
-    first: Batch | None = next(iter(source.budgeted(batch_size, budget, Consumed())), None)
-    if first is None:
-        raise RecalibrationError(f"--data {source.description}: no samples")
-    levels = dependency_levels(model, capture, first)
-    moments: dict[int, Moments] = {}
-    for k, level in enumerate(levels):
-        done = {i for lv in levels[:k] for i in lv}
-        for i in range(len(layers)):
-            capture.state[i] = "fixed" if i in done else ("batch" if i in level else "batch-quiet")
-        result = run_pass(
-            model, capture, source.budgeted(batch_size, budget, consumed), progress
-        )
-        for i in level:
-            if i in result.moments:
-                moments[i] = result.moments[i]
-        _apply(layers, moments, notes, only=level)
-    return moments, len(levels)
+    target = open_target(path)
+    return pipeline.run(target, Options(data=data, **options),
+                        None if output is None else Path(output), in_place=in_place,
+                        progress=progress)

@@ -20,7 +20,7 @@ import contextlib
 import os
 import shutil
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -352,3 +352,29 @@ def default_output(prefix: Path) -> Path:
     `checkpoint` state file stays untouched while the output gets one of its own."""
     parent = prefix.parent.resolve()
     return parent.with_name(parent.name + ".recalibrated") / prefix.name
+
+
+@dataclass(frozen=True)
+class BundleFix:
+    """New values for a checkpoint bundle's keys (and keys it lacked, BN001), ready to be
+    written into a copy of it: the one write path of every TF checkpoint target."""
+
+    prefix: Path
+    replacements: Mapping[str, np.ndarray]
+    additions: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+    def write(self, dest: Path, in_place: bool, check: Callable[[Path], None]) -> list[str]:
+        """Stage the patched bundle beside `dest`, run `check(staged_prefix)`, then move it
+        into place (see `staged_bundle`). Returns notes for the report."""
+        if in_place:
+            raise CheckpointError(self.prefix, IN_PLACE_REFUSAL)
+        with staged_bundle(self.prefix, dest) as staged:
+            write_patched_bundle(self.prefix, staged.prefix, self.replacements, self.additions)
+            check(staged.prefix)
+        return staged.notes
+
+
+IN_PLACE_REFUSAL = (
+    "--in-place is not supported for checkpoint bundles: the output is a new prefix (default: "
+    "a sibling folder `<dir>.recalibrated/`); use --output to choose it"
+)

@@ -1,6 +1,8 @@
 """`ckptdoc recalibrate MODEL --data DATA`: repair BN statistics and write a checked copy.
 
-Importing this module does not import TensorFlow; the command body does, lazily.
+The command parses its flags into one `Options`, picks the target for the input, checks the
+input and the output before any work, runs `pipeline.run`, prints the outcome and maps it to an
+exit code; nothing else. Importing this module does not import TensorFlow or Keras.
 Exit codes: 0 written (or nothing to write); 1 refused (results got worse, or the audit of the
 new file still finds errors) unless --force; 2 a user mistake (bad file, --data, --model).
 """
@@ -13,14 +15,14 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
 from rich.markup import escape
 
-from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, EXIT_USAGE, stderr, stdout, usage_error
+from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
-from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.report import WORSE_CAUSES
+from ckptdoc.recalibrate import RecalibrationError, pipeline
+from ckptdoc.recalibrate.options import Options
+from ckptdoc.recalibrate.pipeline import Outcome
 
 
 class Mode(str, Enum):
@@ -31,22 +33,6 @@ class Mode(str, Enum):
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
-
-
-def default_output(path: Path) -> Path:
-    """`m.keras` -> `m.recalibrated.keras`; `w.weights.h5` -> `w.recalibrated.weights.h5`."""
-    name = path.name
-    for ext in (".weights.h5", ".keras", ".hdf5", ".h5"):
-        if name.endswith(ext) and len(name) > len(ext):
-            return path.with_name(name[: -len(ext)] + ".recalibrated" + ext)
-    return path.with_name(name + ".recalibrated")
-
-
-def data_mod_options(size: str, scale: float | None, folder_labels: bool) -> Any:
-    """The image-folder options of the command line, as the data module takes them."""
-    from ckptdoc.recalibrate.data import ImageOptions
-
-    return ImageOptions(parse_image_size(size), scale, folder_labels)
 
 
 def parse_image_size(text: str) -> tuple[int, int]:
@@ -62,11 +48,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-class _Refused(Exception):
-    """The result failed a check; nothing is written."""
-
-
-def recalibrate(
+def command(
     model_path: Annotated[Path, typer.Argument(help="`.keras`, full-model `.h5`, weights file, "
                                                "or TF checkpoint (prefix, .index, folder).")],
     data: Annotated[
@@ -156,18 +138,64 @@ def recalibrate(
     input. Exit codes: **0** written; **1** refused (held-out results got worse, or the new
     file still fails the audit; `--force` writes anyway); **2** usage error.
     """
+    from ckptdoc.recalibrate.data import ImageOptions
+    from ckptdoc.recalibrate.targets import open_target
+
     if in_place and output is not None:
         raise usage_error("--in-place and --output are exclusive")
-    _preflight(model_path, output, in_place)
-    for module in imports or []:
-        _import_user_module(module)
     if samples is not None and batches is not None:
         raise usage_error("give --samples or --batches, not both")
-    if samples is None and batches is None:
-        samples = 4096
-    from ckptdoc.recalibrate.quiet import import_tensorflow_quietly
-    from ckptdoc.recalibrate.tf_bundle import is_bundle, run_cli
+    try:
+        options = Options(
+            data=data, eval_data=eval_data, mode=mode.value, batch_size=batch_size,
+            samples=4096 if samples is None and batches is None else samples, batches=batches,
+            x_key=x_key, y_key=y_key,
+            images=ImageOptions(parse_image_size(image_size), pixel_scale, folder_labels),
+            model_spec=model_spec, allow_unsafe_code=allow_unsafe_code,
+            feeds=parse_pairs(feed or [], "--feed"), sets=parse_pairs(set_ or [], "--set"),
+            predictions=predictions, force=force,
+        )
+        target = open_target(model_path)
+        dest = target.path if in_place else (output or target.default_output())
+        target.check_output(dest, in_place)
+    except (CheckpointError, RecalibrationError) as exc:
+        raise usage_error(str(exc)) from None
+    for module in imports or []:
+        _import_user_module(module)
+    _import_framework(target.kind)
+    try:
+        outcome = _with_progress(
+            progress, lambda cb: pipeline.run(target, options, dest, in_place=in_place,
+                                              progress=cb),
+            total=options.samples,
+        )
+    except (CheckpointError, RecalibrationError) as exc:
+        raise usage_error(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - the model / graph failed on the user's data
+        raise usage_error(_run_failure(exc)) from None
+    _print(outcome, as_json=output_format is OutputFormat.json)
+    raise typer.Exit(EXIT_FINDINGS if outcome.refused else EXIT_OK)
 
+
+def parse_pairs(items: list[str], option: str) -> dict[str, str]:
+    """`NAME=VALUE` strings -> dict; the split is at the last `=` (tensor names hold none)."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name or not value:
+            raise RecalibrationError(f"{option} {item!r}: expected PLACEHOLDER=VALUE")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _import_framework(kind: str) -> None:
+    """TensorFlow, imported without its start-up chatter, where the run needs it: every TF
+    checkpoint, and Keras files on the TensorFlow backend."""
+    from ckptdoc.recalibrate.quiet import import_tensorflow_quietly
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if kind == "keras-file" and os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
     try:
         import_tensorflow_quietly()
     except ImportError as exc:
@@ -175,39 +203,6 @@ def recalibrate(
             f"recalibration runs the model, so it needs TensorFlow ({exc}); "
             "install it with `pip install 'ckptdoc[recalibrate]'`"
         ) from None
-    if is_bundle(model_path):  # TF1 graph / TF2 object checkpoints: see tf_bundle.py
-        try:
-            code = run_cli(
-                model_path, output, data=data, model_spec=model_spec, feeds=feed or [],
-                sets=set_ or [], predictions=predictions, in_place=in_place, mode=mode.value,
-                batch_size=batch_size, samples=samples, batches=batches, eval_data=eval_data,
-                x_key=x_key, y_key=y_key, force=force,
-                as_json=output_format is OutputFormat.json, show_progress=progress,
-            )
-        except (CheckpointError, RecalibrationError) as exc:
-            raise usage_error(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the model / graph failed on the user's data
-            raise usage_error(_run_failure(exc)) from None
-        raise typer.Exit(code)
-    dest = model_path if in_place else (output or default_output(model_path))
-    if not in_place and dest.resolve() == model_path.resolve():
-        raise usage_error("--output is the input file; use --in-place to overwrite it")
-    try:
-        code = _run(
-            model_path, dest, data=data, model_spec=model_spec, in_place=in_place,
-            mode=mode.value, batch_size=batch_size, samples=samples, batches=batches,
-            eval_data=eval_data, x_key=x_key, y_key=y_key,
-            images=data_mod_options(image_size, pixel_scale, folder_labels),
-            allow_unsafe=allow_unsafe_code, force=force, as_json=output_format is OutputFormat.json,
-            show_progress=progress,
-        )
-    except (CheckpointError, RecalibrationError) as exc:
-        raise usage_error(str(exc)) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the model failed on the user's data
-        raise usage_error(_run_failure(exc)) from None
-    raise typer.Exit(code)
 
 
 def _run_failure(exc: BaseException) -> str:
@@ -219,38 +214,6 @@ def _run_failure(exc: BaseException) -> str:
                  lines[0] if lines else "")
     return (f"the model could not run on the data: {type(exc).__name__}: {first[:300]}. "
             "Check --data (shape, dtype, batching) against the model's inputs")
-
-
-def _preflight(model_path: Path, output: Path | None, in_place: bool) -> None:
-    """What can be checked before anything is loaded or measured, so a mistake costs a
-    second, not a full pass: the input passes the audit reader's own checks (regular files
-    only, zip and HDF5 hardening, size caps: nothing reaches Keras that the audit would
-    refuse), and the output can be written."""
-    from ckptdoc.formats import open_checkpoint
-
-    try:
-        with open_checkpoint(model_path) as ckpt:
-            bundle = ckpt.format in ("tf1-bundle", "tf2-object", "savedmodel")
-    except CheckpointError as exc:
-        raise usage_error(f"{exc} (checked before loading)") from None
-    if output is None or in_place or bundle:  # a bundle's output folder is created by the writer
-        return
-    if output.is_dir():
-        raise usage_error(f"--output {output} is a folder; name the file to write")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise usage_error(f"--output {output}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise usage_error(f"--output {output}: the folder {parent} is not writable")
-    name, src = output.name.lower(), model_path.name.lower()
-    for ext in (".weights.h5", ".keras"):
-        if src.endswith(ext) and not name.endswith(ext):
-            raise usage_error(f"--output {output}: the input is a {ext} file; the output must "
-                              f"end in {ext} too")
-    if src.endswith((".h5", ".hdf5")) and not src.endswith(".weights.h5") and not name.endswith(
-        (".h5", ".hdf5")
-    ):
-        raise usage_error(f"--output {output}: the input is HDF5; the output must end in .h5")
 
 
 def _import_user_module(module: str) -> None:
@@ -266,147 +229,31 @@ def _import_user_module(module: str) -> None:
         raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
 
 
-def _run(
-    model_path: Path, dest: Path, *, data: str, model_spec: str | None, in_place: bool, mode: str,
-    batch_size: int, samples: int | None, batches: int | None, eval_data: str | None,
-    x_key: str, y_key: str, images: Any, allow_unsafe: bool, force: bool,
-    as_json: bool, show_progress: bool,
-) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from ckptdoc import atomic
-    from ckptdoc.recalibrate import data as data_mod
-    from ckptdoc.recalibrate import model_io, writer
-    from ckptdoc.recalibrate.api import recalibrate as run_recalibration
-    from ckptdoc.recalibrate.engine import find_bn_layers, snapshot
+def _print(outcome: Outcome, *, as_json: bool) -> None:
+    """The report on stdout (text or JSON); a refusal or a --force warning on stderr."""
     from ckptdoc.recalibrate.report import render
 
-    source = data_mod.from_path(data, x_key=x_key, y_key=y_key, images=images)
-    eval_source = (
-        data_mod.from_path(eval_data, x_key=x_key, y_key=y_key, images=images)
-        if eval_data else None
-    )
-    with stderr.status("loading model"):
-        loaded = model_io.load(model_path, model_spec=model_spec, allow_unsafe=allow_unsafe)
-    layers = find_bn_layers(loaded.model)
-    old = [snapshot(bn) for bn in layers]
-    report = _with_progress(
-        show_progress,
-        lambda cb: run_recalibration(
-            loaded.model, source, mode=mode, batch_size=batch_size, samples=samples,
-            batches=batches, eval_data=eval_source, progress=cb,
-        ),
-        total=samples, passes_hint=mode,
-    )
-    result: dict[str, Any] = {"input": str(model_path), "output": None, "written": False,
-                              "refused": None, "audit": None, "report": report.to_dict()}
-    broken = _non_finite(layers)
-    if broken:  # never written, --force or not: NaN statistics make every output NaN
-        message = (
-            f"the new statistics of {', '.join(broken)} are not finite (NaN or Inf): the data "
-            "or the model's activations hold NaN / Inf values. Check the data (and any "
-            "preprocessing); nothing written"
-        )
-        result["refused"] = message
-        return _finish(result, report, as_json, render, message, EXIT_FINDINGS)
-    refusal: str | None = None
-    if report.got_worse:
-        refusal = (
-            "held-out results are WORSE after recalibration "
-            f"({_eval_line(report.eval_before)} before, {_eval_line(report.eval_after)} after). "
-            f"Possible causes: {WORSE_CAUSES}. Nothing written"
-            + ("" if not force else "; --force: writing anyway")
-        )
-    if refusal and not force:
-        result["refused"] = refusal
-        return _finish(result, report, as_json, render, refusal, EXIT_FINDINGS)
-    patches = writer.plan(model_path, loaded.kind, loaded.model, layers, old)
-    audit_summary: dict[str, Any] | None = None
-    try:
-        ctx = atomic.in_place(model_path) if in_place else atomic.atomic_path(dest)
-        with ctx as tmp:
-            writer.write_patched(model_path, loaded.kind, patches, tmp)
-            audit_summary = _audit(tmp)
-            errors = audit_summary.get("errors", [])
-            if errors and not force:
-                raise _Refused(
-                    "the audit of the recalibrated file still finds errors: "
-                    + "; ".join(errors) + ". Nothing written"
-                )
-    except _Refused as exc:
-        result["audit"] = audit_summary
-        result["refused"] = str(exc)
-        return _finish(result, report, as_json, render, str(exc), EXIT_FINDINGS)
-    result.update(output=str(dest), written=True, audit=audit_summary)
-    if refusal:
-        result["refused"] = None
-        result["warning"] = refusal
-    return _finish(result, report, as_json, render, refusal if force else None, EXIT_OK)
-
-
-def _non_finite(layers: list[Any]) -> list[str]:
-    from ckptdoc.recalibrate.engine import snapshot
-
-    return [
-        str(bn.path)
-        for bn in layers
-        if not all(np.all(np.isfinite(v)) for v in snapshot(bn).values())
-    ]
-
-
-def _eval_line(ev: Any) -> str:
-    if ev is None:
-        return "n/a"
-    if ev.accuracy is not None:
-        return f"accuracy {ev.accuracy:.4f}"
-    return f"{ev.loss_name} {ev.loss:.4g}"
-
-
-def _audit(path: Path) -> dict[str, Any]:
-    """Audit the new file with ckptdoc's own audit (never imports TensorFlow)."""
-    try:
-        from ckptdoc.auditor import audit_file
-    except ImportError:  # the audit is optional for recalibration to work
-        return {"available": False, "errors": []}
-    rep = audit_file(path)
-    if rep.error:
-        return {"available": True, "errors": [f"unreadable: {rep.error}"], "findings": []}
-    findings = [
-        {"rule": f.rule, "severity": getattr(f.severity, "value", str(f.severity)),
-         "group": f.group, "message": f.message}
-        for f in rep.findings
-    ]
-    errors = [f"{f['rule']} {f['group']}: {f['message']}" for f in findings
-              if f["severity"] == "error"]
-    return {"available": True, "errors": errors, "findings": findings}
-
-
-def _finish(
-    result: dict[str, Any], report: Any, as_json: bool, render: Any, message: str | None, code: int,
-) -> int:
     if as_json:
-        stdout.print_json(json.dumps(result, default=str))
+        stdout.print_json(json.dumps(outcome.to_dict(), default=str))
     else:
-        render(report, stdout)
-        audit = result.get("audit")
+        render(outcome.report, stdout)
+        audit = outcome.audit
         if audit and audit.get("available"):
-            n = len(audit.get("findings", []))
-            stdout.print(
-                f"Audit of the new file: {n} finding(s), {len(audit['errors'])} error(s).",
-                markup=False,
-            )
-            for f in audit.get("findings", []):
-                stdout.print(
-                    f"  {f['rule']} [{f['severity']}] {f['group']}: {f['message']}", markup=False
-                )
-        if result["written"]:
-            stdout.print(f"[green]Wrote[/green] {escape(str(result['output']))}")
+            findings = audit.get("findings", [])
+            stdout.print(f"Audit of the new file: {len(findings)} finding(s), "
+                         f"{len(audit['errors'])} error(s).", markup=False)
+            for f in findings:
+                stdout.print(f"  {f['rule']} [{f['severity']}] {f['group']}: {f['message']}",
+                             markup=False)
+        if outcome.output is not None:
+            stdout.print(f"[green]Wrote[/green] {escape(str(outcome.output))}")
+    message, label = (outcome.refused, "refused") if outcome.refused else (outcome.warning,
+                                                                            "warning")
     if message:
-        stderr.print(f"[bold red]{'refused' if code else 'warning'}:[/bold red] {escape(message)}",
-                     soft_wrap=True)
-    return code
+        stderr.print(f"[bold red]{label}:[/bold red] {escape(message)}", soft_wrap=True)
 
 
-def _with_progress(enabled: bool, run: Any, *, total: int | None, passes_hint: str) -> Any:
+def _with_progress(enabled: bool, run: Any, *, total: int | None) -> Any:
     if not enabled:
         return run(None)
     from rich.progress import (
@@ -437,7 +284,7 @@ def _with_progress(enabled: bool, run: Any, *, total: int | None, passes_hint: s
 
 def register(app: typer.Typer) -> None:
     """Add the `recalibrate` command to the main app."""
-    app.command(name="recalibrate")(recalibrate)
+    app.command(name="recalibrate")(command)
 
 
-__all__ = ["register", "recalibrate", "default_output", "EXIT_USAGE"]
+__all__ = ["command", "parse_image_size", "parse_pairs", "register"]

@@ -535,12 +535,15 @@ def _is_tf_dataset(obj: Any) -> bool:
     return mod.startswith("tensorflow") and hasattr(obj, "element_spec")
 
 
-def from_object(data: Any, *, batch_size: int, x_key: str = "x", y_key: str = "y") -> DataSource:
+def from_object(
+    data: Any, *, batch_size: int, x_key: str = "x", y_key: str = "y",
+    images: ImageOptions | None = None,
+) -> DataSource:
     """Anything the Python API accepts as `data`."""
     if isinstance(data, DataSource):
         return data
     if isinstance(data, str | Path):
-        return from_path(str(data), x_key=x_key, y_key=y_key)
+        return from_path(str(data), x_key=x_key, y_key=y_key, images=images)
     if isinstance(data, np.ndarray):
         return from_arrays(data)
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(a, np.ndarray) for a in data):
@@ -576,3 +579,40 @@ class _Replay:
         for item in self._it:
             self._seen.append(item)
             yield item
+
+
+def _npz_files(spec: str) -> list[Path]:
+    p = Path(spec)
+    if p.is_file() and p.suffix == ".npz":
+        return [p]
+    if p.is_dir():
+        return sorted(f for f in p.iterdir() if f.is_file() and f.suffix == ".npz")
+    return []
+
+
+def from_feeds(
+    spec: Any, keys: set[str], *, batch_size: int, x_key: str = "x", y_key: str = "y",
+    images: ImageOptions | None = None,
+) -> DataSource:
+    """Data for several named inputs (a TF1 graph's placeholders): dict batches
+    `{key: array}` read from the `.npz` arrays of those names. One key (or data that is not
+    `.npz`) is `from_object` on that key."""
+    files = _npz_files(str(spec)) if isinstance(spec, str | Path) else []
+    if len(keys) <= 1 or not files:
+        key = next(iter(keys)) if keys else x_key
+        return from_object(spec, batch_size=batch_size, x_key=key, y_key=y_key, images=images)
+    for f in files:
+        missing = keys - set(_npz_keys(f))
+        if missing:
+            raise RecalibrationError(f"{f}: no array {', '.join(sorted(missing))} for --feed")
+
+    def factory(bs: int) -> Iterator[Batch]:
+        for f in files:
+            arrays = {k: _npz_member(f, k) for k in keys}
+            y = _npz_member(f, y_key) if y_key in _npz_keys(f) else None
+            n = len(next(iter(arrays.values())))
+            for i in range(0, n, bs):
+                x = {k: np.ascontiguousarray(a[i : i + bs]) for k, a in arrays.items()}
+                yield Batch(x, None if y is None else np.asarray(y[i : i + bs]))
+
+    return DataSource(f"{spec} ({', '.join(sorted(keys))})", factory)

@@ -2,7 +2,7 @@
 
 `--model module:function` builds the Keras model; it is restored from the checkpoint under the
 name the checkpoint's root object gave it (`model`, `net`, ...: read from the object graph),
-recalibrated by the Keras engine (`ckptdoc.recalibrate.api`), and the new statistics are
+recalibrated by the Keras engine (`keras_model.measure`), and the new statistics are
 written back under the checkpoint's own keys. Which key holds which variable is asked of
 TensorFlow itself: the statistic variables are set to unique sentinel values, a scratch
 checkpoint is written with the same root name, and each sentinel is looked up in it. Each key

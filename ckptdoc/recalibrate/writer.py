@@ -21,13 +21,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ckptdoc import atomic
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.engine import BNLayer
@@ -241,3 +242,23 @@ def write_patched(original: Path, kind: str, patches: list[Patch], out: Path) ->
                             zout.open(info, "w", force_zip64=info.file_size > 2**31) as dst,
                         ):
                             shutil.copyfileobj(src, dst, 1 << 20)
+
+
+@dataclass(frozen=True)
+class KerasFileFix:
+    """The new statistics of a Keras file, ready to be written into a copy of it: the one
+    write path of every Keras target (and of the fault-injection tests)."""
+
+    original: Path
+    kind: str
+    patches: list[Patch]
+
+    def write(self, dest: Path, in_place: bool, check: Callable[[Path], None]) -> list[str]:
+        """Write the patched copy to a temporary file beside `dest` (or beside the input, for
+        `in_place`, keeping `<input>.bak`); `check(tmp)` runs on it before it is moved into
+        place, and raising there leaves nothing behind."""
+        ctx = atomic.in_place(self.original) if in_place else atomic.atomic_path(dest)
+        with ctx as tmp:
+            write_patched(self.original, self.kind, self.patches, tmp)
+            check(tmp)
+        return []

@@ -1,0 +1,187 @@
+"""Measure a live Keras 3 model: the exact statistics of every BN layer's inputs over the
+data, put into the layers' moving statistics, with held-out loss / accuracy before and after.
+
+Used by every target that ends in a Keras model (Keras files, TF2 object checkpoints) and by
+the Python API on an in-memory model. Must not know: files, writing, the CLI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource
+from ckptdoc.recalibrate.engine import (
+    BNLayer,
+    Capture,
+    assign,
+    dependency_levels,
+    find_bn_layers,
+    run_pass,
+    snapshot,
+)
+from ckptdoc.recalibrate.evaluate import evaluate
+from ckptdoc.recalibrate.options import Options
+from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
+from ckptdoc.recalibrate.stats import Moments
+
+VARIANCE_CONVENTION = "population (biased) variance, as Keras 3 BatchNormalization reads it"
+
+
+def _check_backend() -> None:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise RecalibrationError(
+            f"recalibration needs the TensorFlow Keras backend (KERAS_BACKEND is "
+            f"{keras.backend.backend()!r})"
+        )
+
+
+def measure(
+    model: Any, options: Options, progress: Callable[[int], None] | None = None
+) -> RecalibrationReport:
+    """Replace every BN layer's moving statistics with exact statistics over `options.data`.
+
+    The model's BN variables are updated in place; on any error they are put back as they
+    were. With labels (in the data or `options.eval_data`) the report carries inference loss /
+    accuracy before and after; check `report.got_worse`.
+    """
+    _check_backend()
+    started = time.perf_counter()
+    layers = find_bn_layers(model)
+    if not layers:
+        raise RecalibrationError("the model has no BatchNormalization layer: nothing to do")
+    mode, batch_size, budget = options.mode, options.batch_size, options.budget
+    source = options.source()
+    eval_source = options.eval_source()
+    eval_label = "" if eval_source is None else f"eval data {eval_source.description}"
+    notes: list[str] = list(source.notes)
+    if (spent := source.budget_note(budget)) is not None:
+        notes.append(spent)
+
+    def ev() -> EvalResult | None:
+        if eval_source is not None:
+            return evaluate(model, eval_source.batches(batch_size), eval_label)
+        return evaluate(
+            model,
+            source.budgeted(batch_size, budget, Consumed()),
+            "calibration data (its labels)",
+        )
+
+    old = [snapshot(bn) for bn in layers]
+    eval_before = ev() if eval_source is not None or _has_labels(source, batch_size) else None
+    if eval_source is not None and eval_before is None:
+        notes.append("--eval-data has no usable labels: no before/after comparison")
+    consumed = Consumed()
+    capture = Capture(layers)
+    try:
+        with capture.installed():
+            if mode == "precise":
+                result = run_pass(
+                    model,
+                    capture,
+                    source.budgeted(batch_size, budget, consumed),
+                    progress,
+                )
+                moments = result.moments
+                passes = 1
+                _apply(layers, moments, notes)
+            else:
+                moments, passes = _sequential(
+                    model, capture, layers, source, batch_size, budget, consumed, progress, notes
+                )
+        if consumed.samples == 0:
+            raise RecalibrationError(f"--data {source.description}: no samples")
+        eval_after = ev() if eval_before is not None else None
+    except BaseException:
+        for bn, values in zip(layers, old, strict=True):
+            assign(bn, values)
+        raise
+    changes = []
+    for i, bn in enumerate(layers):
+        new = snapshot(bn)
+        m = moments.get(i)
+        changes.append(
+            LayerChange.build(
+                bn.path,
+                m.total if m is not None else 0,
+                old[i]["moving_mean"],
+                new["moving_mean"],
+                old[i]["moving_variance"],
+                new["moving_variance"],
+            )
+        )
+    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
+        notes.append(
+            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
+        )
+    return RecalibrationReport(
+        mode=mode,
+        samples=consumed.samples,
+        batches=consumed.batches,
+        passes=passes,
+        budget_samples=budget.samples,
+        budget_batches=budget.batches,
+        data_exhausted=consumed.exhausted,
+        data=source.description,
+        variance_convention=VARIANCE_CONVENTION,
+        seconds=time.perf_counter() - started,
+        layers=tuple(changes),
+        eval_before=eval_before,
+        eval_after=eval_after,
+        notes=tuple(notes),
+    )
+
+
+def _has_labels(source: DataSource, batch_size: int) -> bool:
+    for b in source.batches(batch_size):
+        return b.y is not None
+    return False
+
+
+def _apply(
+    layers: list[BNLayer],
+    moments: dict[int, Moments],
+    notes: list[str],
+    only: list[int] | None = None,
+) -> None:
+    for i in range(len(layers)) if only is None else only:
+        bn = layers[i]
+        m = moments.get(i)
+        if m is None or m.total == 0:
+            notes.append(f"{bn.path} was never called on the data: its statistics are unchanged")
+            continue
+        assign(bn, bn.new_values(m))
+
+
+def _sequential(
+    model: Any,
+    capture: Capture,
+    layers: list[BNLayer],
+    source: DataSource,
+    batch_size: int,
+    budget: Budget,
+    consumed: Consumed,
+    progress: Callable[[int], None] | None,
+    notes: list[str],
+) -> tuple[dict[int, Moments], int]:
+    first: Batch | None = next(iter(source.budgeted(batch_size, budget, Consumed())), None)
+    if first is None:
+        raise RecalibrationError(f"--data {source.description}: no samples")
+    levels = dependency_levels(model, capture, first)
+    moments: dict[int, Moments] = {}
+    for k, level in enumerate(levels):
+        done = {i for lv in levels[:k] for i in lv}
+        for i in range(len(layers)):
+            capture.state[i] = "fixed" if i in done else ("batch" if i in level else "batch-quiet")
+        result = run_pass(
+            model, capture, source.budgeted(batch_size, budget, consumed), progress
+        )
+        for i in level:
+            if i in result.moments:
+                moments[i] = result.moments[i]
+        _apply(layers, moments, notes, only=level)
+    return moments, len(levels)

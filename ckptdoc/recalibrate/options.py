@@ -1,0 +1,88 @@
+"""`Options`: everything one recalibration is asked to do, as one value.
+
+The CLI parses its flags into one, the Python API builds one from keyword arguments, and the
+targets and the pipeline read what they need from it; no option is threaded through
+signatures. Where the result is written (`--output`, `--in-place`) is not here: that belongs
+to the pipeline's write step.
+
+Must not know: Keras, TensorFlow, file formats, the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.data import Budget, DataSource, ImageOptions, from_feeds, from_object
+
+MODES = ("precise", "sequential")
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_SAMPLES = 4096
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to measure with and how; see `ckptdoc recalibrate --help` for each field."""
+
+    #: Calibration data: a `.npz` / `.npy` path or folder, an image folder, `module:function`,
+    #: an array, an `(x, y)` pair, a `tf.data.Dataset` or any iterable of batches.
+    data: Any
+    #: Labelled held-out data for the before / after check (default: the calibration labels).
+    eval_data: Any = None
+    mode: str = "precise"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    #: At most this many samples / batches (both None: all of the data).
+    samples: int | None = DEFAULT_SAMPLES
+    batches: int | None = None
+    x_key: str = "x"
+    y_key: str = "y"
+    images: ImageOptions = field(default_factory=ImageOptions)
+    #: `module:function` building the model (weights-only files, TF2 object checkpoints) or
+    #: the TF1 graph (checkpoints without a `.meta`).
+    model_spec: str | None = None
+    allow_unsafe_code: bool = False
+    #: TF1 graphs: placeholder -> data key, placeholder -> fixed value, the predictions tensor.
+    feeds: Mapping[str, str] = field(default_factory=dict)
+    sets: Mapping[str, str] = field(default_factory=dict)
+    predictions: str | None = None
+    #: Write even when the held-out check or the audit of the copy says no (never NaN stats).
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise RecalibrationError(
+                f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}"
+            )
+        if self.batch_size < 1:
+            raise RecalibrationError("batch size must be at least 1")
+        if self.samples is not None and self.samples < 2:
+            raise RecalibrationError("--samples must be at least 2 (a variance needs two)")
+        if self.batches is not None and self.batches < 1:
+            raise RecalibrationError("--batches must be at least 1")
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(samples=self.samples, batches=self.batches)
+
+    def source(self) -> DataSource:
+        return self._open(self.data)
+
+    def eval_source(self) -> DataSource | None:
+        return None if self.eval_data is None else self._open(self.eval_data)
+
+    def feed_source(self, keys: set[str], held_out: bool = False) -> DataSource | None:
+        """TF1 graphs: the data for placeholders fed from several `.npz` keys."""
+        spec = self.eval_data if held_out else self.data
+        if spec is None:
+            return None
+        return from_feeds(spec, keys, batch_size=self.batch_size, x_key=self.x_key,
+                          y_key=self.y_key, images=self.images)
+
+    def _open(self, spec: Any) -> DataSource:
+        return from_object(spec, batch_size=self.batch_size, x_key=self.x_key,
+                           y_key=self.y_key, images=self.images)
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_SAMPLES", "MODES", "Options"]

@@ -1,0 +1,142 @@
+"""The one recalibration policy, the same for every target:
+
+    measure -> refuse non-finite statistics -> compare on held-out data -> refuse, or write
+    atomically with the audit of the complete copy as the last check -> Outcome
+
+The CLI and the Python API both call `run`; the fault-injection tests drive `commit`, the
+write step it uses. Must not know: Keras, TensorFlow, file formats (the targets do), how an
+outcome is printed (`report.render_outcome`) or which exit code it maps to (the CLI).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ckptdoc.recalibrate.options import Options
+from ckptdoc.recalibrate.report import WORSE_CAUSES, EvalResult, RecalibrationReport
+from ckptdoc.recalibrate.targets.base import Fix, Progress, Target, non_finite
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened: written (maybe with a --force warning) or refused, and why."""
+
+    input: Path
+    report: RecalibrationReport
+    output: Path | None = None
+    #: Why nothing was written; None when the copy landed.
+    refused: str | None = None
+    #: A refusal that --force overrode.
+    warning: str | None = None
+    #: The audit of the new file: {"available", "errors", "findings"}.
+    audit: dict[str, Any] | None = None
+
+    @property
+    def written(self) -> bool:
+        return self.output is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "input": str(self.input),
+            "output": None if self.output is None else str(self.output),
+            "written": self.written,
+            "refused": self.refused,
+            "audit": self.audit,
+            "report": self.report.to_dict(),
+        }
+        if self.warning:
+            d["warning"] = self.warning
+        return d
+
+
+class Refused(Exception):
+    """The staged copy failed a check: nothing lands."""
+
+
+@dataclass
+class AuditCheck:
+    """The last check on the staged copy: ckptdoc's own audit (no TensorFlow). Audit errors
+    refuse the write unless `force`."""
+
+    force: bool
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, tmp: Path) -> None:
+        self.summary.update(audit_copy(tmp))
+        errors = self.summary.get("errors", [])
+        if errors and not self.force:
+            raise Refused("the audit of the recalibrated file still finds errors: "
+                          + "; ".join(errors) + ". Nothing written")
+
+
+def run(
+    target: Target,
+    options: Options,
+    dest: Path | None = None,
+    *,
+    in_place: bool = False,
+    progress: Progress | None = None,
+) -> Outcome:
+    """Recalibrate `target` and, unless a check refuses, write the fixed copy to `dest`
+    (default: `target.default_output()`) or over the input (`in_place`, keeping a backup)."""
+    dest = target.path if in_place else (dest or target.default_output())
+    target.check_output(dest, in_place)
+    measured = target.measure(options, progress)
+    report = measured.report
+    broken = non_finite(measured.new_values)
+    if broken:  # never written, --force or not: NaN statistics make every output NaN
+        return Outcome(target.path, report, refused=(
+            f"the new statistics of {', '.join(broken)} are not finite (NaN or Inf): the data "
+            "or the model's activations hold NaN / Inf values. Check the data (and any "
+            "preprocessing); nothing written"))
+    worse = _worse_message(report) if report.got_worse else None
+    if worse and not options.force:
+        return Outcome(target.path, report, refused=worse + ". Nothing written")
+    check = AuditCheck(options.force)
+    try:
+        notes = commit(measured.fix, dest, in_place, check)
+    except Refused as exc:
+        return Outcome(target.path, report, refused=str(exc), audit=check.summary)
+    if notes:
+        report = dataclasses.replace(report, notes=(*report.notes, *notes))
+    return Outcome(target.path, report, output=dest, audit=check.summary,
+                   warning=None if worse is None else worse + "; --force: written anyway")
+
+
+def commit(fix: Fix, dest: Path, in_place: bool, check: AuditCheck) -> list[str]:
+    """The write step of every target: atomic, `check` on the complete copy before it lands."""
+    return fix.write(dest, in_place, check)
+
+
+def _worse_message(report: RecalibrationReport) -> str:
+    return ("held-out results are WORSE after recalibration "
+            f"({eval_line(report.eval_before)} before, {eval_line(report.eval_after)} after). "
+            f"Possible causes: {WORSE_CAUSES}")
+
+
+def eval_line(ev: EvalResult | None) -> str:
+    if ev is None:
+        return "n/a"
+    if ev.accuracy is not None:
+        return f"accuracy {ev.accuracy:.4f}"
+    return f"{ev.loss_name} {ev.loss:.4g}"
+
+
+def audit_copy(path: Path) -> dict[str, Any]:
+    """Audit the new file with ckptdoc's own audit (never imports TensorFlow)."""
+    from ckptdoc.auditor import audit_file
+
+    rep = audit_file(path)
+    if rep.error:
+        return {"available": True, "errors": [f"unreadable: {rep.error}"], "findings": []}
+    findings = [
+        {"rule": f.rule, "severity": getattr(f.severity, "value", str(f.severity)),
+         "group": f.group, "message": f.message}
+        for f in rep.findings
+    ]
+    errors = [f"{f['rule']} {f['group']}: {f['message']}" for f in findings
+              if f["severity"] == "error"]
+    return {"available": True, "errors": errors, "findings": findings}

@@ -1,0 +1,265 @@
+"""TF1 name-based checkpoints (`tf.train.Saver`): the graph comes from the `.meta` beside the
+prefix, or from `--model module:function` that rebuilds it (see `tf1.py`, which knows graphs).
+
+The new statistics become new values for the checkpoint's keys; statistics a trainable-only
+Saver dropped (BN001) are added under the names the graph gives them. Inference graphs (BN
+layers reading their moving statistics during the pass) are measured layer after layer until
+the statistics settle.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.data import Consumed, DataSource
+from ckptdoc.recalibrate.options import Options
+from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
+from ckptdoc.recalibrate.targets.base import Measured, Progress
+from ckptdoc.recalibrate.targets.bundle import BundleOutput
+
+
+@dataclass(frozen=True)
+class TF1GraphCheckpoint(BundleOutput):
+    kind: str = "tf1-graph"
+
+    def measure(self, options: Options, progress: Progress | None) -> Measured:
+        from ckptdoc.auditor import evidence_groups
+        from ckptdoc.formats import open_checkpoint
+
+        if options.mode != "precise":
+            raise RecalibrationError("TF1 graph checkpoints support --mode precise only")
+        with open_checkpoint(self.path) as ck:
+            groups = evidence_groups(ck)
+            if not groups:
+                raise RecalibrationError(f"{self.path}: no batch-norm layer in the checkpoint")
+            return _measure(self.path, ck, groups, options, progress)
+
+
+def _measure(
+    prefix: Path, ck: Any, groups: Sequence[Any], options: Options, progress: Progress | None
+) -> Measured:
+    from ckptdoc.formats.resolve import bundle_file
+    from ckptdoc.recalibrate import tf1
+    from ckptdoc.recalibrate.bundle_writer import BundleFix
+
+    started = time.perf_counter()
+    batch_size, budget = options.batch_size, options.budget
+    meta = bundle_file(prefix, ".meta")
+    gm = tf1.open_graph(
+        prefix,
+        meta=meta if meta.is_file() and options.model_spec is None else None,
+        model_spec=options.model_spec,
+        feeds=options.feeds,
+        sets=options.sets,
+        predictions=options.predictions,
+    )
+    expected, inputs = _graph_names(ck)
+    try:
+        plans, problems = tf1.plan_layers(gm, groups, expected, inputs)
+        if problems:
+            raise RecalibrationError("cannot recalibrate: " + "; ".join(problems))
+        keys = set(gm.feeds)
+        source = options.feed_source(keys)
+        eval_source = options.feed_source(keys, held_out=True)
+        assert source is not None
+        notes = list(gm.notes) + list(source.notes)
+        if (spent := source.budget_note(budget)) is not None:
+            notes.append(spent)
+
+        def ev() -> EvalResult | None:
+            if eval_source is not None:
+                return tf1.evaluate(
+                    gm, eval_source.batches(batch_size), f"eval data {eval_source.description}"
+                )
+            return tf1.evaluate(
+                gm,
+                source.budgeted(batch_size, budget, Consumed()),
+                "calibration data (its labels)",
+            )
+
+        before = ev()
+        if gm.predictions is None:
+            notes.append(
+                "no predictions tensor found (give --predictions): no before/after evaluation"
+            )
+        consumed = Consumed()
+        moments = tf1.run_pass(
+            gm, plans, source.budgeted(batch_size, budget, consumed), progress
+        )
+        if consumed.samples == 0:
+            raise RecalibrationError(f"--data {source.description}: no samples")
+        moved = [p.group.name for p in plans if tf1.stats_moved(gm, p, ck)]
+        passes = 1
+        if len(plans) > 1 and _normalizes_with_moving_stats(gm, plans, moments, source,
+                                                             batch_size, ck, expected):
+            # Inference graph (or a training switch left False): every BN layer normalizes
+            # with its moving statistics during the pass, so a layer's input depends on the
+            # statistics upstream. One pass would measure it behind layers still holding the
+            # old (broken) values. Measure again with the new values in place until nothing
+            # changes: each pass settles at least one more layer, as sequential mode does.
+            for _ in range(len(plans)):
+                previous = moments
+                moments = tf1.run_pass(
+                    gm, plans, source.budgeted(batch_size, budget, Consumed()), None
+                )
+                if set(moments) != set(previous):
+                    raise RecalibrationError(
+                        f"--data {source.description} could be read only once, but BN layers "
+                        "in this graph normalize with their moving statistics, which takes "
+                        "several passes: give data that can be read again (a file, a folder, "
+                        "or a function that returns a new iterator)"
+                    )
+                passes += 1
+                _assign_all(tf1, gm, plans, moments, ck, expected)
+                if _settled(previous, moments):
+                    break
+            notes.append(
+                "BN layers normalize with their moving statistics in this graph (an inference "
+                "graph, or a training switch that stays False): statistics were measured layer "
+                f"after layer, with the new values in place, {passes} passes until they stopped "
+                "changing"
+            )
+        if moved:  # harmless (stats come from the inputs), but the user should know
+            notes.append(
+                f"the moving statistics of {', '.join(moved)} changed in the session during the "
+                "pass: update ops run as part of the fetched tensors (control dependencies)"
+            )
+        replacements: dict[str, np.ndarray] = {}
+        additions: dict[str, np.ndarray] = {}
+        changes = []
+        new_by_layer: dict[str, _Pair] = {}
+        for p in plans:
+            g = p.group
+            stats = _new_stats(ck, g, expected, moments[g.name])
+            mean, var = stats["moving_mean"], stats["moving_variance"]
+            for s in (mean, var):
+                (replacements if s.key in ck.tensors else additions)[s.key] = s.new
+            if mean.key not in ck.tensors or var.key not in ck.tensors:
+                notes.append(f"{g.name}: moving statistics the checkpoint lacked were added "
+                             f"as {mean.key} and {var.key} (named as the graph names them)")
+            tf1.assign(gm, p, {role: s.new for role, s in stats.items()})
+            new_by_layer[g.name] = _Pair(mean.new, var.new)
+            changes.append(LayerChange.build(g.name, moments[g.name].total, mean.old, mean.new,
+                                             var.old, var.new))
+            if g.extras:
+                notes.append(f"{g.name}: {', '.join(sorted(g.extras))} left as they were")
+        after = ev() if before is not None else None
+    finally:
+        gm.close()
+    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
+        notes.append(
+            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
+        )
+    report = RecalibrationReport(
+        mode="precise" if passes == 1 else "sequential",
+        samples=consumed.samples,
+        batches=consumed.batches,
+        passes=passes,
+        budget_samples=budget.samples,
+        budget_batches=budget.batches,
+        data_exhausted=consumed.exhausted,
+        data=source.description,
+        variance_convention=tf1.VARIANCE_CONVENTION,
+        seconds=time.perf_counter() - started,
+        layers=tuple(changes),
+        eval_before=before,
+        eval_after=after,
+        notes=tuple(notes),
+    )
+    new_values = {name: (c.mean, c.var) for name, c in new_by_layer.items()}
+    return Measured(report, BundleFix(prefix, replacements, additions), new_values)
+
+
+def _graph_names(ck: Any) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, ...]]]:
+    """From the graph beside the checkpoint (if any), per BN layer: role -> variable name,
+    and the tensors it normalizes."""
+    from ckptdoc.graph_bn import analyze
+
+    graph = ck.graph()
+    layers = analyze(graph).layers if graph else ()
+    return ({layer.name: dict(layer.members) for layer in layers},
+            {layer.name: layer.inputs for layer in layers})
+
+
+def _stored(ck: Any, group: Any, expected: Mapping[str, Mapping[str, str]], role: str,
+            channels: int) -> tuple[str, np.ndarray]:
+    """(key, stored value) of a moving statistic; a missing one (BN001) is named as the graph
+    names it and stands at its initial value (0 / 1), float32 as the graph creates it."""
+    key = group.key(role)
+    if key:
+        return str(key), ck.read(str(key))
+    name = expected[group.name][role]
+    return name, np.full(channels, 0.0 if role == "moving_mean" else 1.0, np.float32)
+
+
+@dataclass(frozen=True)
+class _NewStat:
+    key: str
+    old: np.ndarray
+    new: np.ndarray
+
+
+def _new_stats(ck: Any, group: Any, expected: Mapping[str, Mapping[str, str]],
+               m: Any) -> dict[str, _NewStat]:
+    """Role -> (checkpoint key, stored value, measured value in the stored shape and dtype).
+    Refuses a layer whose graph input has another channel count than the checkpoint holds."""
+    out = {}
+    for role, measured in (("moving_mean", m.mean), ("moving_variance", m.variance)):
+        key, old = _stored(ck, group, expected, role, m.mean.size)
+        if measured.size != old.size:
+            raise RecalibrationError(
+                f"{group.name}: the graph's input has {measured.size} channels, the checkpoint "
+                f"stores {old.size}"
+            )
+        out[role] = _NewStat(key, old, measured.reshape(old.shape).astype(old.dtype))
+    return out
+
+
+def _assign_all(tf1: Any, gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
+                ck: Any, expected: Mapping[str, Mapping[str, str]]) -> None:
+    for p in plans:
+        stats = _new_stats(ck, p.group, expected, moments[p.group.name])
+        tf1.assign(gm, p, {role: s.new for role, s in stats.items()})
+
+
+def _normalizes_with_moving_stats(gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
+                                  source: DataSource, batch_size: int, ck: Any,
+                                  expected: Mapping[str, Mapping[str, str]]) -> bool:
+    """Whether the BN layers of the pass read their moving statistics: one batch measured
+    before and after the new statistics are put in place. In training mode (batch statistics)
+    nothing downstream changes; in inference mode the layers after the first one do. The new
+    statistics stay in place either way (the after-evaluation uses them)."""
+    from ckptdoc.recalibrate import tf1
+
+    probe = list(islice(source.batches(batch_size), 1))
+    before = tf1.run_pass(gm, plans, probe, None)
+    _assign_all(tf1, gm, plans, moments, ck, expected)
+    after = tf1.run_pass(gm, plans, probe, None)
+    return not _settled(before, after)
+
+
+def _settled(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6) -> bool:
+    for name, m in a.items():
+        n = b[name]
+        scale = np.sqrt(np.maximum(m.variance, 1e-12))
+        if np.any(np.abs(m.mean - n.mean) > rtol * scale + 1e-12) or np.any(
+            np.abs(m.variance - n.variance) > rtol * np.maximum(m.variance, 1e-12)
+        ):
+            return False
+    return True
+
+
+
+
+@dataclass(frozen=True)
+class _Pair:
+    mean: np.ndarray
+    var: np.ndarray
