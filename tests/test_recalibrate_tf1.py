@@ -118,7 +118,7 @@ def test_update_ops_bug_fixed_to_training_mode_accuracy(fixed_sample: Any, npz: 
     doc = json.loads(res.stdout)
     assert doc["written"] and doc["audit"]["errors"] == []
     report = doc["report"]
-    assert any("is_training:0 is the training switch" in n for n in report["notes"])
+    assert any("is_training:0 (set true) is the training switch" in n for n in report["notes"])
     assert not any("update ops run" in n for n in report["notes"])  # UPDATE_OPS not fetched
     with np.load(npz["heldout"]) as z:
         xe, ye = z["x"], z["y"]
@@ -351,3 +351,26 @@ def test_python_api_runs_the_same_pipeline(npz: dict[str, Path], tmp_path: Path)
     for key in ("batch_normalization/moving_mean", "batch_normalization/moving_variance"):
         np.testing.assert_array_equal(api_stats.get_tensor(key), cli_stats.get_tensor(key))
     assert cli.exit_code == 0
+
+
+def test_a_blind_held_out_check_says_so(npz: dict[str, Path], tmp_path: Path) -> None:
+    # The switch is named `use_batch_stats` (no convention) and stays True: the pass measures
+    # the right statistics, but the before / after check runs BN with batch statistics too, so
+    # it cannot tell anything. Before, it reported "not worse" as if it had checked.
+    out = tmp_path / "blind" / "model.ckpt"
+    res = _cli(str(DATA / "moments" / "model.ckpt"), "--data", str(npz["calib"]), "--eval-data",
+               str(npz["heldout"]), "--model", f"{MODELS}:unrecognised_switch_graph",
+               "--predictions", "logits:0", "--samples", "512", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)["report"]
+    blind = [n for n in report["notes"] if "held-out check is blind" in n]
+    assert blind and "use_batch_stats:0" in blind[0]
+    assert report["eval_before"] == report["eval_after"]
+    # With the switch set, the check sees the statistics and no such note appears.
+    res = _cli(str(DATA / "moments" / "model.ckpt"), "--data", str(npz["calib"]), "--eval-data",
+               str(npz["heldout"]), "--model", f"{MODELS}:unrecognised_switch_graph",
+               "--predictions", "logits:0", "--set", "use_batch_stats:0=true", "--samples", "512",
+               "--output", str(tmp_path / "seen" / "model.ckpt"))
+    report = json.loads(res.stdout)["report"]
+    assert res.exit_code == 0 and not [n for n in report["notes"] if "blind" in n]
+    assert report["eval_after"]["accuracy"] > report["eval_before"]["accuracy"]

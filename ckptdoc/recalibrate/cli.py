@@ -120,7 +120,9 @@ def command(
     ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="TF1 graphs: PLACEHOLDER=VALUE fixes a "
-                                       "placeholder, e.g. is_training:0=true.")
+                                       "placeholder. A boolean set true is the training "
+                                       "switch (True for the pass, False for the held-out "
+                                       "check), e.g. is_training:0=true.")
     ] = None,
     imports: Annotated[
         list[str] | None,

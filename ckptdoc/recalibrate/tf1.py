@@ -283,6 +283,16 @@ def training_switches(graph: Any) -> list[Any]:
     return out
 
 
+def boolean_placeholders_hint(gm: GraphModel) -> str:
+    """`; boolean placeholders: a:0, b:0` (those not already set), for a message."""
+    import tensorflow as tf
+
+    names = [op.outputs[0].name for op in _placeholders(gm.graph)
+             if op.outputs[0].dtype == tf.bool and op.outputs[0] not in gm.sets
+             and op.outputs[0] not in gm.switches]
+    return f" (boolean placeholders: {', '.join(names)})" if names else ""
+
+
 def parse_value(text: str, dtype: Any) -> np.ndarray:
     """A `--set` value for a placeholder of `dtype`."""
     low = text.strip().lower()
@@ -436,8 +446,10 @@ def open_graph(
     for name, text in sets.items():
         ph = _tensor(graph, name, "--set")
         value = parse_value(text, ph.dtype)
-        if ph.dtype == tf.bool and bool(value) and ph in switches_found:
-            switches.append(ph)  # the user's training switch: True in the pass, False in eval
+        if ph.dtype == tf.bool and bool(value):
+            # A boolean set True is the training switch, whatever its name: True for the
+            # pass, False for the held-out check (else that check would see batch statistics).
+            switches.append(ph)
         else:
             set_tensors[ph] = value
     user_set = {_tensor(graph, n, "--set") for n in sets}
@@ -448,9 +460,11 @@ def open_graph(
                 f"{ph.name} looks like the training switch: fed True during calibration (BN "
                 "layers use batch statistics) and False for evaluation; override with --set"
             )
-        elif ph in switches:
+    for ph in switches:
+        if ph in user_set:
             notes.append(
-                f"{ph.name} is the training switch: True during calibration, False for evaluation"
+                f"{ph.name} (set true) is the training switch: True during calibration, False "
+                "for evaluation"
             )
     feed_tensors: dict[str, Any] = {}
     for name, key in feeds.items():

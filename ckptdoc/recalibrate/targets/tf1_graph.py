@@ -152,6 +152,8 @@ def _measure(
             if g.extras:
                 notes.append(f"{g.name}: {', '.join(sorted(g.extras))} left as they were")
         after = ev() if before is not None else None
+        if blind := _blind_check(before, after, changes):
+            notes.append(blind + tf1.boolean_placeholders_hint(gm))
     finally:
         gm.close()
     if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
@@ -263,3 +265,25 @@ def _settled(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6) -> 
 class _Pair:
     mean: np.ndarray
     var: np.ndarray
+
+
+# A statistic that moved this much changes an inference-mode prediction measurably.
+_MOVED = 1e-3
+
+
+def _blind_check(before: EvalResult | None, after: EvalResult | None,
+                 changes: Sequence[LayerChange]) -> str | None:
+    """Says so when the held-out check could not see the statistics: they moved, the
+    predictions did not change at all, so the evaluation ran BN in training mode (batch
+    statistics), through a switch ckptdoc did not recognise or a value that stays True."""
+    if before is None or after is None:
+        return None
+    if not any(max(c.mean_rel_change, c.var_rel_change) > _MOVED for c in changes):
+        return None
+    if before.loss != after.loss or before.accuracy != after.accuracy:
+        return None
+    return ("the held-out check is blind: the statistics moved but the predictions did not "
+            "change at all, so the graph evaluates BN with batch statistics (a training "
+            "switch ckptdoc did not recognise, or one that stays True). The statistics are "
+            "measured either way; name the switch with --set NAME=true (True for the pass, False "
+            "for the check)")

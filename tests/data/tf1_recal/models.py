@@ -32,14 +32,14 @@ def keras_net() -> Any:
     )
 
 
-def moments_graph() -> Any:
+def moments_graph(switch: str = "is_training", default: bool = False) -> Any:
     """Hand-made TF1 BN with tf.nn.moments, a tf.cond on `is_training` and moving averages in
     UPDATE_OPS; builds into the default graph and returns the logits."""
     import tensorflow as tf
 
     v1 = tf.compat.v1
     x = v1.placeholder(tf.float32, [None, 8, 8, 1], name="x")
-    is_training = v1.placeholder_with_default(False, [], name="is_training")
+    is_training = v1.placeholder_with_default(default, [], name=switch)
 
     def bn(h: Any, axes: list[int], scope: str) -> Any:
         c = h.shape[-1]
@@ -112,3 +112,9 @@ def slim_graph() -> Any:
         w = v1.get_variable("weights", [4, 4], initializer=init)
         b = v1.get_variable("biases", [4], initializer=v1.zeros_initializer())
         return tf.identity(tf.matmul(h, w) + b, name="logits")
+
+
+def unrecognised_switch_graph() -> Any:
+    """The moments graph whose switch has a name no convention knows, left True by default:
+    evaluation then runs BN with batch statistics too."""
+    return moments_graph(switch="use_batch_stats", default=True)
