@@ -532,7 +532,7 @@ def test_user_errors_exit_2_without_traceback(files, args, message) -> None:  # 
     ],
 )
 def test_in_graph_moments_equal_float64_numpy(shape, axis, loc) -> None:  # type: ignore[no-untyped-def]
-    from ckptdoc.recalibrate.engine import _compiled_core, _core
+    from ckptdoc.recalibrate.backends.tensorflow import compiled_core, core
     from ckptdoc.recalibrate.stats import Moments, channel_axes
 
     x = np.random.default_rng(0).normal(loc, 1.0, shape).astype(np.float32)
@@ -540,9 +540,9 @@ def test_in_graph_moments_equal_float64_numpy(shape, axis, loc) -> None:  # type
     kept, reduced = channel_axes(len(shape), axis)
     ref = Moments.from_batch(x, axis)
     spec = tf.TensorSpec([None, *shape[1:]], tf.float32)
-    for core in (_core, _compiled_core()):
+    for kernel in (core, compiled_core()):
         fn = tf.function(
-            lambda v, core=core: core(v, None, None, kept=kept, reduced=reduced, eps=1e-3),
+            lambda v, kernel=kernel: kernel(v, None, None, kept=kept, reduced=reduced, eps=1e-3),
             input_signature=[spec],
         )
         out, count, mean, m2 = (t.numpy() for t in fn(tf.constant(x)))

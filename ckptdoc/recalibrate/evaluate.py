@@ -88,8 +88,8 @@ def score(
 
 def evaluate(model: Any, batches: Iterable[Batch], source: str) -> EvalResult | None:
     """Inference-mode loss / accuracy over labelled batches; None when there are no labels."""
-    import tensorflow as tf
+    from ckptdoc.recalibrate import backends
 
-    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    fn = backends.current().inference(model)
     # Labels are checked before the model runs on a batch: an unlabelled set costs nothing.
     return score(((fn(b.x) if b.y is not None else None, b.y, b.size) for b in batches), source)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate import RecalibrationError, backends
 from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource
 from ckptdoc.recalibrate.engine import (
     BNLayer,
@@ -30,16 +30,6 @@ from ckptdoc.recalibrate.stats import Moments
 VARIANCE_CONVENTION = "population (biased) variance, as Keras 3 BatchNormalization reads it"
 
 
-def _check_backend() -> None:
-    import keras
-
-    if keras.backend.backend() != "tensorflow":
-        raise RecalibrationError(
-            f"recalibration needs the TensorFlow Keras backend (KERAS_BACKEND is "
-            f"{keras.backend.backend()!r})"
-        )
-
-
 def measure(
     model: Any, options: Options, progress: Callable[[int], None] | None = None
 ) -> RecalibrationReport:
@@ -49,7 +39,7 @@ def measure(
     were. With labels (in the data or `options.eval_data`) the report carries inference loss /
     accuracy before and after; check `report.got_worse`.
     """
-    _check_backend()
+    backend = backends.current()  # refuses an unsupported Keras backend before any work
     started = time.perf_counter()
     layers = find_bn_layers(model)
     if not layers:
@@ -76,7 +66,7 @@ def measure(
     if eval_source is not None and eval_before is None:
         notes.append("--eval-data has no usable labels: no before/after comparison")
     consumed = Consumed()
-    capture = Capture(layers)
+    capture = Capture(layers, backend)
     try:
         with capture.installed():
             if mode == "precise":
@@ -133,6 +123,7 @@ def measure(
         eval_before=eval_before,
         eval_after=eval_after,
         notes=tuple(notes),
+        backend=backend.name,
     )
 
 

@@ -91,6 +91,10 @@ class RecalibrationReport:
     eval_before: EvalResult | None = None
     eval_after: EvalResult | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: The Keras backend that ran the model ("tensorflow", "jax", "torch"; TF1 graphs:
+    #: "tensorflow") and over how many replicas (devices / workers) the data was split.
+    backend: str = "tensorflow"
+    replicas: int = 1
 
     @property
     def got_worse(self) -> bool:
@@ -157,8 +161,10 @@ def render(report: RecalibrationReport, console: Any) -> None:
     used = f"{report.samples} samples in {report.batches} batches"
     if report.data_exhausted:
         used += " (the whole dataset: it is shorter than the budget)"
+    devices = f" on {report.replicas} replicas" if report.replicas > 1 else ""
     console.print(
-        f"Data: {report.data}: {used}; {report.passes} pass(es), {report.seconds:.1f}s",
+        f"Data: {report.data}: {used}; {report.passes} pass(es), {report.seconds:.1f}s "
+        f"({report.backend}{devices})",
         markup=False,
     )
     console.print(f"Variance written as {report.variance_convention}.", markup=False)

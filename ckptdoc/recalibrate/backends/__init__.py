@@ -1,0 +1,53 @@
+"""One module per Keras 3 backend, each with the same four functions:
+
+- `batch_stats(layer, inputs, mask)`: the BN layer's training-mode output and the float64
+  (count, mean, M2) of its input, as that backend computes best;
+- `make_step(model_of, body, jit)`: the compiled forward pass (`tf.function`, a stateless
+  `jax.jit`, or eager PyTorch under `no_grad`);
+- `inference(model)`: the model in inference mode, for the held-out check;
+- `dependency_graph(...)`: which BN layers feed which, where the backend's graph shows it.
+
+`current()` picks the module for `keras.backend.backend()`. The engine knows only this
+interface; nothing here knows files, targets or the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ckptdoc.recalibrate import RecalibrationError
+
+SUPPORTED = ("tensorflow", "jax", "torch")
+
+
+class Backend(Protocol):
+    name: str
+
+    def batch_stats(self, layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]: ...
+
+    def make_step(self, model_of: Callable[[], Any], body: Callable[[Any, Any], Any],
+                  jit: bool) -> Any: ...
+
+    def inference(self, model: Any) -> Callable[[Any], Any]: ...
+
+    def dependency_graph(self, model: Any, body: Callable[[Any, Any], Any], sample: Any,
+                         calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None: ...
+
+
+def current() -> Backend:
+    """The backend module for the Keras backend in use."""
+    import keras
+
+    name = keras.backend.backend()
+    if name not in SUPPORTED:
+        raise RecalibrationError(
+            f"the Keras backend {name!r} is not supported for recalibration "
+            f"(supported: {', '.join(SUPPORTED)}; set KERAS_BACKEND)"
+        )
+    module: Backend = importlib.import_module(f"ckptdoc.recalibrate.backends.{name}")  # type: ignore[assignment]
+    return module
+
+
+__all__ = ["SUPPORTED", "Backend", "current"]
