@@ -196,8 +196,9 @@ def _import_framework(kind: str) -> None:
     from ckptdoc.recalibrate.quiet import import_tensorflow_quietly
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if kind == "keras-file" and os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if kind == "keras-file" and backend != "tensorflow":
+        return  # Keras and its backend load with the model (backends.current says what is missing)
     try:
         import_tensorflow_quietly()
     except ImportError as exc:

@@ -161,12 +161,13 @@ def load(
             "refusing. Pass --allow-unsafe-code only if you trust this file",
         )
     try:
-        model = keras.saving.load_model(
-            str(path),
-            compile=False,
-            safe_mode=not allow_unsafe,
-            custom_objects=_legacy_custom_objects() if kind == "legacy-h5-full" else None,
-        )
+        with synchronized_bn_as_plain():
+            model = keras.saving.load_model(
+                str(path),
+                compile=False,
+                safe_mode=not allow_unsafe,
+                custom_objects=_legacy_custom_objects() if kind == "legacy-h5-full" else None,
+            )
     except Exception as exc:
         hint = ""
         if "locate class" in str(exc) or "Unknown layer" in str(exc):
@@ -185,7 +186,34 @@ def _legacy_custom_objects() -> dict[str, Any]:
     class SyncBatchNormalization(keras.layers.BatchNormalization):  # type: ignore[misc]
         def __init__(self, **kwargs: Any) -> None:
             kwargs.pop("fused", None)
-            kwargs.setdefault("synchronized", True)
+            if keras.backend.backend() == "tensorflow":
+                kwargs.setdefault("synchronized", True)
             super().__init__(**kwargs)
 
     return {"SyncBatchNormalization": SyncBatchNormalization}
+
+
+@contextlib.contextmanager
+def synchronized_bn_as_plain() -> Iterator[None]:
+    """On the JAX and PyTorch backends, build `synchronized=True` BN layers (which Keras
+    refuses there) as plain BN while a model loads: recalibration measures the statistics
+    itself, over every replica, so the layer's own synchronization plays no part; the file is
+    patched, not re-saved, so its config keeps `synchronized=True`. Keras deserializes its own
+    classes by module path, past `custom_objects`, hence the scoped wrapper of `__init__`."""
+    import keras
+
+    cls = keras.layers.BatchNormalization
+    if keras.backend.backend() == "tensorflow":
+        yield
+        return
+    original = cls.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.pop("synchronized", None)
+        original(self, *args, **kwargs)
+
+    cls.__init__ = init
+    try:
+        yield
+    finally:
+        cls.__init__ = original

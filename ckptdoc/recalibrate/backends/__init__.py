@@ -38,8 +38,17 @@ class Backend(Protocol):
 
 def current() -> Backend:
     """The backend module for the Keras backend in use."""
-    import keras
+    import os
 
+    try:
+        import keras
+    except ImportError as exc:
+        wanted = os.environ.get("KERAS_BACKEND", "tensorflow")
+        extra = "recalibrate" if wanted == "tensorflow" else wanted
+        raise RecalibrationError(
+            f"recalibration runs the model with Keras on the {wanted!r} backend, which is not "
+            f"installed ({exc}); install it with `pip install 'ckptdoc[{extra}]'`"
+        ) from None
     name = keras.backend.backend()
     if name not in SUPPORTED:
         raise RecalibrationError(

@@ -51,9 +51,10 @@ class KerasFile:
                                   "in .h5")
 
     def measure(self, options: Options, progress: Progress | None) -> Measured:
-        from ckptdoc.recalibrate import keras_model, model_io, writer
+        from ckptdoc.recalibrate import backends, keras_model, model_io, writer
         from ckptdoc.recalibrate.engine import find_bn_layers, snapshot
 
+        backends.current()  # Keras and a supported backend, or a clear refusal, before loading
         loaded = model_io.load(self.path, model_spec=options.model_spec,
                                allow_unsafe=options.allow_unsafe_code)
         layers = find_bn_layers(loaded.model)

@@ -1,0 +1,164 @@
+"""The three Keras backends give the same statistics (issue: backend-neutral engine).
+
+TensorFlow runs in this process; JAX runs `ckptdoc recalibrate` in a subprocess with
+`KERAS_BACKEND=jax` and TensorFlow made unimportable, so the JAX path is also proven not to
+need it. PyTorch is not installed here (too large for CI); its backend shares the JAX
+backend's kernel and is not exercised by this suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+keras = pytest.importorskip("keras")
+
+import ckptdoc  # noqa: E402
+from ckptdoc.formats import open_checkpoint  # noqa: E402
+from ckptdoc.groups import find_groups  # noqa: E402
+
+pytestmark = pytest.mark.tf
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "sample_ckpts"
+CALIB = SAMPLES / "data" / "calib.npz"
+NO_TF = "import sys; sys.modules['tensorflow'] = None; from ckptdoc.cli import main; main()"
+
+
+def run_cli(backend: str, *args: str, devices: int = 1) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               JAX_PLATFORMS="cpu")
+    code = NO_TF if backend == "jax" else "from ckptdoc.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, "recalibrate", *args, "--no-progress", "--format", "json"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+    )
+
+
+def stats(path: Path) -> dict[str, np.ndarray]:
+    """Every BN statistic in the file, read by ckptdoc's own reader (no framework)."""
+    with open_checkpoint(path) as ck:
+        return {key: ck.read(key) for g in find_groups(ck)
+                for role, key in g.members.items() if role.startswith("moving")}
+
+
+def assert_same(a: Path, b: Path, rtol: float = 1e-6) -> None:
+    sa, sb = stats(a), stats(b)
+    assert sa and set(sa) == set(sb)
+    for key in sa:
+        np.testing.assert_allclose(sb[key], sa[key], rtol=rtol, atol=1e-7, err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A model with nested and synchronized BN, a BN on a non-last axis and one on a dense
+    layer, saved as .keras, and calibration data far from 0 / 1."""
+    d = tmp_path_factory.mktemp("nested")
+    L = keras.layers
+    block = keras.Sequential(
+        [keras.Input((12, 12, 3)), L.Conv2D(6, 3, padding="same"),
+         L.BatchNormalization(synchronized=True), L.ReLU()], name="block")
+    inner_in = keras.Input((12, 12, 6))
+    inner = keras.Model(inner_in, L.BatchNormalization(axis=1)(L.Conv2D(6, 3)(inner_in)),
+                        name="inner")
+    inp = keras.Input((12, 12, 3))
+    h = L.GlobalAveragePooling2D()(inner(block(inp)))
+    out = L.Dense(3)(L.BatchNormalization(momentum=0.9)(L.Dense(5)(h)))
+    model = keras.Model(inp, out)
+    path = d / "nested.keras"
+    model.save(path)
+    x = np.random.default_rng(0).normal(2.0, 3.0, (160, 12, 12, 3)).astype(np.float32)
+    data = d / "x.npz"
+    np.savez(data, x=x)
+    return path, data
+
+
+@pytest.mark.parametrize("mode", ["precise", "sequential"])
+def test_jax_equals_tensorflow_on_nested_and_synchronized_bn(
+    nested: tuple[Path, Path], tmp_path: Path, mode: str
+) -> None:
+    model, data = nested
+    tf_out, jax_out = tmp_path / "tf.keras", tmp_path / "jax.keras"
+    outcome = ckptdoc.recalibrate_file(model, str(data), output=tf_out, mode=mode,
+                                       batch_size=32)
+    assert outcome.written and outcome.report.backend == "tensorflow"
+    res = run_cli("jax", str(model), "--data", str(data), "--mode", mode, "--batch-size", "32",
+                  "--output", str(jax_out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert '"backend": "jax"' in res.stdout
+    assert len(stats(jax_out)) == 6  # 3 BN layers, found in the written file
+    assert_same(tf_out, jax_out)
+
+
+@pytest.mark.parametrize("sample", ["keras3_healthy.keras", "keras2_healthy.h5"])
+def test_jax_equals_tensorflow_on_the_shipped_samples(sample: str, tmp_path: Path) -> None:
+    tf_out, jax_out = tmp_path / f"tf-{sample}", tmp_path / f"jax-{sample}"
+    assert ckptdoc.recalibrate_file(SAMPLES / sample, str(CALIB), output=tf_out,
+                                    mode="sequential").written
+    res = run_cli("jax", str(SAMPLES / sample), "--data", str(CALIB), "--mode", "sequential",
+                  "--output", str(jax_out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same(tf_out, jax_out)
+
+
+def test_an_unsupported_backend_is_refused_in_one_line(tmp_path: Path) -> None:
+    res = run_cli("numpy", str(SAMPLES / "keras3_healthy.keras"), "--data", str(CALIB),
+                  "--output", str(tmp_path / "o.keras"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "'numpy' is not supported" in res.stderr and not (tmp_path / "o.keras").exists()
+
+
+KERNEL_CHECK = r"""
+import json, sys, types
+import numpy as np
+sys.modules["tensorflow"] = None
+from ckptdoc.recalibrate.backends import jax as backend, portable
+from ckptdoc.recalibrate.stats import Moments, channel_axes
+worst = 0.0
+for shape, axis, loc in json.loads(sys.argv[1]):
+    x = np.random.default_rng(0).normal(loc, 1.0, shape).astype(np.float32)
+    kept, reduced = channel_axes(len(shape), axis)
+    nothing = types.SimpleNamespace(variables=[])  # a "model" without variables
+    step = backend.make_step(lambda: nothing, lambda m, v: portable.moments(v, kept, reduced),
+                             False)
+    count, mean, m2 = (np.asarray(t) for t in step(x))
+    ref = Moments.from_batch(x, axis)
+    assert mean.dtype == np.float64 and m2.dtype == np.float64, (mean.dtype, m2.dtype)
+    assert np.array_equal(count, ref.count)
+    # The TensorFlow kernel's bounds (test_in_graph_moments_equal_float64_numpy), as ratios.
+    mean_err = np.abs(mean.reshape(ref.mean.shape) - ref.mean)
+    worst = max(worst, float(np.max(mean_err / (1e-6 * np.abs(ref.mean) + 1e-9 * (1 + abs(loc))))),
+                float(np.max(np.abs(m2 / count - ref.variance) / (1e-6 * ref.variance))))
+print(worst)
+"""
+
+
+def test_jax_kernel_is_float64_for_real() -> None:
+    # Under JAX a float64 cast silently gives float32 unless 64-bit types are on: the results
+    # would then be float32, and sums over many positions lose the bounds below.
+    import json
+
+    cases = [((16, 20, 30, 3), -1, 0.0), ((16, 20, 30, 3), -1, 1e3), ((8, 3, 40, 50), 1, 0.01), ((6, 5, 7, 4), [1, 3], -2.0),
+             ((64, 3), -1, 5.0)]
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", KERNEL_CHECK, json.dumps(cases)],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert float(res.stdout.strip().splitlines()[-1]) <= 1.0  # within every bound
+
+
+def test_a_missing_backend_names_the_extra_to_install(tmp_path: Path) -> None:
+    code = ("import sys; sys.modules['torch'] = None; from ckptdoc.cli import main; main()")
+    env = dict(os.environ, KERAS_BACKEND="torch")
+    res = subprocess.run(
+        [sys.executable, "-c", code, "recalibrate", str(SAMPLES / "keras3_healthy.keras"),
+         "--data", str(CALIB), "--output", str(tmp_path / "o.keras"), "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert "pip install 'ckptdoc[torch]'" in res.stderr
