@@ -144,8 +144,8 @@ def test_jax_kernel_is_float64_for_real() -> None:
     # would then be float32, and sums over many positions lose the bounds below.
     import json
 
-    cases = [((16, 20, 30, 3), -1, 0.0), ((16, 20, 30, 3), -1, 1e3), ((8, 3, 40, 50), 1, 0.01), ((6, 5, 7, 4), [1, 3], -2.0),
-             ((64, 3), -1, 5.0)]
+    cases = [((16, 20, 30, 3), -1, 0.0), ((16, 20, 30, 3), -1, 1e3), ((8, 3, 40, 50), 1, 0.01),
+             ((6, 5, 7, 4), [1, 3], -2.0), ((64, 3), -1, 5.0)]
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     res = subprocess.run([sys.executable, "-c", KERNEL_CHECK, json.dumps(cases)],
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
@@ -162,3 +162,57 @@ def test_a_missing_backend_names_the_extra_to_install(tmp_path: Path) -> None:
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert "pip install 'ckptdoc[torch]'" in res.stderr
+
+
+# --- data-parallel: 2 replicas equal 1 ---------------------------------------------------------
+
+TWO_TF_CPUS = (
+    "import tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
+    "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)"
+    "; from ckptdoc.cli import main; main()"
+)
+
+
+def run_two_tf_devices(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    return subprocess.run(
+        [sys.executable, "-c", TWO_TF_CPUS, "recalibrate", *args, "--no-progress", "--format",
+         "json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_two_replicas_equal_one_device(backend: str, nested: tuple[Path, Path],
+                                       tmp_path: Path) -> None:
+    import json
+
+    model, data = nested
+    one, two = tmp_path / "one.keras", tmp_path / "two.keras"
+    args = [str(model), "--data", str(data), "--mode", "sequential", "--batch-size", "32"]
+    assert ckptdoc.recalibrate_file(model, str(data), output=one, mode="sequential",
+                                    batch_size=32).written
+    res = (run_two_tf_devices(*args, "--devices", "2", "--output", str(two))
+           if backend == "tensorflow"
+           else run_cli("jax", *args, "--devices", "all", "--output", str(two), devices=2))
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads(res.stdout)["report"]
+    assert report["replicas"] == 2 and report["backend"] == backend
+    assert_same(one, two)
+
+
+def test_precise_mode_on_tensorflow_replicas_says_how_it_differs(
+    nested: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import json
+
+    model, data = nested
+    res = run_two_tf_devices(str(model), "--data", str(data), "--batch-size", "32", "--devices",
+                             "2", "--output", str(tmp_path / "two.keras"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    notes = json.loads(res.stdout)["report"]["notes"]
+    assert any("precise mode on 2 replicas" in n and "--mode sequential" in n for n in notes)
+
+
+def test_more_devices_than_there_are_is_refused(tmp_path: Path) -> None:
+    res = run_cli("jax", str(SAMPLES / "keras3_healthy.keras"), "--data", str(CALIB),
+                  "--devices", "3", "--output", str(tmp_path / "o.keras"), devices=2)
+    assert res.returncode == 2 and "only 2 JAX device(s)" in res.stderr, res.stderr[-2000:]

@@ -129,6 +129,12 @@ def command(
         typer.Option("--import", help="Import this module first (repeatable): the custom "
                      "layer classes it registers with Keras can then be loaded."),
     ] = None,
+    devices: Annotated[
+        str,
+        typer.Option("--devices", help="Split each batch over this many local devices, or "
+                     "`all` (data-parallel: tf.distribute on TensorFlow, keras.distribution "
+                     "on JAX); the statistics equal one device's."),
+    ] = "1",
     predictions: Annotated[
         str | None, typer.Option("--predictions", help="TF1 graphs: the logits / predictions "
                                  "tensor for the held-out check (default: the loss's input).")
@@ -155,7 +161,7 @@ def command(
             images=ImageOptions(parse_image_size(image_size), pixel_scale, folder_labels),
             model_spec=model_spec, allow_unsafe_code=allow_unsafe_code,
             feeds=parse_pairs(feed or [], "--feed"), sets=parse_pairs(set_ or [], "--set"),
-            predictions=predictions, force=force,
+            predictions=predictions, force=force, devices=parse_devices(devices),
         )
         target = open_target(model_path)
         dest = target.path if in_place else (output or target.default_output())
@@ -177,6 +183,16 @@ def command(
         raise usage_error(_run_failure(exc)) from None
     _print(outcome, as_json=output_format is OutputFormat.json)
     raise typer.Exit(EXIT_FINDINGS if outcome.refused else EXIT_OK)
+
+
+def parse_devices(text: str) -> int | None:
+    """`--devices 2` -> 2; `--devices all` -> None (every local device)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise RecalibrationError(f"--devices {text!r}: a number of devices, or all") from None
 
 
 def parse_pairs(items: list[str], option: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ statistics and compiles the step, this module knows neither.
 from __future__ import annotations
 
 import contextlib
+import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -105,9 +106,22 @@ class Capture:
     layers: list[BNLayer]
     backend: Backend = field(default_factory=backends.current)
     state: dict[int, str] = field(default_factory=dict)
-    recorded: dict[int, list[tuple[Any, Any, Any]]] = field(default_factory=dict)
-    calls: list[_Call] = field(default_factory=list)
     _saved: dict[int, tuple[bool, Any]] = field(default_factory=dict)
+    # What one trace records, per thread: tf.distribute runs each replica's trace in a thread
+    # of its own, and each must hand out its own statistics.
+    _trace: threading.local = field(default_factory=threading.local, repr=False)
+
+    @property
+    def recorded(self) -> dict[int, list[tuple[Any, Any, Any]]]:
+        if not hasattr(self._trace, "recorded"):
+            self.begin_trace()
+        return self._trace.recorded  # type: ignore[no-any-return]
+
+    @property
+    def calls(self) -> list[_Call]:
+        if not hasattr(self._trace, "calls"):
+            self.begin_trace()
+        return self._trace.calls  # type: ignore[no-any-return]
 
     def install(self) -> None:
         for i, bn in enumerate(self.layers):
@@ -135,8 +149,8 @@ class Capture:
             self.uninstall()
 
     def begin_trace(self) -> None:
-        self.recorded = {}
-        self.calls = []
+        self._trace.recorded = {}
+        self._trace.calls = []
 
     def _wrap(self, idx: int, bn: BNLayer, original: Callable[..., Any]) -> Callable[..., Any]:
         layer = bn.layer

@@ -108,6 +108,14 @@ def measure(
         notes.append(
             f"the data holds fewer samples than the budget: all {consumed.samples} were used"
         )
+    replicas = backend.replicas(model)
+    if replicas > 1 and mode == "precise" and backend.name == "tensorflow":
+        notes.append(
+            f"precise mode on {replicas} replicas: each BN layer normalized its replica's part "
+            f"of the batch ({batch_size} / {replicas} samples) with that part's statistics, as "
+            "in training with per-replica BN, so layers after the first saw slightly different "
+            "inputs than on one device; --mode sequential gives one device's statistics exactly"
+        )
     return RecalibrationReport(
         mode=mode,
         samples=consumed.samples,
@@ -124,6 +132,7 @@ def measure(
         eval_after=eval_after,
         notes=tuple(notes),
         backend=backend.name,
+        replicas=replicas,
     )
 
 

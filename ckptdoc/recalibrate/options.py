@@ -49,6 +49,9 @@ class Options:
     predictions: str | None = None
     #: Write even when the held-out check or the audit of the copy says no (never NaN stats).
     force: bool = False
+    #: Local devices to split each batch over (data-parallel through the backend's own
+    #: engine); None: all of them. The statistics are the same as on one device.
+    devices: int | None = 1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,6 +64,8 @@ class Options:
             raise RecalibrationError("--samples must be at least 2 (a variance needs two)")
         if self.batches is not None and self.batches < 1:
             raise RecalibrationError("--batches must be at least 1")
+        if self.devices is not None and self.devices < 1:
+            raise RecalibrationError("--devices must be at least 1 (or all)")
 
     @property
     def budget(self) -> Budget:

@@ -5,7 +5,9 @@
 - `make_step(model_of, body, jit)`: the compiled forward pass (`tf.function`, a stateless
   `jax.jit`, or eager PyTorch under `no_grad`);
 - `inference(model)`: the model in inference mode, for the held-out check;
-- `dependency_graph(...)`: which BN layers feed which, where the backend's graph shows it.
+- `dependency_graph(...)`: which BN layers feed which, where the backend's graph shows it;
+- `replicas(model)` / `distributed(devices)`: data parallelism through the backend's own
+  engine (`tf.distribute.MirroredStrategy`, `keras.distribution.DataParallel`).
 
 `current()` picks the module for `keras.backend.backend()`. The engine knows only this
 interface; nothing here knows files, targets or the CLI.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ckptdoc.recalibrate import RecalibrationError
@@ -34,6 +37,10 @@ class Backend(Protocol):
 
     def dependency_graph(self, model: Any, body: Callable[[Any, Any], Any], sample: Any,
                          calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None: ...
+
+    def replicas(self, model: Any) -> int: ...
+
+    def distributed(self, devices: int | None) -> AbstractContextManager[None]: ...
 
 
 def current() -> Backend:

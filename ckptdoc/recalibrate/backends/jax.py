@@ -1,5 +1,11 @@
 """The JAX backend: the pass is one `jax.jit`-compiled, stateless function.
 
+Data-parallel through Keras' own `keras.distribution` API: under a `DataParallel`
+distribution (set by the user, or by `distributed(n)` for `--devices`), each batch is sharded
+along its first axis over the mesh and XLA partitions the step (GSPMD). The statistics are
+sums over the batch axis, so each device sums its shard and the partial float64 sums are
+all-reduced: the result is one device's, up to the order of float64 additions.
+
 The model's variables go in as arguments (a `keras.StatelessScope`, as `stateless_call` does),
 so the compiled step is reused across passes even as sequential mode changes the moving
 statistics it reads, and nothing is baked in as a constant. The step runs with 64-bit types
@@ -9,9 +15,11 @@ their dtypes (Keras' variables and inputs are float32). JAX is imported inside f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.backends.portable import batch_stats
 
 name = "jax"
@@ -31,9 +39,62 @@ def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any], Any], jit:
     def run(x: Any) -> Any:
         model = model_of()
         with jax.enable_x64(True):
-            return compiled([v.value for v in model.variables], x)
+            return compiled([v.value for v in model.variables], _sharded(x))
 
     return run
+
+
+def _sharded(x: Any) -> Any:
+    """`x` split along its first axis over the distribution's devices; a batch that does not
+    divide evenly (the last one) stays whole, which XLA then runs replicated."""
+    import jax
+    import keras
+    import numpy as np
+
+    dist = keras.distribution.distribution()
+    n = replicas(None)
+    if dist is None or n == 1:
+        return x
+
+    def one(a: Any) -> Any:
+        a = np.asarray(a)
+        if a.ndim == 0 or a.shape[0] % n:
+            return a
+        return jax.device_put(a, dist.get_data_layout(a.shape).backend_layout)
+
+    return jax.tree_util.tree_map(one, x)
+
+
+def replicas(model: Any) -> int:
+    """Devices the batch axis is split over (1 without a data-parallel distribution)."""
+    import keras
+
+    dist = keras.distribution.distribution()
+    name = getattr(dist, "batch_dim_name", None)
+    if dist is None or name is None:
+        return 1
+    mesh = dist.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(name)])
+
+
+@contextlib.contextmanager
+def distributed(devices: int | None) -> Iterator[None]:
+    """A `keras.distribution.DataParallel` over `devices` local devices (None: all of them)
+    while the model loads and runs, as Keras' `fit` would use it."""
+    import keras
+
+    available = keras.distribution.list_devices()
+    wanted = len(available) if devices is None else devices
+    if wanted > len(available):
+        raise RecalibrationError(f"--devices {devices}: only {len(available)} JAX device(s) "
+                                 f"here ({', '.join(available)})")
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(
+        keras.distribution.DataParallel(devices=available[:wanted]))
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def inference(model: Any) -> Callable[[Any], Any]:
@@ -46,4 +107,5 @@ def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
     return None  # sequential mode falls back to one layer per pass, in call order
 
 
-__all__ = ["batch_stats", "dependency_graph", "inference", "make_step", "name"]
+__all__ = ["batch_stats", "dependency_graph", "distributed", "inference", "make_step", "name",
+           "replicas"]

@@ -6,9 +6,11 @@ layers run exactly as in `model.predict`. TensorFlow is imported inside function
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.stats import blocked_axes, channel_axes
 
 name = "tensorflow"
@@ -149,16 +151,87 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
 
 def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any], Any], jit: bool) -> Any:
     """The traced forward step: `body(model, x)` in a `tf.function`, with the same XLA choice
-    as `model.predict` (Keras enables it on accelerators, not on CPU)."""
+    as `model.predict` (Keras enables it on accelerators, not on CPU). Under a
+    `tf.distribute` strategy with several replicas, see `_replicated_step`."""
     import tensorflow as tf
 
     def step(x: Any) -> Any:
         return body(model_of(), x)
 
+    strategy = _strategy(model_of())
+    if strategy is not None:
+        return _replicated_step(strategy, step)
     try:
         return tf.function(step, reduce_retracing=not jit, jit_compile=jit)
     except TypeError:
         return tf.function(step, reduce_retracing=True)
+
+
+def _strategy(model: Any) -> Any | None:
+    """The model's `tf.distribute` strategy when it has more than one replica."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or strategy.num_replicas_in_sync < 2:
+        return None
+    return strategy
+
+
+def _replicated_step(strategy: Any, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """Each batch split along its first axis over the strategy's replicas (`strategy.run`, as
+    Keras' `fit` does); each replica records the count / mean / M2 of its shard, and all of
+    them are handed out, to be merged exactly in float64 (Chan), so the result is one
+    device's. A replica whose shard is empty records count 0, which merges as nothing."""
+    import numpy as np
+    import tensorflow as tf
+
+    n = strategy.num_replicas_in_sync
+    run = tf.function(lambda x: strategy.run(step, args=(x,)), reduce_retracing=True)
+
+    def split(x: Any) -> list[Any]:
+        if isinstance(x, dict):
+            parts = {k: split(v) for k, v in x.items()}
+            return [{k: p[i] for k, p in parts.items()} for i in range(n)]
+        if isinstance(x, list | tuple):
+            columns = [split(v) for v in x]
+            return [type(x)(c[i] for c in columns) for i in range(n)]
+        return np.array_split(np.asarray(x), n)
+
+    def call(x: Any) -> dict[str, list[tuple[Any, Any, Any]]]:
+        shards = split(x)
+        out = run(strategy.experimental_distribute_values_from_function(
+            lambda ctx: shards[ctx.replica_id_in_sync_group]))
+        merged: dict[str, list[tuple[Any, Any, Any]]] = {}
+        for key, calls in out.items():
+            for count, mean, m2 in calls:
+                merged.setdefault(key, []).extend(zip(
+                    strategy.experimental_local_results(count),
+                    strategy.experimental_local_results(mean),
+                    strategy.experimental_local_results(m2), strict=True))
+        return merged
+
+    return call
+
+
+def replicas(model: Any) -> int:
+    strategy = _strategy(model)
+    return 1 if strategy is None else int(strategy.num_replicas_in_sync)
+
+
+@contextlib.contextmanager
+def distributed(devices: int | None) -> Iterator[None]:
+    """A `tf.distribute.MirroredStrategy` over `devices` local devices (None: all; GPUs when
+    there are any, else the CPU's logical devices), entered while the model loads and runs,
+    as Keras' `fit` would use it."""
+    import tensorflow as tf
+
+    available = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    wanted = len(available) if devices is None else devices
+    if wanted > len(available):
+        raise RecalibrationError(
+            f"--devices {devices}: only {len(available)} TensorFlow device(s) here "
+            f"({', '.join(d.name for d in available)})")
+    strategy = tf.distribute.MirroredStrategy([d.name for d in available[:wanted]])
+    with strategy.scope():
+        yield
 
 
 def inference(model: Any) -> Callable[[Any], Any]:
@@ -198,5 +271,5 @@ def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
     return deps
 
 
-__all__ = ["batch_stats", "compiled_core", "core", "dependency_graph", "inference",
-           "make_step", "name"]
+__all__ = ["batch_stats", "compiled_core", "core", "dependency_graph", "distributed",
+           "inference", "make_step", "name", "replicas"]

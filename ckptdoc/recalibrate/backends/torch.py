@@ -4,9 +4,11 @@ natively. Not exercised by this project's CI (PyTorch is too large to install th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.backends.portable import batch_stats
 
 name = "torch"
@@ -31,4 +33,18 @@ def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
     return None
 
 
-__all__ = ["batch_stats", "dependency_graph", "inference", "make_step", "name"]
+def replicas(model: Any) -> int:
+    return 1
+
+
+@contextlib.contextmanager
+def distributed(devices: int | None) -> Iterator[None]:
+    """Keras 3 has no data-parallel distribution for PyTorch: one device only."""
+    if devices != 1:
+        raise RecalibrationError("--devices: the torch backend recalibrates on one device "
+                                 "(data-parallel runs need the tensorflow or jax backend)")
+    yield
+
+
+__all__ = ["batch_stats", "dependency_graph", "distributed", "inference", "make_step", "name",
+           "replicas"]

@@ -54,13 +54,16 @@ class KerasFile:
         from ckptdoc.recalibrate import backends, keras_model, model_io, writer
         from ckptdoc.recalibrate.engine import find_bn_layers, snapshot
 
-        backends.current()  # Keras and a supported backend, or a clear refusal, before loading
-        loaded = model_io.load(self.path, model_spec=options.model_spec,
-                               allow_unsafe=options.allow_unsafe_code)
-        layers = find_bn_layers(loaded.model)
-        old = [snapshot(bn) for bn in layers]
-        report = keras_model.measure(loaded.model, options, progress)
-        patches = writer.plan(self.path, loaded.kind, loaded.model, layers, old)
+        # Keras and a supported backend, or a clear refusal, before loading; the model loads
+        # under the backend's data-parallel engine when several devices are asked for.
+        backend = backends.current()
+        with backend.distributed(options.devices):
+            loaded = model_io.load(self.path, model_spec=options.model_spec,
+                                   allow_unsafe=options.allow_unsafe_code)
+            layers = find_bn_layers(loaded.model)
+            old = [snapshot(bn) for bn in layers]
+            report = keras_model.measure(loaded.model, options, progress)
+            patches = writer.plan(self.path, loaded.kind, loaded.model, layers, old)
         return Measured(
             report,
             writer.KerasFileFix(self.path, loaded.kind, patches),

@@ -36,6 +36,9 @@ class TF1GraphCheckpoint(BundleOutput):
 
         if options.mode != "precise":
             raise RecalibrationError("TF1 graph checkpoints support --mode precise only")
+        if options.devices != 1:
+            raise RecalibrationError("--devices applies to Keras models; a TF1 graph runs in "
+                                     "one session on one device")
         with open_checkpoint(self.path) as ck:
             groups = evidence_groups(ck)
             if not groups:

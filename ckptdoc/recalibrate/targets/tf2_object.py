@@ -22,7 +22,7 @@ class TF2ObjectCheckpoint(BundleOutput):
 
     def measure(self, options: Options, progress: Progress | None) -> Measured:
         from ckptdoc.formats import open_checkpoint
-        from ckptdoc.recalibrate import keras_model
+        from ckptdoc.recalibrate import backends, keras_model
         from ckptdoc.recalibrate import tf2_checkpoint as t2
         from ckptdoc.recalibrate.bundle_writer import BundleFix
         from ckptdoc.recalibrate.engine import find_bn_layers
@@ -35,15 +35,16 @@ class TF2ObjectCheckpoint(BundleOutput):
             )
         if options.feeds or options.sets:
             raise RecalibrationError("--feed / --set apply to TF1 graph checkpoints only")
-        model = build_model(options.model_spec)
-        with open_checkpoint(self.path) as ck:
-            root = t2.restore(model, self.path, ck)
-            layers = find_bn_layers(model)
-            variables = [v for bn in layers for v in bn.stat_variables().values()]
-            keys = t2.stat_keys(model, root, variables)
-            t2.check_keys(ck, keys, [np.asarray(v.numpy()) for v in variables])
-            stored = {key: ck.tensors[key].dtype for key in keys}
-        report = keras_model.measure(model, options, progress)
+        with backends.current().distributed(options.devices):
+            model = build_model(options.model_spec)
+            with open_checkpoint(self.path) as ck:
+                root = t2.restore(model, self.path, ck)
+                layers = find_bn_layers(model)
+                variables = [v for bn in layers for v in bn.stat_variables().values()]
+                keys = t2.stat_keys(model, root, variables)
+                t2.check_keys(ck, keys, [np.asarray(v.numpy()) for v in variables])
+                stored = {key: ck.tensors[key].dtype for key in keys}
+            report = keras_model.measure(model, options, progress)
         replacements = {key: np.asarray(v.numpy()).astype(stored[key])
                         for key, v in zip(keys, variables, strict=True)}
         report = dataclasses.replace(
