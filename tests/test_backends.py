@@ -216,3 +216,53 @@ def test_more_devices_than_there_are_is_refused(tmp_path: Path) -> None:
     res = run_cli("jax", str(SAMPLES / "keras3_healthy.keras"), "--data", str(CALIB),
                   "--devices", "3", "--output", str(tmp_path / "o.keras"), devices=2)
     assert res.returncode == 2 and "only 2 JAX device(s)" in res.stderr, res.stderr[-2000:]
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_path: Path) -> None:
+    # MultiWorkerMirroredStrategy across two processes on loopback, configured by TF_CONFIG as
+    # for `fit`: each worker takes its share of every batch, the moments are gathered to both,
+    # and only the chief writes.
+    import json
+
+    model, data = nested
+    one = tmp_path / "one.keras"
+    assert ckptdoc.recalibrate_file(model, str(data), output=one, mode="sequential",
+                                    batch_size=32).written
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3",
+                   TF_CONFIG=json.dumps({"cluster": cluster,
+                                         "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "ckptdoc", "recalibrate", str(model), "--data", str(data),
+             "--mode", "sequential", "--batch-size", "32", "--devices", "all", "--output",
+             str(tmp_path / f"worker{index}.keras"), "--no-progress", "--format", "json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
+    outs = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=240)
+            assert p.returncode == 0, stderr[-3000:]
+            outs.append(json.loads(stdout))
+    finally:
+        for p in procs:
+            p.kill()
+    chief, other = outs
+    assert chief["written"] and not other["written"] and "chief" in other["skipped"]
+    assert chief["report"]["replicas"] == 2 and chief["report"]["samples"] == 160
+    assert not (tmp_path / "worker1.keras").exists()
+    assert_same(one, tmp_path / "worker0.keras")

@@ -266,6 +266,8 @@ def _print(outcome: Outcome, *, as_json: bool) -> None:
                              markup=False)
         if outcome.output is not None:
             stdout.print(f"[green]Wrote[/green] {escape(str(outcome.output))}")
+        elif outcome.skipped:
+            stdout.print(f"Nothing written here: {escape(outcome.skipped)}")
     message, label = (outcome.refused, "refused") if outcome.refused else (outcome.warning,
                                                                             "warning")
     if message:

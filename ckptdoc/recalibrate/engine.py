@@ -240,9 +240,12 @@ def run_pass(
     """One walk over the data with the capture's current states; returns merged moments."""
     step = _step_function(model, capture)
     try:
-        return _walk(step.fn, batches, on_batch)
+        result = _walk(step.fn, batches, on_batch)
     finally:
         step.capture = None  # hold no layers or data between passes
+    # Across workers (multi-worker training setups), each worker measured its share.
+    result.moments = capture.backend.combine(model, result.moments)
+    return result
 
 
 def _walk(fn: Any, batches: Iterable[Batch], on_batch: Callable[[int], None] | None) -> PassResult:

@@ -33,6 +33,9 @@ class Outcome:
     warning: str | None = None
     #: The audit of the new file: {"available", "errors", "findings"}.
     audit: dict[str, Any] | None = None
+    #: Why this process wrote nothing although nothing was refused (a multi-worker run's
+    #: other workers: the chief writes).
+    skipped: str | None = None
 
     @property
     def written(self) -> bool:
@@ -49,6 +52,8 @@ class Outcome:
         }
         if self.warning:
             d["warning"] = self.warning
+        if self.skipped:
+            d["skipped"] = self.skipped
         return d
 
 
@@ -95,6 +100,9 @@ def run(
     worse = _worse_message(report) if report.got_worse else None
     if worse and not options.force:
         return Outcome(target.path, report, refused=worse + ". Nothing written")
+    if not measured.writes:
+        return Outcome(target.path, report, skipped="a worker of a multi-worker run: the chief "
+                       "writes the output")
     check = AuditCheck(options.force)
     try:
         notes = commit(measured.fix, dest, in_place, check)

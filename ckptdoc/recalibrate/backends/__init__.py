@@ -7,7 +7,9 @@
 - `inference(model)`: the model in inference mode, for the held-out check;
 - `dependency_graph(...)`: which BN layers feed which, where the backend's graph shows it;
 - `replicas(model)` / `distributed(devices)`: data parallelism through the backend's own
-  engine (`tf.distribute.MirroredStrategy`, `keras.distribution.DataParallel`).
+  engine (`tf.distribute.MirroredStrategy`, `keras.distribution.DataParallel`); across
+  processes (TensorFlow's `MultiWorkerMirroredStrategy`), `combine` gathers every worker's
+  moments and `writes` says whether this process writes the output.
 
 `current()` picks the module for `keras.backend.backend()`. The engine knows only this
 interface; nothing here knows files, targets or the CLI.
@@ -21,6 +23,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.stats import Moments
 
 SUPPORTED = ("tensorflow", "jax", "torch")
 
@@ -39,6 +42,10 @@ class Backend(Protocol):
                          calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None: ...
 
     def replicas(self, model: Any) -> int: ...
+
+    def combine(self, model: Any, moments: dict[int, Moments]) -> dict[int, Moments]: ...
+
+    def writes(self, model: Any) -> bool: ...
 
     def distributed(self, devices: int | None) -> AbstractContextManager[None]: ...
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.backends.portable import batch_stats
+from ckptdoc.recalibrate.stats import Moments
 
 name = "jax"
 
@@ -107,5 +108,13 @@ def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
     return None  # sequential mode falls back to one layer per pass, in call order
 
 
-__all__ = ["batch_stats", "dependency_graph", "distributed", "inference", "make_step", "name",
-           "replicas"]
+def combine(model: Any, moments: dict[int, Moments]) -> dict[int, Moments]:
+    return moments  # one process: every replica's share is already in `moments`
+
+
+def writes(model: Any) -> bool:
+    return True
+
+
+__all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "inference",
+           "make_step", "name", "replicas", "writes"]

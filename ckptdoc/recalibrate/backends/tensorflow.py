@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.stats import blocked_axes, channel_axes
+from ckptdoc.recalibrate.stats import Moments, blocked_axes, channel_axes
 
 name = "tensorflow"
 
@@ -216,6 +216,67 @@ def replicas(model: Any) -> int:
     return 1 if strategy is None else int(strategy.num_replicas_in_sync)
 
 
+def _workers(strategy: Any) -> int:
+    local = len(strategy.extended.worker_devices)
+    return int(strategy.num_replicas_in_sync) // max(local, 1)
+
+
+def combine(model: Any, moments: dict[int, Moments]) -> dict[int, Moments]:
+    """Under `MultiWorkerMirroredStrategy`, every worker's moments, gathered to every worker
+    (one collective all-gather of float64 count / mean / M2) and merged in the same order
+    everywhere, so every worker holds the same, exact, result. One worker: unchanged."""
+    import numpy as np
+    import tensorflow as tf
+
+    strategy = _strategy(model)
+    if strategy is None or _workers(strategy) < 2:
+        return moments
+    keys = sorted(moments)
+    shapes = [moments[k].mean.shape for k in keys]
+    flat = np.concatenate([np.concatenate([moments[k].count.ravel(), moments[k].mean.ravel(),
+                                           moments[k].m2.ravel()]) for k in keys])
+    local = len(strategy.extended.worker_devices)
+    # One row per replica; only each worker's first replica carries its moments (count 0
+    # merges as nothing).
+    rows = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.constant(
+            (flat if ctx.replica_id_in_sync_group % local == 0 else np.zeros_like(flat))[None]))
+    gathered = np.asarray(strategy.gather(rows, axis=0).numpy(), dtype=np.float64)
+    out = {k: Moments.empty(shape) for k, shape in zip(keys, shapes, strict=True)}
+    for row in gathered:
+        at = 0
+        for k, shape in zip(keys, shapes, strict=True):
+            size = int(np.prod(shape))
+            parts = [row[at + j * size: at + (j + 1) * size].reshape(shape) for j in range(3)]
+            out[k].merge(Moments(*parts))
+            at += 3 * size
+    return out
+
+
+def writes(model: Any) -> bool:
+    """Whether this process writes the output: always, except the non-chief workers of a
+    multi-worker strategy (the chief, or worker 0 when there is no chief, writes)."""
+    strategy = _strategy(model)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if strategy is None or _workers(strategy) < 2 or resolver is None:
+        return True
+    kind, index = resolver.task_type, resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return bool(kind == "chief" or (kind == "worker" and index == 0 and not has_chief))
+
+
+def _cluster_tasks() -> int:
+    """Tasks in $TF_CONFIG's cluster (0 without one)."""
+    import json
+    import os
+
+    try:
+        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    except ValueError as exc:
+        raise RecalibrationError(f"TF_CONFIG is not JSON: {exc}") from None
+    return sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
+
+
 @contextlib.contextmanager
 def distributed(devices: int | None) -> Iterator[None]:
     """A `tf.distribute.MirroredStrategy` over `devices` local devices (None: all; GPUs when
@@ -223,6 +284,15 @@ def distributed(devices: int | None) -> Iterator[None]:
     as Keras' `fit` would use it."""
     import tensorflow as tf
 
+    if _cluster_tasks() > 1:
+        # Several processes / hosts ($TF_CONFIG, as for `fit`): each worker uses its own
+        # local devices and takes its share of every batch; see `combine` and `writes`.
+        if devices not in (1, None):
+            raise RecalibrationError("--devices: with TF_CONFIG naming several workers, each "
+                                     "worker uses all of its local devices; give --devices all")
+        with tf.distribute.MultiWorkerMirroredStrategy().scope():
+            yield
+        return
     available = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
     wanted = len(available) if devices is None else devices
     if wanted > len(available):
@@ -271,5 +341,5 @@ def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
     return deps
 
 
-__all__ = ["batch_stats", "compiled_core", "core", "dependency_graph", "distributed",
-           "inference", "make_step", "name", "replicas"]
+__all__ = ["batch_stats", "combine", "compiled_core", "core", "dependency_graph", "distributed",
+           "inference", "make_step", "name", "replicas", "writes"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.backends.portable import batch_stats
+from ckptdoc.recalibrate.stats import Moments
 
 name = "torch"
 
@@ -46,5 +47,13 @@ def distributed(devices: int | None) -> Iterator[None]:
     yield
 
 
-__all__ = ["batch_stats", "dependency_graph", "distributed", "inference", "make_step", "name",
-           "replicas"]
+def combine(model: Any, moments: dict[int, Moments]) -> dict[int, Moments]:
+    return moments  # one process: every replica's share is already in `moments`
+
+
+def writes(model: Any) -> bool:
+    return True
+
+
+__all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "inference",
+           "make_step", "name", "replicas", "writes"]

@@ -39,6 +39,9 @@ class Measured:
     report: RecalibrationReport
     fix: Fix
     new_values: Mapping[str, Sequence[np.ndarray]]
+    #: False in the processes of a multi-worker run that are not the chief: they measured
+    #: their share, the chief writes.
+    writes: bool = True
 
 
 class Target(Protocol):

@@ -68,6 +68,7 @@ class KerasFile:
             report,
             writer.KerasFileFix(self.path, loaded.kind, patches),
             {bn.path: tuple(snapshot(bn).values()) for bn in layers},
+            writes=backend.writes(loaded.model),
         )
 
 
