@@ -2,6 +2,14 @@
 
     python benchmarks/recalibrate_vs_predict.py [--model mobilenetv2|resnet50|small]
         [--samples 1024] [--batch-size 64] [--image-size 96] [--mode precise]
+        [--weights W.weights.h5] [--stats S.npz]
+
+Any Keras backend (`KERAS_BACKEND=jax python benchmarks/...`). To check that another machine
+or backend computes the same statistics: `--weights` loads the weights from the file (or
+writes them there first), `--stats` writes the recalibrated statistics there, or, when the
+file exists, compares against it and prints the largest relative difference. The GPU anchor
+of the issue: `--model resnet50 --image-size 224 --samples 4096 --weights ... --stats ...`
+with the files made on the CPU.
 
 Both sides run once to warm up (tracing; the first-call times are printed too), then are timed
 on the same in-memory samples with the same batch size, alternating predict / recalibrate so
@@ -49,13 +57,22 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--mode", default="precise", choices=["precise", "sequential"])
     ap.add_argument("--repeat", type=int, default=5, help="timed runs of each; medians reported")
+    ap.add_argument("--weights", help="load the model's weights from here (written if absent)")
+    ap.add_argument("--stats", help="write the new statistics here, or compare with them")
     args = ap.parse_args()
 
+    import keras
     import numpy as np
 
     from ckptdoc.recalibrate.api import recalibrate
 
+    keras.utils.set_random_seed(0)
     model = build(args.model, args.image_size)
+    if args.weights:
+        if os.path.exists(args.weights):
+            model.load_weights(args.weights)
+        else:
+            model.save_weights(args.weights)
     x = (
         np.random.default_rng(0)
         .normal(size=(args.samples, args.image_size, args.image_size, 3))
@@ -97,10 +114,22 @@ def main() -> None:
     print(f"model.predict : {t_predict:8.3f} s  (median of {args.repeat}: {fmt(tp)})")
     print(f"recalibrate   : {t_recal:8.3f} s  (median of {args.repeat}: {fmt(tr)})")
     ratio = t_recal / t_predict
+    print(f"backend       : {keras.backend.backend()}")
     print(
         f"ratio         : {ratio:8.2f}x  (median of paired ratios {pair:.2f}x; "
         f"goal <= 1.20x: {'met' if ratio <= 1.2 else 'NOT met'})"
     )
+    if args.stats:
+        stats = {v.path: np.asarray(v.numpy(), np.float64) for v in model.weights
+                 if v.path.endswith(("moving_mean", "moving_variance"))}
+        if os.path.exists(args.stats):
+            with np.load(args.stats) as ref:
+                worst = max(float(np.max(np.abs(stats[k] - ref[k]) / np.maximum(
+                    np.abs(ref[k]), 1e-12))) for k in ref.files)
+            print(f"statistics vs {args.stats}: largest relative difference {worst:.2e}")
+        else:
+            np.savez(args.stats, **stats)
+            print(f"statistics written to {args.stats}")
 
 
 if __name__ == "__main__":

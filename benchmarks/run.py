@@ -605,7 +605,10 @@ def main() -> int:
     print(f"\n{seconds / 60:.1f} min; load average now {os.getloadavg()[0]:.2f}")
     output = args.output or (None if args.quick or args.only != "1234" else BENCH / "RESULTS.md")
     if output is not None:
-        output.write_text(results_md(args, started, load0, seconds))
+        # Sections 5 and later come from the focused scripts and are recorded by hand: keep them.
+        old = output.read_text() if output.exists() else ""
+        kept = old[old.index("\n## 5."):] if "\n## 5." in old else ""
+        output.write_text(results_md(args, started, load0, seconds).rstrip("\n") + "\n" + kept)
         print(f"wrote {output}")
         if output.resolve() == (BENCH / "RESULTS.md").resolve():
             update_readme(BENCH / "README.md")
