@@ -266,3 +266,11 @@ def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_pa
     assert chief["report"]["replicas"] == 2 and chief["report"]["samples"] == 160
     assert not (tmp_path / "worker1.keras").exists()
     assert_same(one, tmp_path / "worker0.keras")
+
+
+def test_devices_for_an_in_memory_model_says_how(nested: tuple[Path, Path]) -> None:
+    from ckptdoc.recalibrate import RecalibrationError
+
+    model = keras.saving.load_model(nested[0])
+    with pytest.raises(RecalibrationError, match="scope"):
+        ckptdoc.recalibrate(model, np.zeros((8, 12, 12, 3), np.float32), devices=2)

@@ -40,6 +40,12 @@ def measure(
     accuracy before and after; check `report.got_worse`.
     """
     backend = backends.current()  # refuses an unsupported Keras backend before any work
+    if options.devices not in (1, None) and backend.replicas(model) < 2:
+        raise RecalibrationError(
+            "devices: an in-memory model runs where it was built; for several devices build or "
+            "load it under a tf.distribute strategy's scope() (TensorFlow) or with a "
+            "keras.distribution.DataParallel set (JAX), or recalibrate the file (--devices)"
+        )
     started = time.perf_counter()
     layers = find_bn_layers(model)
     if not layers:

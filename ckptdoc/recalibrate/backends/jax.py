@@ -84,6 +84,9 @@ def distributed(devices: int | None) -> Iterator[None]:
     while the model loads and runs, as Keras' `fit` would use it."""
     import keras
 
+    if devices == 1:
+        yield
+        return
     available = keras.distribution.list_devices()
     wanted = len(available) if devices is None else devices
     if wanted > len(available):

@@ -284,10 +284,14 @@ def distributed(devices: int | None) -> Iterator[None]:
     as Keras' `fit` would use it."""
     import tensorflow as tf
 
+    if devices == 1:  # one device, even where a TF_CONFIG is set for training jobs
+        yield
+        return
     if _cluster_tasks() > 1:
-        # Several processes / hosts ($TF_CONFIG, as for `fit`): each worker uses its own
-        # local devices and takes its share of every batch; see `combine` and `writes`.
-        if devices not in (1, None):
+        # Several processes / hosts ($TF_CONFIG, as for `fit`), asked for with --devices all:
+        # each worker uses its local devices and takes its share of every batch; see
+        # `combine` and `writes`.
+        if devices is not None:
             raise RecalibrationError("--devices: with TF_CONFIG naming several workers, each "
                                      "worker uses all of its local devices; give --devices all")
         with tf.distribute.MultiWorkerMirroredStrategy().scope():
