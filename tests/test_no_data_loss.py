@@ -262,6 +262,24 @@ def _count_points(case: Case, in_place: bool) -> int:
     return faults.count
 
 
+def _reap(pid: int, timeout: float = 60.0) -> tuple[int, bool]:
+    """Wait for child `pid`; (wait status, whether it had to be killed).
+
+    The children are forked from the pytest process, which other tests have filled with
+    TensorFlow's threads; a child forked while one of them held a lock (malloc's, say) can
+    block forever on it, which says nothing about ckptdoc (the CLI never forks). Such a child
+    is killed after `timeout`: for the contract under test that is one more kill at a random
+    point, and the checks after it still apply."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status, False
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitpid(pid, 0)[1], True
+
+
 def _in_child(body: Callable[[], None]) -> int:
     """Run `body` in a forked child; return its wait status (killed children are expected)."""
     pid = os.fork()
@@ -277,8 +295,7 @@ def _in_child(body: Callable[[], None]) -> int:
             code = 4
         finally:
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return status
+    return _reap(pid)[0]
 
 
 # --------------------------------------------------------------------------- the tests
@@ -377,9 +394,14 @@ def test_signal_at_random_times(tmp_path: Path, kind: str, in_place: bool, sig: 
         with installed(Faults(0, lambda _n: None), delay=delay):
             _write(case, in_place)
 
-    started = time.perf_counter()
-    assert os.WEXITSTATUS(_in_child(body)) == 0
-    duration = time.perf_counter() - started
+    for _attempt in range(2):  # a child blocked at fork (see _reap) is measured once more
+        started = time.perf_counter()
+        status = _in_child(body)
+        duration = time.perf_counter() - started
+        if not os.WIFSIGNALED(status):
+            break
+        case.reset()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     case.reset()
     rng = random.Random(f"{kind}{in_place}{sig}")
     for i in range(12):
@@ -396,6 +418,6 @@ def test_signal_at_random_times(tmp_path: Path, kind: str, in_place: bool, sig: 
                 os._exit(code)
         time.sleep(rng.uniform(0, duration))
         os.kill(pid, sig)
-        os.waitpid(pid, 0)
+        _reap(pid)
         case.check(in_place, f"{signal.Signals(sig).name} #{i}")
         case.reset()

@@ -24,7 +24,7 @@ from ckptdoc.recalibrate.engine import (
 )
 from ckptdoc.recalibrate.evaluate import evaluate
 from ckptdoc.recalibrate.options import Options
-from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
+from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport, pass_report
 from ckptdoc.recalibrate.stats import Moments
 
 VARIANCE_CONVENTION = "population (biased) variance, as Keras 3 BatchNormalization reads it"
@@ -110,10 +110,6 @@ def measure(
                 new["moving_variance"],
             )
         )
-    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
-        notes.append(
-            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
-        )
     replicas = backend.replicas(model)
     if replicas > 1 and mode == "precise" and backend.name == "tensorflow":
         notes.append(
@@ -122,23 +118,11 @@ def measure(
             "in training with per-replica BN, so layers after the first saw slightly different "
             "inputs than on one device; --mode sequential gives one device's statistics exactly"
         )
-    return RecalibrationReport(
-        mode=mode,
-        samples=consumed.samples,
-        batches=consumed.batches,
-        passes=passes,
-        budget_samples=budget.samples,
-        budget_batches=budget.batches,
-        data_exhausted=consumed.exhausted,
-        data=source.description,
-        variance_convention=VARIANCE_CONVENTION,
-        seconds=time.perf_counter() - started,
-        layers=tuple(changes),
-        eval_before=eval_before,
-        eval_after=eval_after,
-        notes=tuple(notes),
-        backend=backend.name,
-        replicas=replicas,
+    return pass_report(
+        mode=mode, passes=passes, consumed=consumed, budget=budget, data=source.description,
+        variance_convention=VARIANCE_CONVENTION, seconds=time.perf_counter() - started,
+        layers=tuple(changes), eval_before=eval_before, eval_after=eval_after, notes=notes,
+        backend=backend.name, replicas=replicas,
     )
 
 

@@ -108,6 +108,28 @@ class RecalibrationReport:
         return d
 
 
+def pass_report(
+    *, mode: str, passes: int, consumed: Any, budget: Any, data: str, variance_convention: str,
+    seconds: float, layers: tuple[LayerChange, ...], eval_before: EvalResult | None,
+    eval_after: EvalResult | None, notes: list[str], backend: str = "tensorflow",
+    replicas: int = 1,
+) -> RecalibrationReport:
+    """The report of a measurement; `consumed` / `budget` are the data module's `Consumed` and
+    `Budget` (read for their fields only). Says so when the data ran out before the budget."""
+    notes = list(notes)
+    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
+        notes.append(
+            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
+        )
+    return RecalibrationReport(
+        mode=mode, samples=consumed.samples, batches=consumed.batches, passes=passes,
+        budget_samples=budget.samples, budget_batches=budget.batches,
+        data_exhausted=consumed.exhausted, data=data, variance_convention=variance_convention,
+        seconds=seconds, layers=layers, eval_before=eval_before, eval_after=eval_after,
+        notes=tuple(notes), backend=backend, replicas=replicas,
+    )
+
+
 # Accuracy may wobble by a sample or so from float rounding; anything beyond is a real change.
 ACCURACY_TOLERANCE = 0.005
 LOSS_TOLERANCE = 0.01

@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.backends.one_process import combine, writes
 from ckptdoc.recalibrate.backends.portable import batch_stats
-from ckptdoc.recalibrate.stats import Moments
 
 name = "jax"
 
@@ -109,14 +109,6 @@ def inference(model: Any) -> Callable[[Any], Any]:
 def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
                      calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None:
     return None  # sequential mode falls back to one layer per pass, in call order
-
-
-def combine(model: Any, moments: dict[int, Moments]) -> dict[int, Moments]:
-    return moments  # one process: every replica's share is already in `moments`
-
-
-def writes(model: Any) -> bool:
-    return True
 
 
 __all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "inference",

@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.backends.one_process import combine, writes
 from ckptdoc.recalibrate.backends.portable import batch_stats
-from ckptdoc.recalibrate.stats import Moments
 
 name = "torch"
 
@@ -45,14 +45,6 @@ def distributed(devices: int | None) -> Iterator[None]:
         raise RecalibrationError("--devices: the torch backend recalibrates on one device "
                                  "(data-parallel runs need the tensorflow or jax backend)")
     yield
-
-
-def combine(model: Any, moments: dict[int, Moments]) -> dict[int, Moments]:
-    return moments  # one process: every replica's share is already in `moments`
-
-
-def writes(model: Any) -> bool:
-    return True
 
 
 __all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "inference",

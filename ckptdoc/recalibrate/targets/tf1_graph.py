@@ -21,7 +21,7 @@ import numpy as np
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Consumed, DataSource
 from ckptdoc.recalibrate.options import Options
-from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport
+from ckptdoc.recalibrate.report import EvalResult, LayerChange, pass_report
 from ckptdoc.recalibrate.targets.base import Measured, Progress
 from ckptdoc.recalibrate.targets.bundle import BundleOutput
 
@@ -159,25 +159,11 @@ def _measure(
             notes.append(blind + tf1.boolean_placeholders_hint(gm))
     finally:
         gm.close()
-    if consumed.exhausted and (budget.samples is not None or budget.batches is not None):
-        notes.append(
-            f"the data holds fewer samples than the budget: all {consumed.samples} were used"
-        )
-    report = RecalibrationReport(
-        mode="precise" if passes == 1 else "sequential",
-        samples=consumed.samples,
-        batches=consumed.batches,
-        passes=passes,
-        budget_samples=budget.samples,
-        budget_batches=budget.batches,
-        data_exhausted=consumed.exhausted,
-        data=source.description,
-        variance_convention=tf1.VARIANCE_CONVENTION,
-        seconds=time.perf_counter() - started,
-        layers=tuple(changes),
-        eval_before=before,
-        eval_after=after,
-        notes=tuple(notes),
+    report = pass_report(
+        mode="precise" if passes == 1 else "sequential", passes=passes, consumed=consumed,
+        budget=budget, data=source.description, variance_convention=tf1.VARIANCE_CONVENTION,
+        seconds=time.perf_counter() - started, layers=tuple(changes), eval_before=before,
+        eval_after=after, notes=notes,
     )
     new_values = {name: (c.mean, c.var) for name, c in new_by_layer.items()}
     return Measured(report, BundleFix(prefix, replacements, additions), new_values)
