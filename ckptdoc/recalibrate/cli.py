@@ -144,7 +144,9 @@ def command(
 
     Only the BN statistics change: every other tensor of the output is byte-identical to the
     input. Exit codes: **0** written; **1** refused (held-out results got worse, or the new
-    file still fails the audit; `--force` writes anyway); **2** usage error.
+    file still fails the audit; `--force` writes anyway); **2** usage error. Keras files run on
+    the Keras backend `KERAS_BACKEND` names (tensorflow, jax or torch); TF checkpoints on
+    TensorFlow.
     """
     from ckptdoc.recalibrate.data import ImageOptions
     from ckptdoc.recalibrate.targets import open_target
