@@ -284,3 +284,14 @@ def test_devices_for_an_in_memory_model_says_how(nested: tuple[Path, Path]) -> N
     model = keras.saving.load_model(nested[0])
     with pytest.raises(RecalibrationError, match="scope"):
         ckptdoc.recalibrate(model, np.zeros((8, 12, 12, 3), np.float32), devices=2)
+
+
+def test_a_tf2_object_checkpoint_on_jax_is_refused_with_the_fix(tmp_path: Path) -> None:
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+    res = subprocess.run(
+        [sys.executable, "-m", "ckptdoc", "recalibrate", str(SAMPLES / "tf2_healthy"), "--data",
+         str(CALIB), "--model", f"{ROOT / 'tests/data/tf1_recal/models.py'}:keras_net",
+         "--output", str(tmp_path / "o" / "ckpt"), "--no-progress"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "KERAS_BACKEND=tensorflow" in res.stderr and not (tmp_path / "o").exists()

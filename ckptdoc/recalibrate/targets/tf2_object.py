@@ -35,7 +35,14 @@ class TF2ObjectCheckpoint(BundleOutput):
             )
         if options.feeds or options.sets:
             raise RecalibrationError("--feed / --set apply to TF1 graph checkpoints only")
-        with backends.current().distributed(options.devices):
+        backend = backends.current()
+        if backend.name != "tensorflow":
+            raise RecalibrationError(
+                f"{self.path} is a TensorFlow object checkpoint: TensorFlow restores it into the "
+                f"model, which the Keras {backend.name!r} backend cannot hold; run with "
+                "KERAS_BACKEND=tensorflow"
+            )
+        with backend.distributed(options.devices):
             model = build_model(options.model_spec)
             with open_checkpoint(self.path) as ck:
                 root = t2.restore(model, self.path, ck)
