@@ -190,15 +190,18 @@ def run_two_tf_devices(*args: str) -> subprocess.CompletedProcess[str]:
          "json"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.parametrize("mode", ["precise", "sequential"])
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_two_replicas_equal_one_device(backend: str, nested: tuple[Path, Path],
+def test_two_replicas_equal_one_device(backend: str, mode: str, nested: tuple[Path, Path],
                                        tmp_path: Path) -> None:
+    # Precise mode too: BN normalizes with the whole batch's statistics on every replica
+    # (all-reduced on TensorFlow, sharded sums on JAX), as on one device.
     import json
 
     model, data = nested
     one, two = tmp_path / "one.keras", tmp_path / "two.keras"
-    args = [str(model), "--data", str(data), "--mode", "sequential", "--batch-size", "32"]
-    assert ckptdoc.recalibrate_file(model, str(data), output=one, mode="sequential",
+    args = [str(model), "--data", str(data), "--mode", mode, "--batch-size", "32"]
+    assert ckptdoc.recalibrate_file(model, str(data), output=one, mode=mode,
                                     batch_size=32).written
     res = (run_two_tf_devices(*args, "--devices", "2", "--output", str(two))
            if backend == "tensorflow"
@@ -207,19 +210,6 @@ def test_two_replicas_equal_one_device(backend: str, nested: tuple[Path, Path],
     report = json.loads(res.stdout)["report"]
     assert report["replicas"] == 2 and report["backend"] == backend
     assert_same(one, two)
-
-
-def test_precise_mode_on_tensorflow_replicas_says_how_it_differs(
-    nested: tuple[Path, Path], tmp_path: Path
-) -> None:
-    import json
-
-    model, data = nested
-    res = run_two_tf_devices(str(model), "--data", str(data), "--batch-size", "32", "--devices",
-                             "2", "--output", str(tmp_path / "two.keras"))
-    assert res.returncode == 0, res.stderr[-3000:]
-    notes = json.loads(res.stdout)["report"]["notes"]
-    assert any("precise mode on 2 replicas" in n and "--mode sequential" in n for n in notes)
 
 
 def test_more_devices_than_there_are_is_refused(tmp_path: Path) -> None:
@@ -240,7 +230,9 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["precise", "sequential"])
+def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_path: Path,
+                                               mode: str) -> None:
     # MultiWorkerMirroredStrategy across two processes on loopback, configured by TF_CONFIG as
     # for `fit`: each worker takes its share of every batch, the moments are gathered to both,
     # and only the chief writes.
@@ -248,7 +240,7 @@ def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_pa
 
     model, data = nested
     one = tmp_path / "one.keras"
-    assert ckptdoc.recalibrate_file(model, str(data), output=one, mode="sequential",
+    assert ckptdoc.recalibrate_file(model, str(data), output=one, mode=mode,
                                     batch_size=32).written
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -259,7 +251,7 @@ def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_pa
                                          "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "ckptdoc", "recalibrate", str(model), "--data", str(data),
-             "--mode", "sequential", "--batch-size", "32", "--devices", "all", "--output",
+             "--mode", mode, "--batch-size", "32", "--devices", "all", "--output",
              str(tmp_path / f"worker{index}.keras"), "--no-progress", "--format", "json"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT))
     outs = []

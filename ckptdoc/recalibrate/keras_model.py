@@ -111,13 +111,6 @@ def measure(
             )
         )
     replicas = backend.replicas(model)
-    if replicas > 1 and mode == "precise" and backend.name == "tensorflow":
-        notes.append(
-            f"precise mode on {replicas} replicas: each BN layer normalized its replica's part "
-            f"of the batch ({batch_size} / {replicas} samples) with that part's statistics, as "
-            "in training with per-replica BN, so layers after the first saw slightly different "
-            "inputs than on one device; --mode sequential gives one device's statistics exactly"
-        )
     return pass_report(
         mode=mode, passes=passes, consumed=consumed, budget=budget, data=source.description,
         variance_convention=VARIANCE_CONVENTION, seconds=time.perf_counter() - started,

@@ -118,6 +118,10 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
 
     Equivalent to Keras' own training branch without the moving-average side effects, and it
     works for `trainable=False` layers too (Keras would silently use the moving stats there).
+    Inside `strategy.run` with several replicas, the output is normalized with the statistics
+    of the whole batch (all-reduced, as synchronized BN does), so every later layer sees what
+    it would on one device; each replica still hands out the moments of its own part, which
+    the host merges exactly.
     """
     import tensorflow as tf
     from keras import backend, ops
@@ -129,9 +133,14 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
     gamma = ops.cast(layer.gamma, x.dtype) if layer.scale else None
     beta = ops.cast(layer.beta, x.dtype) if layer.center else None
     eps = float(layer.epsilon)
-    if mask is None:
+    replica = _replica_context()
+    if mask is None and replica is None:
         kernel = compiled_core()
         out, count, mean_c, m2 = kernel(x, gamma, beta, kept=kept, reduced=reduced, eps=eps)
+    elif mask is None:
+        count, mean, m2 = _blocked_moments(x, kept, reduced)
+        mean_c = tf.reshape(mean, tf.shape(m2))
+        out = _normalize(x, *_whole_batch(replica, count, mean_c, m2), gamma, beta, kept, eps)
     else:  # masked (padded) positions are rare: plain float64 is fast enough
         shape = tf.shape(x)
         x64 = tf.cast(x, tf.float64)
@@ -145,8 +154,30 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
         )
         m2 = tf.reduce_sum(w * tf.math.squared_difference(x64, mean), axis=reduced)
         mean_c = tf.reshape(mean, tf.shape(m2))
-        out = _normalize(x, mean_c, m2 / tf.maximum(count, 1.0), gamma, beta, kept, eps)
+        stats = ((mean_c, m2 / tf.maximum(count, 1.0)) if replica is None
+                 else _whole_batch(replica, count, mean_c, m2))
+        out = _normalize(x, *stats, gamma, beta, kept, eps)
     return ops.cast(out, layer.compute_dtype), (count, mean_c, m2)
+
+
+def _replica_context() -> Any | None:
+    """The replica context of a `strategy.run` with several replicas, else None."""
+    import tensorflow as tf
+
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
+def _whole_batch(replica: Any, count: Any, mean: Any, m2: Any) -> tuple[Any, Any]:
+    """(mean, variance) of the whole batch from every replica's (count, mean, M2): two float64
+    all-reduces (Chan's combination: sum of counts and of count * mean, then of M2 plus the
+    spread of the means)."""
+    import tensorflow as tf
+
+    n = replica.all_reduce("sum", count)
+    whole_mean = replica.all_reduce("sum", count * mean) / tf.maximum(n, 1.0)
+    spread = m2 + count * tf.math.squared_difference(mean, whole_mean)
+    return whole_mean, replica.all_reduce("sum", spread) / tf.maximum(n, 1.0)
 
 
 def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any], Any], jit: bool) -> Any:
