@@ -5,7 +5,7 @@
 
 The CLI and the Python API both call `run`; the fault-injection tests drive `commit`, the
 write step it uses. Must not know: Keras, TensorFlow, file formats (the targets do), how an
-outcome is printed (`report.render_outcome`) or which exit code it maps to (the CLI).
+outcome is printed or which exit code it maps to (both the CLI's).
 """
 
 from __future__ import annotations
