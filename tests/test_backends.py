@@ -287,3 +287,43 @@ def test_a_tf2_object_checkpoint_on_jax_is_refused_with_the_fix(tmp_path: Path) 
         capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "KERAS_BACKEND=tensorflow" in res.stderr and not (tmp_path / "o").exists()
+
+
+API_UNDER_STRATEGY = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras, ckptdoc
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    model = keras.saving.load_model(sys.argv[1])
+with np.load(sys.argv[2]) as z:
+    x = z["x"]
+report = ckptdoc.recalibrate(model, x, batch_size=32, samples=None)
+np.savez(sys.argv[3], **{v.path: v.numpy() for v in model.weights if "moving" in v.path})
+print(json.dumps({"replicas": report.replicas}))
+"""
+
+
+def test_python_api_honours_the_models_strategy(nested: tuple[Path, Path],
+                                                tmp_path: Path) -> None:
+    # A model loaded under strategy.scope() is recalibrated on that strategy's replicas, as
+    # `fit` would train it, and gives one device's statistics.
+    import json
+
+    model_path, data = nested
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="3")
+    res = subprocess.run([sys.executable, "-c", API_UNDER_STRATEGY, str(model_path), str(data),
+                          str(tmp_path / "two.npz")], capture_output=True, text=True, env=env,
+                         cwd=ROOT, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"replicas": 2}
+    model = keras.saving.load_model(model_path)
+    with np.load(data) as z:
+        ckptdoc.recalibrate(model, z["x"], batch_size=32, samples=None)
+    one = {v.path: v.numpy() for v in model.weights if "moving" in v.path}
+    with np.load(tmp_path / "two.npz") as two:
+        assert set(two.files) == set(one) and len(one) == 6
+        for key in one:
+            np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
