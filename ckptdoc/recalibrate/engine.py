@@ -289,11 +289,13 @@ def dependency_levels(model: Any, capture: Capture, sample: Batch) -> list[list[
     saved = dict(capture.state)
     for i in range(len(capture.layers)):
         capture.state[i] = "batch-quiet"
+    capture.begin_trace()
     try:
         deps = capture.backend.dependency_graph(model, _forward(lambda: capture), sample.x,
                                                 lambda: list(capture.calls))
-        if deps is None:  # the order the layers run in, from one forward pass
-            capture.begin_trace()
+        if deps is None and not capture.calls:
+            # The backend has no graph and did not trace: the order the layers run in, from
+            # one forward pass. (A trace it made and could not read already gave the order.)
             capture.backend.make_step(lambda: model, _forward(lambda: capture), False)(sample.x)
     finally:
         capture.state.update(saved)

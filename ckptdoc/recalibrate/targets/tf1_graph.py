@@ -138,7 +138,7 @@ def _measure(
         replacements: dict[str, np.ndarray] = {}
         additions: dict[str, np.ndarray] = {}
         changes = []
-        new_by_layer: dict[str, _Pair] = {}
+        new_values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for p in plans:
             g = p.group
             stats = _new_stats(ck, g, expected, moments[g.name])
@@ -149,7 +149,7 @@ def _measure(
                 notes.append(f"{g.name}: moving statistics the checkpoint lacked were added "
                              f"as {mean.key} and {var.key} (named as the graph names them)")
             tf1.assign(gm, p, {role: s.new for role, s in stats.items()})
-            new_by_layer[g.name] = _Pair(mean.new, var.new)
+            new_values[g.name] = (mean.new, var.new)
             changes.append(LayerChange.build(g.name, moments[g.name].total, mean.old, mean.new,
                                              var.old, var.new))
             if g.extras:
@@ -165,7 +165,6 @@ def _measure(
         seconds=time.perf_counter() - started, layers=tuple(changes), eval_before=before,
         eval_after=after, notes=notes,
     )
-    new_values = {name: (c.mean, c.var) for name, c in new_by_layer.items()}
     return Measured(report, BundleFix(prefix, replacements, additions), new_values)
 
 
@@ -249,11 +248,6 @@ def _settled(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6) -> 
 
 
 
-
-@dataclass(frozen=True)
-class _Pair:
-    mean: np.ndarray
-    var: np.ndarray
 
 
 # A statistic that moved this much changes an inference-mode prediction measurably.
