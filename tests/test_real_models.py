@@ -61,3 +61,50 @@ def test_real_bn_members_are_what_tensorflow_reads() -> None:
     named = {k for k in reader.get_variable_to_shape_map()
              if k.rsplit("/", 1)[-1] in ("gamma", "beta", "moving_mean", "moving_variance")}
     assert found == named and len(found) == 24
+
+
+@pytest.mark.tf
+def test_real_tf1_graph_recalibrates(tmp_path: Path) -> None:
+    # musicnn's TF 1.x graph, as TF 2.x meets it: its .meta carries shape hints today's
+    # importer rejects, its bundle has an empty prefix, its training switch has no telling
+    # name (model/Placeholder_2), and dropout follows that switch. Recalibrated with the
+    # switch named: written, the 6 BN layers TensorFlow's reader has, only their moving
+    # statistics changed, every other tensor equal; measured in inference mode.
+    tf = pytest.importorskip("tensorflow")
+    import ckptdoc
+
+    folder = REAL / "musicnn-mtt-vgg"
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.random.default_rng(0).normal(0, 1, (16, 187, 96)).astype(np.float32))
+    out = tmp_path / "fixed" / "model"
+    outcome = ckptdoc.recalibrate_file(folder, str(data), output=out, batch_size=16,
+                                       feeds={"model/Placeholder:0": "x"},
+                                       sets={"model/Placeholder_2:0": "true"})
+    assert outcome.written and outcome.audit["errors"] == []
+    assert len(outcome.report.layers) == 6
+    assert any("random (dropout follows the switch)" in n for n in outcome.report.notes)
+    before = tf.compat.v1.train.NewCheckpointReader(str(folder) + "/")
+    after = tf.compat.v1.train.NewCheckpointReader(str(out))
+    keys = before.get_variable_to_shape_map()
+    assert set(after.get_variable_to_shape_map()) == set(keys)
+    changed = {k for k in keys
+               if before.get_tensor(k).tobytes() != after.get_tensor(k).tobytes()}
+    moving = {k for k in keys if k.rsplit("/", 1)[-1] in ("moving_mean", "moving_variance")}
+    assert changed == moving and len(moving) == 12
+
+
+@pytest.mark.tf
+def test_real_tf1_graph_without_its_switch_says_which_to_set(tmp_path: Path) -> None:
+    # Without --set, the pass cannot run: the refusal names the placeholder and the option,
+    # before the pass (it used to be "InvalidArgumentError: Graph execution error:").
+    pytest.importorskip("tensorflow")
+    import ckptdoc
+    from ckptdoc.recalibrate import RecalibrationError
+
+    data = tmp_path / "x.npz"
+    np.savez(data, x=np.zeros((4, 187, 96), np.float32))
+    with pytest.raises(RecalibrationError, match=r"--set model/Placeholder_2:0=true"):
+        ckptdoc.recalibrate_file(REAL / "musicnn-mtt-vgg", str(data),
+                                 output=tmp_path / "o" / "model",
+                                 feeds={"model/Placeholder:0": "x"})
+    assert not (tmp_path / "o").exists()

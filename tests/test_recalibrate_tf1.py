@@ -374,3 +374,27 @@ def test_a_blind_held_out_check_says_so(npz: dict[str, Path], tmp_path: Path) ->
     report = json.loads(res.stdout)["report"]
     assert res.exit_code == 0 and not [n for n in report["notes"] if "blind" in n]
     assert report["eval_after"]["accuracy"] > report["eval_before"]["accuracy"]
+
+
+def test_dropout_on_the_training_switch_is_measured_in_inference_mode(npz: Any) -> None:
+    # Found on a real TF 1.x graph (musicnn): dropout and BN follow the same switch. Measured
+    # with the switch True, every BN after the dropout saw inputs inference never sees (the
+    # variance inflated by the dropped units), and the random passes made the graph look like
+    # an inference graph that never settles. Now: measured in inference mode, layer after
+    # layer, equal to a float64 reference of the graph with dropout off.
+    r = recalibrate_bundle(DATA / "moments" / "model.ckpt.index", npz["calib"],
+                           model_spec=f"{MODELS}:dropout_graph", samples=None)
+    notes = " ".join(r.report.notes)
+    assert "random (dropout follows the switch)" in notes and "inference mode" in notes
+    with np.load(npz["calib"]) as z:
+        x = z["x"].astype(np.float64)
+    reader = tf.train.load_checkpoint(str(DATA / "moments" / "model.ckpt"))
+    h = tf.nn.conv2d(x, reader.get_tensor("conv1/weights").astype(np.float64), 1, "SAME").numpy()
+    mean1, var1 = h.mean(axis=(0, 1, 2)), h.var(axis=(0, 1, 2))
+    h = (h - mean1) / np.sqrt(var1 + 1e-3) * reader.get_tensor("conv1/bn/gamma") + (
+        reader.get_tensor("conv1/bn/beta"))
+    h = np.maximum(h, 0).mean(axis=(1, 2)) @ reader.get_tensor("fc/weights").astype(np.float64)
+    new = r.fix.replacements
+    np.testing.assert_allclose(new["conv1/bn/moving_mean"], mean1, rtol=1e-5)
+    np.testing.assert_allclose(new["fc/bn/moving_mean"], h.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(new["fc/bn/moving_variance"], h.var(axis=0), rtol=1e-5)

@@ -55,6 +55,14 @@ def bundle_file(prefix: Path, suffix: str) -> Path:
     return sibling
 
 
+def tf_prefix(prefix: Path) -> str:
+    """`prefix` as TensorFlow's readers spell it: an empty-prefix bundle (files literally named
+    `.index` / `.data-*` in a folder, given as the folder) is `folder/`."""
+    if prefix.is_dir() and not (prefix.parent / (prefix.name + ".index")).exists():
+        return str(prefix) + os.sep
+    return str(prefix)
+
+
 def _strip(name: str, suffix: str) -> str:
     return name[: -len(suffix)] if suffix else name
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ckptdoc.formats.resolve import tf_prefix
 from ckptdoc.groups import BNGroup
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Batch
@@ -378,6 +379,23 @@ class GraphModel:
         return fd
 
 
+def _without_shape_hints(meta: Path) -> Any:
+    """The MetaGraphDef of `meta` without its `_output_shapes` attributes. They are hints the
+    writer recorded, and TF 1.x wrote some that today's importer rejects as inconsistent (a
+    real TF 1.x musicnn graph: `FusedBatchNormGrad` output shapes [0] vs [128]); TensorFlow
+    infers the shapes again on import."""
+    import tensorflow as tf
+
+    proto = tf.compat.v1.MetaGraphDef()
+    proto.ParseFromString(meta.read_bytes())
+    for node in proto.graph_def.node:
+        node.attr.pop("_output_shapes", None)
+    for function in proto.graph_def.library.function:
+        for node in function.node_def:
+            node.attr.pop("_output_shapes", None)
+    return proto
+
+
 def open_graph(
     prefix: Path,
     *,
@@ -412,7 +430,8 @@ def open_graph(
             saver = v1.train.Saver()
         elif meta is not None:
             try:
-                saver = v1.train.import_meta_graph(str(meta), clear_devices=True)
+                saver = v1.train.import_meta_graph(_without_shape_hints(meta),
+                                                   clear_devices=True)
             except Exception as exc:
                 raise RecalibrationError(
                     f"{meta}: TensorFlow could not import the meta graph: "
@@ -427,7 +446,7 @@ def open_graph(
             )
         session = v1.Session(graph=graph)
         try:
-            saver.restore(session, str(prefix))
+            saver.restore(session, tf_prefix(prefix))
             # Variables the checkpoint lacks (a trainable-only Saver dropped the moving
             # statistics) start at their initializers, as in training: 0 / 1.
             absent = {m.decode() for m in session.run(v1.report_uninitialized_variables())}
@@ -496,14 +515,6 @@ def open_graph(
     )
     if pred is not None and predictions is None:
         notes.append(f"held-out evaluation reads {pred.name} (the logits of the graph's loss)")
-    if any(
-        op.type in ("RandomUniform", "RandomStandardNormal") and "dropout" in op.name.lower()
-        for op in graph.get_operations()
-    ):
-        notes.append(
-            "the graph has dropout: if the training switch also drives it, dropout was "
-            "active during calibration"
-        )
     return GraphModel(graph, session, feed_tensors, set_tensors, switches, pred, notes)
 
 
@@ -554,13 +565,45 @@ def plan_layers(
     return plans, problems
 
 
+def unfed_placeholders(gm: GraphModel, plans: Sequence[LayerPlan]) -> list[str]:
+    """Problems with the placeholders the pass needs but nothing feeds (no default, not given
+    by --feed / --set, not a training switch): found before the pass, not as TensorFlow's
+    "You must feed a value" in the middle of it. A boolean one is most likely the training
+    switch under a name no convention knows."""
+    import tensorflow as tf
+
+    given = {t.op for t in [*gm.feeds.values(), *gm.sets, *gm.switches]}
+    stack = [s.x.op for p in plans for s in p.sites]
+    seen: set[Any] = set()
+    problems = []
+    while stack:
+        op = stack.pop()
+        if op in seen:
+            continue
+        seen.add(op)
+        if op.type == "Placeholder" and op not in given:
+            t = op.outputs[0]
+            problems.append(
+                f"{t.name} is a boolean placeholder the pass needs: if it is the training "
+                f"switch, --set {t.name}=true (True for the pass, False for the held-out check)"
+                if t.dtype == tf.bool else
+                f"the pass needs a value for the placeholder {t.name} ({t.dtype.name}): give it "
+                f"with --feed {t.name}=KEY or --set {t.name}=VALUE"
+            )
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return sorted(problems)
+
+
 def run_pass(
     gm: GraphModel,
     plans: Sequence[LayerPlan],
     batches: Iterable[Batch],
     on_batch: Callable[[int], None] | None = None,
+    training: bool = True,
 ) -> dict[str, Moments]:
-    """One walk over the data: exact per-channel moments of every BN input, merged in float64."""
+    """One walk over the data: exact per-channel moments of every BN input, merged in float64.
+    `training` is what the training switches are fed."""
     fetch: list[Any] = []
     index: dict[int, int] = {}
     for p in plans:
@@ -570,7 +613,7 @@ def run_pass(
                 fetch.append(s.x)
     moments: dict[str, Moments] = {}
     for b in batches:
-        values = gm.session.run(fetch, gm.feed_dict(b, training=True))
+        values = gm.session.run(fetch, gm.feed_dict(b, training=training))
         for p in plans:
             for s in p.sites:
                 part = Moments.from_batch(values[index[id(s.x)]], s.kept)

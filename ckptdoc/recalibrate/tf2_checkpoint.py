@@ -20,6 +20,7 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
+from ckptdoc.formats.resolve import tf_prefix
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.sentinels import BATCH, sentinel
 
@@ -39,7 +40,7 @@ def restore(model: Any, prefix: Path, ck: Checkpoint) -> str:
     names = [n for n in root_names(ck) if n not in ("optimizer", "save_counter")]
     errors: list[str] = []
     for name in names:
-        status = tf.train.Checkpoint(**{name: model}).read(str(prefix))
+        status = tf.train.Checkpoint(**{name: model}).read(tf_prefix(prefix))
         try:
             status.assert_existing_objects_matched()
         except (AssertionError, ValueError) as exc:

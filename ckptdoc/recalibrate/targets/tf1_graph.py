@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ckptdoc.recalibrate import RecalibrationError
-from ckptdoc.recalibrate.data import Consumed, DataSource
+from ckptdoc.recalibrate.data import Batch, Consumed
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import EvalResult, LayerChange, pass_report
 from ckptdoc.recalibrate.targets.base import Measured, Progress
@@ -67,6 +67,7 @@ def _measure(
     expected, inputs = _graph_names(ck)
     try:
         plans, problems = tf1.plan_layers(gm, groups, expected, inputs)
+        problems += tf1.unfed_placeholders(gm, plans)
         if problems:
             raise RecalibrationError("cannot recalibrate: " + "; ".join(problems))
         keys = set(gm.feeds)
@@ -101,17 +102,44 @@ def _measure(
             raise RecalibrationError(f"--data {source.description}: no samples")
         moved = [p.group.name for p in plans if tf1.stats_moved(gm, p, ck)]
         passes = 1
-        if len(plans) > 1 and _normalizes_with_moving_stats(gm, plans, moments, source,
-                                                             batch_size, ck, expected):
-            # Inference graph (or a training switch left False): every BN layer normalizes
-            # with its moving statistics during the pass, so a layer's input depends on the
-            # statistics upstream. One pass would measure it behind layers still holding the
-            # old (broken) values. Measure again with the new values in place until nothing
-            # changes: each pass settles at least one more layer, as sequential mode does.
+        probe = list(islice(source.batches(batch_size), 1))
+        training = True
+        if _random(tf1, gm, plans, probe, training=True) and gm.switches:
+            # Dropout (or noise) follows the training switch: with it True, every BN after it
+            # would be measured behind active dropout, which inference never sees. Measure in
+            # inference mode instead (switch False), layer after layer below.
+            training = False
+            moments = tf1.run_pass(
+                gm, plans, source.budgeted(batch_size, budget, Consumed()), None, training=False
+            )
+            passes += 1
+            notes.append(
+                "the pass with the training switch True is random (dropout follows the "
+                "switch): measured in inference mode instead (switch False, dropout off)"
+            )
+        random = _random(tf1, gm, plans, probe, training)
+        if random:  # nothing to settle: two passes never agree
+            notes.append(
+                "the calibration pass is random even with the same data (dropout or noise "
+                "that no training switch turns off): the statistics are those of such passes, "
+                "not of inference; name the switch that turns it off with --set NAME=true"
+            )
+        if len(plans) > 1 and not random and (
+            not training
+            or _normalizes_with_moving_stats(gm, plans, moments, probe, ck, expected)
+        ):
+            # Inference mode (an inference graph, a training switch left False, or the one
+            # chosen above): every BN layer normalizes with its moving statistics during the
+            # pass, so a layer's input depends on the statistics upstream. One pass would
+            # measure it behind layers still holding the old (broken) values. Measure again
+            # with the new values in place until nothing changes: each pass settles at least
+            # one more layer, as sequential mode does.
+            _assign_all(tf1, gm, plans, moments, ck, expected)
             for _ in range(len(plans)):
                 previous = moments
                 moments = tf1.run_pass(
-                    gm, plans, source.budgeted(batch_size, budget, Consumed()), None
+                    gm, plans, source.budgeted(batch_size, budget, Consumed()), None,
+                    training=training,
                 )
                 if set(moments) != set(previous):
                     raise RecalibrationError(
@@ -221,19 +249,25 @@ def _assign_all(tf1: Any, gm: Any, plans: Sequence[Any], moments: Mapping[str, A
 
 
 def _normalizes_with_moving_stats(gm: Any, plans: Sequence[Any], moments: Mapping[str, Any],
-                                  source: DataSource, batch_size: int, ck: Any,
+                                  probe: Sequence[Batch], ck: Any,
                                   expected: Mapping[str, Mapping[str, str]]) -> bool:
-    """Whether the BN layers of the pass read their moving statistics: one batch measured
-    before and after the new statistics are put in place. In training mode (batch statistics)
-    nothing downstream changes; in inference mode the layers after the first one do. The new
-    statistics stay in place either way (the after-evaluation uses them)."""
+    """Whether the BN layers of the (training-mode, deterministic) pass read their moving
+    statistics: one batch measured before and after the new statistics are put in place. With
+    batch statistics nothing downstream changes; in inference mode the layers after the first
+    one do. The new statistics stay in place either way (the after-evaluation uses them)."""
     from ckptdoc.recalibrate import tf1
 
-    probe = list(islice(source.batches(batch_size), 1))
     before = tf1.run_pass(gm, plans, probe, None)
     _assign_all(tf1, gm, plans, moments, ck, expected)
     after = tf1.run_pass(gm, plans, probe, None)
     return not _settled(before, after)
+
+
+def _random(tf1: Any, gm: Any, plans: Sequence[Any], probe: Sequence[Batch],
+            training: bool) -> bool:
+    """Whether two passes over the same batch, nothing changed in between, disagree."""
+    return not _settled(tf1.run_pass(gm, plans, probe, None, training=training),
+                        tf1.run_pass(gm, plans, probe, None, training=training))
 
 
 def _settled(a: Mapping[str, Any], b: Mapping[str, Any], rtol: float = 1e-6) -> bool:

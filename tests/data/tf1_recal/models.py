@@ -32,7 +32,7 @@ def keras_net() -> Any:
     )
 
 
-def moments_graph(switch: str = "is_training", default: bool = False) -> Any:
+def moments_graph(switch: str = "is_training", default: bool = False, dropout: float = 0.0) -> Any:
     """Hand-made TF1 BN with tf.nn.moments, a tf.cond on `is_training` and moving averages in
     UPDATE_OPS; builds into the default graph and returns the logits."""
     import tensorflow as tf
@@ -63,6 +63,8 @@ def moments_graph(switch: str = "is_training", default: bool = False) -> Any:
     init = v1.glorot_uniform_initializer(seed=3)
     w1 = v1.get_variable("conv1/weights", [3, 3, 1, 4], initializer=init)
     h = tf.nn.relu(bn(tf.nn.conv2d(x, w1, 1, "SAME"), [0, 1, 2], "conv1/bn"))
+    if dropout:  # the training switch drives dropout too, as in most TF1 code
+        h = tf.cond(is_training, lambda: tf.nn.dropout(h, rate=dropout, seed=5), lambda: h)
     h = tf.reduce_mean(h, axis=[1, 2])
     w2 = v1.get_variable("fc/weights", [4, 8], initializer=init)
     h = tf.nn.relu(bn(tf.matmul(h, w2), [0], "fc/bn"))
@@ -118,3 +120,8 @@ def unrecognised_switch_graph() -> Any:
     """The moments graph whose switch has a name no convention knows, left True by default:
     evaluation then runs BN with batch statistics too."""
     return moments_graph(switch="use_batch_stats", default=True)
+
+
+def dropout_graph() -> Any:
+    """The moments graph with dropout after the first BN block, on the same switch."""
+    return moments_graph(dropout=0.5)
