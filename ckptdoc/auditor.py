@@ -11,12 +11,13 @@ import numpy as np
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError
-from ckptdoc.evidence import with_training
+from ckptdoc.evidence import check_steps, with_training
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.remote import find_remote_checkpoints, is_url
 from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
 from ckptdoc.graph_bn import analyze
-from ckptdoc.groups import BNGroup, find_groups
+from ckptdoc.groups import BNGroup, Discovery, discover
+from ckptdoc.ledger import account
 from ckptdoc.report.model import AuditReport, FileReport, GroupResult, worst_code
 from ckptdoc.rules import (
     RULES,
@@ -25,6 +26,7 @@ from ckptdoc.rules import (
     Tolerances,
     check_group,
     code_findings,
+    ledger_findings,
     model_findings,
     unknown_codes,
 )
@@ -35,8 +37,9 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
     selection = selection or RuleSelection()
     try:
         with open_checkpoint(path) as ckpt:
-            groups = evidence_groups(ckpt)
             read = _read_once(ckpt)
+            found = discover_evidence(ckpt, read)
+            groups = found.groups
             results, findings = [], []
             for group in groups:
                 group_findings = check_group(group, read, selection)
@@ -52,8 +55,12 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
                 )
             findings.extend(model_findings(groups, read, selection))
             findings.extend(_file_findings(ckpt, selection))
+            ledger = account(ckpt.tensors, groups)
+            if RULES["BN010"] in selection.active():
+                findings.extend(ledger_findings(ledger, selection.severity(RULES["BN010"])))
             return FileReport(
-                str(path), ckpt.format, tuple(results), tuple(findings), None, tuple(ckpt.warnings)
+                str(path), ckpt.format, tuple(results), tuple(findings), None,
+                (*ckpt.warnings, *found.notes), ledger.as_dict(),
             )
     except CheckpointError as exc:
         return FileReport(str(path), None, error=str(exc))
@@ -75,16 +82,32 @@ def _read_once(ckpt: Checkpoint) -> Callable[[str], np.ndarray]:
 def evidence_groups(ckpt: Checkpoint) -> list[BNGroup]:
     """The file's BN groups from its strongest evidence (graph, config, structure, names),
     each with what the file proves about its training (update ops, steps, momentum)."""
+    return discover_evidence(ckpt, _read_once(ckpt)).groups
+
+
+def discover_evidence(ckpt: Checkpoint, read: Callable[[str], np.ndarray]) -> Discovery:
+    """`evidence_groups` with the notes of every reconciliation: the graph or model structure
+    against the tensors' names, and the step count against the values."""
     graph = ckpt.graph()
     facts = analyze(graph) if graph is not None else None
-    return with_training(find_groups(ckpt, facts), ckpt.step_count())
+    found = discover(ckpt, facts)
+    groups, step_notes = check_steps(with_training(found.groups, ckpt.step_count()), read)
+    return Discovery(groups, (*found.notes, *step_notes))
 
 
 def _file_findings(ckpt: Checkpoint, selection: RuleSelection) -> list[Finding]:
     """Findings about the file as a whole: CK001 (code in the model config), read as JSON only."""
     rule = RULES["CK001"]
+    if rule not in selection.active():
+        return []
     config = getattr(ckpt, "model_config", None)
-    if config is None or rule not in selection.active():
+    unreadable = getattr(ckpt, "config_error", None)
+    if config is None and unreadable:
+        # A config nobody could read is no proof of "no code".
+        return [Finding("CK001", selection.severity(rule), "(model)",
+                        f"cannot check the model for code: {unreadable}; treat the file as "
+                        "untrusted", {"cannot_verify": True})]
+    if config is None:
         return []
     return code_findings(config, selection.severity(rule))
 

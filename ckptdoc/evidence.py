@@ -2,19 +2,23 @@
 ops, update ops, learning-phase switches, momentum defaults), nothing about bytes or rules.
 
 `from_graph` turns what `graph_bn` found in a graph into a layer's `Evidence`; `with_training`
-adds the step counter and momentum the file records. The rules then decide with these facts
+adds the step counter and momentum the file records; `check_steps` drops a step count that the
+values themselves contradict. The rules then decide with these facts
 instead of guessing from values alone.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
+
+import numpy as np
 
 from ckptdoc.checkpoint import StepCount
 from ckptdoc.graph_bn import GraphFacts, GraphLayer
 from ckptdoc.groups import BNGroup, Evidence
 
-__all__ = ["from_graph", "with_training", "DEFAULT_MOMENTUM"]
+__all__ = ["from_graph", "with_training", "check_steps", "DEFAULT_MOMENTUM"]
 
 #: Keras (every version), tf-keras and `tf.compat.v1.layers` default to 0.99.
 DEFAULT_MOMENTUM = 0.99
@@ -24,6 +28,8 @@ def from_graph(layer: GraphLayer, facts: GraphFacts) -> Evidence:
     """The update-op and training-switch evidence of one layer of a TF graph."""
     train = ", ".join(f"`{t}`" for t in facts.train_ops[:3])
     switch = next((s for s in layer.switches if s.default is False), None)
+    if layer.batch_stats_only:
+        return Evidence("graph", None, "", batch_stats_only=True)
     if facts.train_ops and layer.update_ops:
         skipped = [u for u in layer.update_ops if u in facts.unwired]
         if skipped:
@@ -93,3 +99,46 @@ def _momentum(group: BNGroup) -> tuple[float | None, str]:
 
 
 _KERAS_EVIDENCE = frozenset({"config", "structure", "object graph"})
+
+
+def check_steps(
+    groups: list[BNGroup], read: Callable[[str], np.ndarray]
+) -> tuple[list[BNGroup], list[str]]:
+    """Drop a step count the values contradict, with a note saying why.
+
+    After k updates at momentum m a moving variance is `m**k * 1 + (1 - m**k) * (batch
+    variances)`, so no channel can be below `m**k` (the share of the initial 1 still in it).
+    A variance below that proves the count wrong for these statistics: a Keras 2.12+ file
+    whose new optimizer saved `iteration = 0`, statistics rewritten by recalibration, a
+    counter reset by a fine-tuning run. The values then decide, as if the file had no count.
+    """
+    out: list[BNGroup] = []
+    notes: list[str] = []
+    contradicted: tuple[BNGroup, float, float] | None = None
+    for group in groups:
+        weight = group.evidence.initial_weight
+        key = group.members.get("moving_variance")
+        if weight is None or weight < 0.01 or key is None:
+            continue
+        try:
+            var = np.asarray(read(key), dtype=np.float64)
+        except Exception:  # noqa: BLE001 - an unreadable tensor is the rules' to report
+            continue
+        finite = var[np.isfinite(var)]
+        if finite.size and float(finite.min()) < weight * (1 - 1e-3) - 1e-7:
+            contradicted = (group, weight, float(finite.min()))
+            break
+    if contradicted is None:
+        return groups, notes
+    group, weight, low = contradicted
+    ev = group.evidence
+    notes.append(
+        f"the step count ({ev.steps} steps, {ev.steps_source}) contradicts the values: at "
+        f"momentum {ev.momentum:g} every moving variance would still hold {weight:.0%} of its "
+        f"initial 1, yet `{group.name}` has one of {low:.3g}. The count does not describe "
+        "these statistics (a Keras 2.12+ optimizer that saves only `iteration = 0`, "
+        "recalibrated statistics, a reset counter) and is not used; the values decide"
+    )
+    for g in groups:
+        out.append(replace(g, evidence=replace(g.evidence, steps=None, steps_source="")))
+    return out, notes

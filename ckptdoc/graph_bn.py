@@ -95,6 +95,12 @@ class GraphLayer:
     #: The tensors it normalizes, as main-graph refs (`conv1/Conv2D`): what recalibration
     #: measures. Inside an inlined `If` branch, the branch argument's outer input.
     inputs: tuple[str, ...] = ()
+    #: Variables the update ops write that no normalizing op reads: moving-average state
+    #: (zero-debias `biased` accumulators), not the layer's statistics.
+    state: tuple[str, ...] = ()
+    #: True when the layer normalizes only with the batch's own statistics (moments over the
+    #: batch axis) and has no moving statistics at all: inference cannot reproduce training.
+    batch_stats_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,10 @@ class _Site:
     training: bool = False
     switches: set[Switch] = field(default_factory=set)
     x: str | None = None  # the normalized tensor
+    #: Variables update ops write, by role: used only where no normalizing op reads one.
+    updated: dict[str, set[str]] = field(default_factory=dict)
+    #: Some batch statistic it normalizes with reduces over the batch axis (0).
+    batch_axis: bool = False
 
 
 def _bn_sites(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[_Site]:
@@ -206,8 +216,21 @@ def _pattern_site(
         if sub.op == "Sub" and sub.inputs:
             site.roles["beta"] = _variables(graph, sub.inputs[0])
     site.training = bool(site.producers)
+    site.batch_axis = any(_reduces_batch_axis(graph, p) for p in site.producers)
     has_stats = site.roles.get("moving_mean") or site.roles.get("moving_variance")
     return site if has_stats or site.producers else None
+
+
+def _reduces_batch_axis(graph: Graph, producer: str) -> bool:
+    """A `Mean` whose constant reduction axes include 0: a batch statistic, as BN computes
+    it; layer, instance and group norm never reduce over the batch."""
+    node = graph.nodes.get(producer)
+    if node is None or node.op != "Mean" or len(node.inputs) < 2:
+        return False
+    for src in _walk_back(graph, node.inputs[1], frozenset({"Identity"})):
+        if src.op == "Const" and src.ints is not None:
+            return 0 in src.ints
+    return False
 
 
 def _data_source(graph: Graph, ref: str) -> str:
@@ -422,37 +445,56 @@ def _merge(
                 parent[find(i)] = find(owner[key])
             else:
                 owner[key] = i
-    extra: dict[str, tuple[dict[str, set[str]], list[str]]] = {}  # updates with no site
+    extra: dict[str, list[str]] = {}  # update ops with no site, by the variable they write
+    extra_role: dict[str, str] = {}
     for op, var, role, site_index in updates:
         if site_index is None and var in owner:
             site_index = owner[var]
         if site_index is None:
-            roles, ops = extra.setdefault(var, ({}, []))
-            roles.setdefault(role, set()).add(var)
-            ops.append(op)
+            extra.setdefault(var, []).append(op)
+            extra_role[var] = role
             continue
         site = sites[find(site_index)]
-        site.roles.setdefault(role, set()).add(var)
+        site.updated.setdefault(role, set()).add(var)
         site.producers.add(f"update:{op}")
     layers: dict[int, tuple[dict[str, set[str]], list[str], set[Switch], bool]] = {}
+    updated: dict[int, dict[str, set[str]]] = {}
+    batch_axis: dict[int, bool] = {}
     inputs: dict[int, list[str]] = {}
     for i, site in enumerate(sites):
         roles, ops, switches, training = layers.setdefault(find(i), ({}, [], set(), False))
         for role, names in site.roles.items():
             roles.setdefault(role, set()).update(names)
+        for role, names in site.updated.items():
+            updated.setdefault(find(i), {}).setdefault(role, set()).update(names)
         ops.extend(p[len("update:") :] for p in sorted(site.producers) if p.startswith("update:"))
         switches.update(site.switches)
         layers[find(i)] = (roles, ops, switches, training or site.training)
+        batch_axis[find(i)] = batch_axis.get(find(i), False) or site.batch_axis
         if site.x is not None and site.x not in inputs.setdefault(find(i), []):
             inputs[find(i)].append(site.x)
     out = []
     for root, (roles, ops, switches, training) in [
         *layers.items(),
-        *((-1, (r, o, set(), False)) for r, o in extra.values()),
+        *((-1, ({}, o, set(), False)) for o in extra.values()),
     ]:
+        written = updated.get(root, {}) if root >= 0 else {
+            extra_role[v]: {v} for v, o in extra.items() if o is ops}
+        # What inference reads is the layer's statistic; a variable only an update writes
+        # (a zero-debias `biased` accumulator) is moving-average state.
         members = {role: sorted(names)[0] for role, names in roles.items() if names}
+        for role, names in written.items():
+            if not members.get(role):
+                members[role] = sorted(names)[0]
+        read = set(members.values())
+        state = tuple(sorted({v for names in written.values() for v in names} - read))
+        stats_only = False
         if not (members.get("moving_mean") or members.get("moving_variance") or ops):
-            continue  # layer / group norm: no moving statistics
+            # Layer / group norm have no moving statistics either; batch norm's moments
+            # reduce over the batch axis, theirs never do.
+            if not (batch_axis.get(root) and (members.get("gamma") or members.get("beta"))):
+                continue
+            stats_only = True
         switches_sorted = tuple(sorted(switches, key=lambda s: s.node))
         update_ops = tuple(dict.fromkeys(ops))
         momenta = {m for op in update_ops if (m := _momentum(graph, op)) is not None}
@@ -465,6 +507,8 @@ def _merge(
                 training,
                 momenta.pop() if len(momenta) == 1 else None,
                 tuple(inputs.get(root, ())),
+                state,
+                stats_only,
             )
         )
     order = {name: i for i, name in enumerate(graph.nodes)}

@@ -7,8 +7,14 @@ Sources of structure, strongest first:
   `graph_bn.py` finds the BN layers from their ops, whatever the variables are called; names
   only label them;
 - flat name-based checkpoints without a graph (TF1 `Saver`, slim, Estimator) give only keys:
-  we group keys by their scope when the last path component is a BN variable name. Keys a
-  graph did not claim are still grouped by name, so a layer the graph missed is never lost.
+  we group keys by their scope when the last path component is a BN variable name.
+
+The tensors are what ships; a graph or a model config is evidence, as forgeable as the rest.
+So the names-based groups are always made too and reconciled with the stronger source
+(`discover`): the stronger source may add layers and explain them, never remove one. A layer
+its names show and the source does not list is audited by its names; a source that gives a
+tensor another role than its name (a graph that reads `bn/gamma` as a mean) is not used for
+that layer, and a note says so.
 
 A group is still a group when members are missing: that is the bug users have.
 """
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
@@ -46,6 +52,7 @@ RENORM_EXTRAS: frozenset[str] = frozenset(
 # Zero-debias helpers of `assign_moving_average(zero_debias=True)`: `moving_mean/local_step`.
 _DEBIAS_LEAVES: frozenset[str] = frozenset({"biased", "local_step"})
 
+_KERAS1_INNER = re.compile(r"^(?P<layer>.+?)_(?P<leaf>gamma|beta|running_mean|running_std)$")
 _BN_NAME = re.compile(r"(?i)(batch_?norm|batchnormalization|(^|[^a-z])bn(\d+|_\w*)?$)")
 _NOT_BN_NAME = re.compile(r"(?i)(layer_?norm|group_?norm|instance_?norm)")
 _OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -74,6 +81,9 @@ class Evidence:
     #: The BN momentum (decay), and where it comes from (config, graph, framework default).
     momentum: float | None = None
     momentum_source: str = ""
+    #: The graph shows this layer normalizing only with batch statistics: it has no moving
+    #: statistics at all, so inference cannot compute what training did.
+    batch_stats_only: bool = False
 
     @property
     def initial_weight(self) -> float | None:
@@ -118,18 +128,125 @@ class BNGroup:
         return None
 
 
+@dataclass(frozen=True)
+class Discovery:
+    """The BN groups of a file, and what reconciling its sources of evidence found."""
+
+    groups: list[BNGroup]
+    #: Where sources disagreed or one left tensors out, in words (reported as file notes).
+    notes: tuple[str, ...] = ()
+
+
 def find_groups(checkpoint: Checkpoint, graph: GraphFacts | None = None) -> list[BNGroup]:
     """Every BN group in `checkpoint`, in model (or file) order. `graph`: what `graph_bn`
     found in the TF graph that came with a name-based checkpoint."""
+    return discover(checkpoint, graph).groups
+
+
+def discover(checkpoint: Checkpoint, graph: GraphFacts | None = None) -> Discovery:
+    """`find_groups` with the notes of the reconciliation: the file's own structure or graph
+    against the tensors' names."""
+    tensors = checkpoint.tensors
+    named = _groups_from_names(tensors)
     layers = checkpoint.layers
     if layers is not None:
-        return [g for node in layers if (g := _group_from_layer(node)) is not None]
-    named = _groups_from_names(checkpoint.tensors)
-    if graph is None:
-        return named
-    from_graph = _groups_from_graph(graph, checkpoint.tensors)
-    claimed = group_keys(from_graph)
-    return from_graph + [g for g in named if not set(g.all_keys) & claimed]
+        strong = [g for node in layers if (g := _group_from_layer(node)) is not None]
+        source = "the file's model structure"
+    elif graph is not None:
+        strong = _groups_from_graph(graph, tensors)
+        source = "the graph beside the checkpoint"
+    else:
+        return Discovery(_with_debias_state(named, tensors))
+    groups, notes = _reconcile(strong, named, source)
+    return Discovery(_with_debias_state(groups, tensors), tuple(notes))
+
+
+def _reconcile(
+    strong: list[BNGroup], named: list[BNGroup], source: str
+) -> tuple[list[BNGroup], list[str]]:
+    """The stronger source's groups, checked against the groups the names show: a named layer
+    the source lists nowhere is added; a tensor the source gives another role than its name
+    makes the names decide that layer; a member the source does not read is added."""
+    claims: dict[str, tuple[int, str]] = {}
+    for i, g in enumerate(strong):
+        for role, key in g.members.items():
+            if key:
+                claims.setdefault(key, (i, role))
+        for local, key in g.extras.items():
+            claims.setdefault(key, (i, "state " + local))
+    out = list(strong)
+    dropped: set[int] = set()
+    notes: list[str] = []
+    for n in named:
+        owners = sorted({claims[k][0] for k in n.all_keys if k in claims})
+        conflicts = [
+            (key, role, claims[key])
+            for role, key in [*((r, k) for r, k in n.members.items() if k),
+                              *(("state " + loc, k) for loc, k in n.extras.items())]
+            if key in claims and claims[key][1] != role
+            and not (role.startswith("state") and claims[key][1].startswith("state"))
+        ]
+        unclaimed = {r: k for r, k in n.members.items() if k and k not in claims}
+        fillable = len(owners) == 1 and all(
+            not out[owners[0]].members.get(r) for r in unclaimed)
+        if not conflicts and not owners:
+            out.append(replace(n, evidence=Evidence(found_by="names")))
+            notes.append(
+                f"`{n.name}` is a BN layer by its tensors' names ({', '.join(n.present)}), but "
+                f"{source} does not list it as one: audited by its names")
+            continue
+        if conflicts or (unclaimed and not fillable):
+            dropped.update(owners)
+            key, role, (i, claimed) = conflicts[0] if conflicts else (
+                next(iter(unclaimed.values())), next(iter(unclaimed)), (owners[0], "?"))
+            why = (f"reads `{key}` as {claimed.replace('state ', 'update state ')} of "
+                   f"`{strong[i].name}`, but its name makes it {role.replace('state ', '')}"
+                   if conflicts else
+                   f"gives `{strong[i].name}` another {role} than `{key}`")
+            notes.append(f"{source} {why}: the two disagree, so `{n.name}` is audited by "
+                         "its tensors' names, not by that source")
+            out.append(replace(n, evidence=Evidence(found_by="names")))
+            continue
+        if unclaimed or any(k not in claims for k in n.extras.values()):
+            i = owners[0]
+            g = out[i]
+            extras = {**{loc: k for loc, k in n.extras.items() if k not in claims}, **g.extras}
+            out[i] = replace(g, members={**g.members, **unclaimed}, extras=extras)
+            if unclaimed:
+                listed = ", ".join(f"`{k}` ({r})" for r, k in unclaimed.items())
+                notes.append(f"{source} does not read {listed} for `{g.name}`; the checkpoint "
+                             "holds it under that name, so it is audited too")
+    return [g for i, g in enumerate(out) if i not in dropped], notes
+
+
+def _with_debias_state(groups: list[BNGroup], tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
+    """Attach `assign_moving_average(zero_debias=True)` state to the layer it belongs to: for a
+    statistic `bn/moving_mean` it lives at `<scope>/bn/moving_mean/biased` and `.../local_step`
+    (slim doubles the scope), where names-based grouping cannot see the owner."""
+    owner: dict[str, tuple[int, str]] = {}
+    for i, g in enumerate(groups):
+        for role in ("moving_mean", "moving_variance"):
+            key = g.members.get(role)
+            if key:
+                owner[_strip_object(key)] = (i, role)
+    if not owner:
+        return groups
+    extras: dict[int, dict[str, str]] = {}
+    for key in tensors:
+        base, _, leaf = _strip_object(key).rpartition("/")
+        if leaf not in _DEBIAS_LEAVES:
+            continue
+        for stat, (i, role) in owner.items():
+            if base == stat or base.endswith("/" + stat):
+                if key not in groups[i].all_keys:
+                    extras.setdefault(i, {})[f"{role}/{leaf}"] = key
+                break
+    return [replace(g, extras={**g.extras, **extras[i]}) if i in extras else g
+            for i, g in enumerate(groups)]
+
+
+def _strip_object(key: str) -> str:
+    return key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
 
 
 def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
@@ -146,8 +263,29 @@ def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> 
             role: (layer.members[role] if layer.members.get(role) in tensors else None)
             for role in ROLES
         }
-        out.append(BNGroup(layer.name, members, {}, None, {}, from_graph(layer, facts)))
+        # Update-only state (zero-debias accumulators) by its layer-local name.
+        extras = {_local(v, layer.name): v for v in layer.state if v in tensors}
+        # Named from what the checkpoint holds: a graph may name variables it lacks.
+        name = _scope_of([k for k in members.values() if k]) or layer.name
+        out.append(BNGroup(name, members, extras, None, {}, from_graph(layer, facts)))
     return out
+
+
+def _scope_of(keys: list[str]) -> str:
+    """The longest common scope of `keys` (`conv1/bn`), or "" when they share none."""
+    split = [k.split("/")[:-1] for k in keys]
+    common: list[str] = []
+    for parts in zip(*split, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    return "/".join(common)
+
+
+def _local(key: str, scope: str) -> str:
+    """`bn/bn/moving_mean/biased` -> `moving_mean/biased`: the last two components name the
+    state (its statistic and its kind)."""
+    return "/".join(key.split("/")[-2:])
 
 
 def is_bn_class(class_name: str) -> bool:
@@ -210,8 +348,11 @@ def _groups_from_names(tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
     for key in tensors:
         if ".OPTIMIZER_SLOT" in key or key.startswith("optimizer/"):
             continue
-        name = key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
+        name = re.sub(r":\d+$", "", _strip_object(key))
         parts = name.split("/")
+        inner = _KERAS1_INNER.match(parts[-1])
+        if inner is not None:  # Keras 1: `batchnormalization_3_running_std`, one per layer
+            parts[-1:] = [inner["layer"], inner["leaf"]]
         if len(parts) >= 3 and _is_debias("/".join(parts[-2:])):
             scope, local = "/".join(parts[:-2]), "/".join(parts[-2:])
         elif len(parts) >= 2:

@@ -43,6 +43,8 @@ class GraphNode:
     control_inputs: tuple[str, ...] = ()
     #: The scalar value of a bool or float `Const` (first element), else None.
     value: bool | float | None = None
+    #: The values of a small integer `Const` (reduction axes), else None.
+    ints: tuple[int, ...] | None = None
     #: Bool attributes (`is_training` of FusedBatchNorm, ...).
     flags: Mapping[str, bool] = field(default_factory=dict)
     #: Function attributes (`then_branch` of an `If` -> function name).
@@ -204,6 +206,7 @@ def _inline(
             inputs,
             controls,
             node.value,
+            node.ints,
             node.flags,
             node.funcs,
             guard,
@@ -276,6 +279,7 @@ def _node(buf: bytes) -> GraphNode:
     inputs: list[str] = []
     controls: list[str] = []
     value: bool | float | None = None
+    ints: tuple[int, ...] | None = None
     flags: dict[str, bool] = {}
     funcs: dict[str, str] = {}
     attrs: list[bytes] = []
@@ -304,9 +308,11 @@ def _node(buf: bytes) -> GraphNode:
             funcs[key] = _text(parse(attr[10][-1]), 1)
         elif key == "value" and 8 in attr and isinstance(attr[8][-1], bytes):
             value = _scalar(attr[8][-1])
+            ints = _small_ints(attr[8][-1])
     if not name:
         raise ProtoError("graph node without a name")
-    return GraphNode(name, op, tuple(inputs), tuple(c[1:] for c in controls), value, flags, funcs)
+    return GraphNode(name, op, tuple(inputs), tuple(c[1:] for c in controls), value, ints,
+                     flags, funcs)
 
 
 def _scalar(tensor_buf: bytes) -> bool | float | None:
@@ -333,6 +339,46 @@ def _scalar(tensor_buf: bytes) -> bool | float | None:
             return float(struct.unpack_from(fmt, content)[0])
         return 0.0
     return None
+
+
+_DT_INT32, _DT_INT64 = 3, 9
+_MAX_INTS = 16
+
+
+def _small_ints(tensor_buf: bytes) -> tuple[int, ...] | None:
+    """The values of an int32 / int64 TensorProto of at most 16 elements (axes), else None."""
+    msg = parse(tensor_buf)
+    dtype = msg.get(1, [0])[-1]
+    if dtype not in (_DT_INT32, _DT_INT64):
+        return None
+    content = msg.get(4, [b""])[-1]
+    if isinstance(content, bytes) and content:
+        size = 4 if dtype == _DT_INT32 else 8
+        if len(content) % size or len(content) > size * _MAX_INTS:
+            return None
+        fmt = f"<{len(content) // size}{'i' if size == 4 else 'q'}"
+        return tuple(struct.unpack(fmt, content))
+    out: list[int] = []
+    for v in msg.get(7 if dtype == _DT_INT32 else 10, []):
+        if isinstance(v, bytes):  # packed varints
+            out.extend(_packed(v))
+        elif isinstance(v, int):
+            out.append(v - (1 << 64) if v >= 1 << 63 else v)
+        if len(out) > _MAX_INTS:
+            return None
+    return tuple(out)
+
+
+def _packed(buf: bytes) -> list[int]:
+    """Packed varints, as signed 64-bit integers."""
+    out, shift, acc = [], 0, 0
+    for byte in buf[: 10 * _MAX_INTS]:
+        acc |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            out.append(acc - (1 << 64) if acc >= 1 << 63 else acc)
+            acc, shift = 0, 0
+    return out
 
 
 def _collection(key: str, buf: bytes) -> tuple[str, ...]:

@@ -67,6 +67,7 @@ _BN_CLASSES = frozenset(_BN_HINTS.values())
 _UNIQUIFIED = re.compile(
     r"^(gamma|beta|running_mean|running_std|moving_mean|moving_variance)_\d+$"
 )
+_KERAS1_INNER = re.compile(r"^(?P<layer>.+?)_(?P<leaf>gamma|beta|running_mean|running_std)$")
 _KERAS1_RENAME = {"running_mean": "moving_mean", "running_std": "moving_variance"}
 _OPTIMIZER_TOP = frozenset({"optimizer", "optimizer_weights"})
 # A compressed chunk can inflate ~1000x (zlib's limit); beyond that the size is a lie or a bomb.
@@ -106,6 +107,8 @@ class KerasH5Checkpoint(Checkpoint):
         #: The model's parsed JSON config (`model_config` / `config.json`), None if absent.
         #: Plain data for the audit (e.g. to report `Lambda` layers); never deserialized.
         self.model_config: Mapping[str, Any] | None = None
+        #: Why a config the file has could not be read (then nothing can say it holds no code).
+        self.config_error: str | None = None
 
     def add_warnings(self, notes: list[str]) -> None:
         """Let a wrapping reader (the `.keras` zip) add what it noticed."""
@@ -365,6 +368,8 @@ def _open(
         ckpt = _open_legacy(h5, weights_root, path, size, fmt, version, model_config, warnings)
         ckpt.keras_version = version or None
         ckpt.model_config = _top_entry(model_config)
+        if model_config is None and "model_config" in attrs:
+            ckpt.config_error = "its `model_config` attribute is not readable JSON"
         return ckpt
     except CheckpointError:
         raise
@@ -431,6 +436,13 @@ def _open_legacy(
                 keras1 = True
             # TensorFlow's uniquifier on Keras 1 names: `Normalize_running_mean_2`.
             local = _UNIQUIFIED.sub(r"\1", local)
+            # Keras 1 saved a nested model's weights flat under the outer layer, each prefixed
+            # with its own layer (`batchnormalization_3_running_std`): one scope per inner
+            # layer, or five BN layers read as one.
+            inner = _KERAS1_INNER.match(local) if keras1 or "running_" in local else None
+            if inner is not None:
+                scope = f"{scope}/{inner['layer']}" if scope else inner["layer"]
+                local = inner["leaf"]
             if keras1 and local in _KERAS1_RENAME:
                 local = _KERAS1_RENAME[local]
                 keras1_seen = True

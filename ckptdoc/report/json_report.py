@@ -32,6 +32,9 @@ def file_to_dict(file: FileReport) -> dict[str, Any]:
         out["error"] = file.error
     if file.notes:
         out["notes"] = list(file.notes)
+    if file.ledger is not None:
+        out["ledger"] = {"counts": dict(file.ledger["counts"]),
+                         "unexplained": [dict(u) for u in file.ledger["unexplained"]]}
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -32,6 +33,9 @@ class FileReport:
     findings: tuple[Finding, ...] = ()
     error: str | None = None
     notes: tuple[str, ...] = ()
+    #: Where every tensor of the file went: `counts` per bucket (BN member, weights,
+    #: optimizer, EMA state, counter, unexplained) and the `unexplained` statistic-like ones.
+    ledger: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,8 @@ FIX_HINTS = {
     "BN007": "Check the code that wrote or converted this checkpoint.",
     "BN008": "Check that the trained model, not a fresh one, was saved.",
     "BN009": "Harmless if inference does not use the layer.",
+    "BN010": "Check what the listed tensors are; `--format json` lists them all.",
+    "BN011": "Keep moving averages and use them at inference; then run `ckptdoc recalibrate`.",
     "CK001": "Load this file only from a source you trust.",
 }
 

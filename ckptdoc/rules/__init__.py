@@ -8,10 +8,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ckptdoc.groups import BNGroup
+from ckptdoc.rules.accounting import ledger_findings  # registers BN010 (file-level)
 from ckptdoc.rules.base import Finding, GroupValues, Rule, Severity, Tolerances
 from ckptdoc.rules.checks import RULES
 from ckptdoc.rules.code import code_findings  # registers CK001 (file-level)
 from ckptdoc.rules.model import untrained_findings  # registers BN008, BN009 (model-level)
+
+# Code order whatever the order modules registered in: listings, SARIF rule tables, ties.
+_registered = sorted(RULES.items())
+RULES.clear()
+RULES.update(_registered)
 
 __all__ = [
     "RULES",
@@ -22,6 +28,7 @@ __all__ = [
     "Tolerances",
     "check_group",
     "code_findings",
+    "ledger_findings",
     "model_findings",
     "unknown_codes",
 ]

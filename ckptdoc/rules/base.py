@@ -70,7 +70,7 @@ class Tolerances:
     trained_param: float = 0.0
     #: BN005: with a step count and a momentum in the file, fire when momentum**steps (the
     #: share of the initial value still in each moving average) is at least this.
-    initial_weight: float = 0.5
+    initial_weight: float = 0.1
 
 
 class GroupValues:

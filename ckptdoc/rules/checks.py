@@ -67,6 +67,8 @@ def missing_stats(values: GroupValues, tol: Tolerances) -> Result:
     missing = [r for r in ("moving_mean", "moving_variance") if not members.get(r)]
     if not missing or not (members.get("gamma") or members.get("beta")):
         return None
+    if values.group.evidence.batch_stats_only:
+        return None  # the graph has no moving statistics to save at all: BN011
     saved = " and ".join(r for r in ("gamma", "beta") if members.get(r))
     return Tripped(
         f"{' and '.join(missing)} missing, {saved} saved",
@@ -109,16 +111,14 @@ before it writes and refuses to make held-out results worse.
 """,
 )
 def never_updated(values: GroupValues, tol: Tolerances) -> Result:
-    for name, step in values.present().items():
-        if name.endswith("local_step") and step.size and np.all(step == 0):
-            return Tripped(
-                f"zero-debias {name} is 0", "the moving-average update never ran", {name: 0}
-            )
     mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
     if mean is None or var is None or mean.size == 0:
-        return None
-    if not (np.all(mean == 0.0) and np.all(var == 1.0)):
-        return None
+        return _debias_never_stepped(values)
+    evidence = values.group.evidence
+    # `tf.train.ExponentialMovingAverage` of a tensor starts its average at 0, variance too.
+    ema_start = evidence.updates_run is False and np.all(var == 0.0)
+    if not (np.all(mean == 0.0) and (np.all(var == 1.0) or ema_start)):
+        return _debias_never_stepped(values)
     gamma, beta = values.as_float("gamma"), values.as_float("beta")
     trained = [
         name
@@ -128,12 +128,12 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     if (gamma is not None or beta is not None) and not trained:
         return None  # nothing trained at all: a freshly initialised layer, not this bug
     why = f"{' and '.join(trained)} trained" if trained else "no gamma / beta to compare"
-    evidence = values.group.evidence
     details: dict[str, object] = {"trained": trained, "found_by": evidence.found_by}
     if evidence.updates_run is False:
         details["proof"] = evidence.updates_detail
+        start = "variance all 0 (where a moving average starts)" if ema_start else "variance all 1"
         return Tripped(
-            f"mean all 0, variance all 1, {why}",
+            f"mean all 0, {start}, {why}",
             f"the update ops never ran: {evidence.updates_detail} (proven by the graph)",
             details,
         )
@@ -141,8 +141,10 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
         details["inference_mode"] = evidence.inference_mode
         return Tripped(
             f"mean all 0, variance all 1, {why}",
-            f"{evidence.inference_mode}. Confirm with `ckptdoc recalibrate --eval-data`, "
-            "which refuses when recalibration makes held-out results worse",
+            f"{evidence.inference_mode}. This rests on the graph file beside the checkpoint, "
+            "which is evidence, not proof (nothing that loads the checkpoint reads it): "
+            "confirm with `ckptdoc recalibrate --eval-data`, which refuses when recalibration "
+            "makes held-out results worse",
             details,
             at_most=Severity.WARNING,
         )
@@ -156,6 +158,16 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
             "ran in inference mode during training (a training switch never fed True)"
         )
     return Tripped(f"mean all 0, variance all 1, {why}", cause, details)
+
+
+def _debias_never_stepped(values: GroupValues) -> Result:
+    """A zero-debias `local_step` of 0: that average was never updated, whatever it holds."""
+    for name, step in values.present().items():
+        if name.endswith("local_step") and step.size and np.all(step == 0):
+            return Tripped(
+                f"zero-debias {name} is 0", "the moving-average update never ran", {name: 0}
+            )
+    return None
 
 
 @rule(
@@ -227,7 +239,11 @@ When the file records its step count (Keras 3 `iterations`, TF1 `global_step`, t
 `iter`) and a momentum (the layer's config or graph, else for Keras layers the Keras default
 0.99, said as such; hand-written TF1 BN has no default),
 the rule computes `momentum**steps`, the share of the initial value still in each average,
-and fires when it is at least `initial_weight` (default 0.5), whatever the values look like.
+and fires when it is at least `initial_weight` (default 0.1: 10% of each statistic still its
+initial value; Keras 3 `fit` for 192 steps at 0.99 leaves 14.5%, enough to ruin a small
+model's inference), whatever the values look like. A step
+count the values contradict (a variance below `momentum**steps`, impossible after that many
+updates from 1) is not used, and a note says so.
 "Initial value" means the value when the counted steps began: 0 / 1 for a model trained from
 scratch, the previous statistics for a run that fine-tuned a trained model (then the warning
 says so, and the statistics may well be fine).
@@ -289,6 +305,9 @@ def dead_channels(values: GroupValues, tol: Tolerances) -> Result:
     count = int(np.count_nonzero(dead))
     if not count or (np.all(var == 1.0)):
         return None
+    mean = values.as_float("moving_mean")
+    if values.group.evidence.updates_run is False and mean is not None and np.all(mean == 0):
+        return None  # an average that never started (BN002), not dead units
     return Tripped(
         f"{count} of {var.size} channels have variance <= {tol.dead_variance:g} "
         f"(min {_fmt(float(var.min()))})",
@@ -321,4 +340,35 @@ def shape_mismatch(values: GroupValues, tol: Tolerances) -> Result:
     listing = ", ".join(f"{n} {list(s)}" for n, s in shapes.items())
     return Tripped(
         f"shapes disagree: {listing}", "", {"shapes": {n: list(s) for n, s in shapes.items()}}
+    )
+
+
+@rule(
+    "BN011",
+    Severity.ERROR,
+    "batch statistics only: no moving statistics",
+    f"""
+The graph normalizes this layer with the statistics of each batch (`tf.nn.moments` over the
+batch axis into `tf.nn.batch_normalization`, or a training-mode fused batch norm) and keeps no
+moving statistics anywhere; its scale / offset were trained. At inference the code either skips
+the normalization or normalizes each test batch with its own statistics: predictions then
+depend on the batch they come in, and a single example is normalized with itself. Training and
+inference compute different functions.
+
+Fix: keep moving averages and use them at inference, e.g. `tf.keras.layers.BatchNormalization`
+(or `tf.compat.v1.layers.batch_normalization` with its UPDATE_OPS run), or
+`tf.train.ExponentialMovingAverage` over the batch moments with its update op in the train
+step, selected by a training switch. Then measure population statistics once:
+{_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
+""",
+)
+def batch_stats_only(values: GroupValues, tol: Tolerances) -> Result:
+    if not values.group.evidence.batch_stats_only:
+        return None
+    trained = [r for r in ("gamma", "beta") if values.group.members.get(r)]
+    return Tripped(
+        f"normalizes with batch statistics only, no moving mean / variance; "
+        f"{' and '.join(trained) or 'no parameters'} saved",
+        "training and inference compute different functions (proven by the graph)",
+        {"found_by": values.group.evidence.found_by},
     )

@@ -18,7 +18,8 @@ KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp", "tf_k
 #: Lambda layers, and Keras 3's serialized Python lambdas (`__lambda__`, e.g. as an
 #: activation): their config holds Python bytecode or source that runs on load.
 CODE_CLASSES = frozenset({"Lambda", "__lambda__"})
-_MAX_DEPTH = 200  # configs are trees of modest depth; a deeper one is hostile
+_MAX_NODES = 2_000_000  # values walked; a config past this is hostile, and said to be
+_CUT = "\0cut"
 
 
 @rule(
@@ -49,23 +50,27 @@ def _layer_name(entry: Mapping[str, Any]) -> str | None:
     return name if isinstance(name, str) and name else None
 
 
-def _walk(
-    node: Any, layer: str, depth: int = 0
-) -> Iterator[tuple[str, Mapping[str, Any], str]]:
-    """Yield (enclosing layer name, object entry, its class name) for every serialized object."""
-    if depth > _MAX_DEPTH:
-        return
-    if isinstance(node, Mapping):
-        cls = node.get("class_name")
-        if isinstance(cls, str):
-            if isinstance(node.get("config"), Mapping) and "name" in node["config"]:
-                layer = _layer_name(node) or layer
-            yield layer, node, cls
-        for value in node.values():
-            yield from _walk(value, layer, depth + 1)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk(value, layer, depth + 1)
+def _walk(node: Any, layer: str) -> Iterator[tuple[str, Mapping[str, Any], str]]:
+    """Yield (enclosing layer name, object entry, its class name) for every serialized object,
+    depth first in file order. Iterative: a hostile depth costs no recursion; past `_MAX_NODES`
+    values it yields one `(layer, {}, _CUT)` instead of stopping silently."""
+    stack: list[tuple[Any, str]] = [(node, layer)]
+    seen = 0
+    while stack:
+        item, where = stack.pop()
+        seen += 1
+        if seen > _MAX_NODES:
+            yield where, {}, _CUT
+            return
+        if isinstance(item, Mapping):
+            cls = item.get("class_name")
+            if isinstance(cls, str):
+                if isinstance(item.get("config"), Mapping) and "name" in item["config"]:
+                    where = _layer_name(item) or where
+                yield where, item, cls
+            stack.extend((value, where) for value in reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend((value, where) for value in reversed(item))
 
 
 def _foreign_module(entry: Mapping[str, Any]) -> str | None:
@@ -82,6 +87,13 @@ def code_findings(config: Any, severity: Severity = Severity.WARNING) -> list[Fi
     findings: list[Finding] = []
     seen: set[tuple[str, str, str]] = set()
     for layer, entry, cls in _walk(config, "(model)"):
+        if cls == _CUT:
+            findings.append(Finding(
+                "CK001", severity, layer,
+                f"the model config is too large to check for code (over {_MAX_NODES:,} values): "
+                "ckptdoc cannot verify that it holds none; treat the file as untrusted",
+                {"cannot_verify": True}))
+            break
         if cls in CODE_CLASSES:
             cfg = entry.get("config")
             kind = cfg.get("function_type") if isinstance(cfg, Mapping) else None

@@ -1,0 +1,232 @@
+"""Truth under adversity (issue 21): no source of evidence may hide what the tensors show.
+
+Files: tests/data/truth/ (scripts/make_truth_testdata.py) and ones written here. Each test is a
+case where one source, trusted alone, gave a silently wrong verdict before.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from ckptdoc.auditor import audit_file, evidence_groups
+from ckptdoc.formats import open_checkpoint
+from tests.bundle_writer import write_bundle
+from tests.ckpt_factory import healthy_stats, write_keras2_weights
+
+TRUTH = Path(__file__).resolve().parent / "data" / "truth"
+
+
+def _codes(path: Path, **kw: object) -> dict[str, list[tuple[str, str]]]:
+    report = audit_file(path)
+    assert report.error is None, report.error
+    out: dict[str, list[tuple[str, str]]] = {}
+    for f in report.findings:
+        out.setdefault(f.rule, []).append((f.group, f.severity.value))
+    return out
+
+
+# --------------------------------------------------------------------------- 1. zero-debias
+
+
+def test_zero_debias_members_are_what_inference_reads() -> None:
+    # The graph's update ops also write `bn/bn/moving_*/biased`; only the fused BN op's inputs
+    # are the statistics. Before: the variance was the (all-zero) accumulator: "BN006, info".
+    with open_checkpoint(TRUTH / "tf1_zero_debias") as ckpt:
+        (group,) = evidence_groups(ckpt)
+    assert group.members["moving_mean"] == "bn/moving_mean"
+    assert group.members["moving_variance"] == "bn/moving_variance"
+    assert set(group.extras.values()) >= {"bn/bn/moving_mean/biased",
+                                          "bn/bn/moving_variance/biased"}
+    codes = _codes(TRUTH / "tf1_zero_debias")
+    assert codes.get("BN002") == [("bn", "error")]
+    assert "BN006" not in codes
+
+
+def test_zero_debias_trainable_only_saver_is_bn001() -> None:
+    assert _codes(TRUTH / "tf1_zero_debias_trainable_only").get("BN001") == [("bn", "error")]
+
+
+# --------------------------------------------------------------------------- 2. batch stats only
+
+
+def test_batch_statistics_without_moving_statistics_is_an_error() -> None:
+    # tf.nn.moments over the batch into tf.nn.batch_normalization, nothing else: before, 0 BN
+    # layers and exit 0.
+    report = audit_file(TRUTH / "tf1_batch_stats_only")
+    assert [g.name for g in report.groups] == ["norm1"]
+    codes = _codes(TRUTH / "tf1_batch_stats_only")
+    assert codes == {"BN011": [("norm1", "error")]}  # not BN001: no Saver lost anything
+
+
+# --------------------------------------------------------------------------- 3. hand-made EMA
+
+
+def test_unwired_ema_is_never_updated_not_dead_units() -> None:
+    # ExponentialMovingAverage over the moments, its update op on no train op's path: the
+    # averages are at their start, 0 and 0. Before: "BN006 dead units", exit 0.
+    report = audit_file(TRUTH / "tf1_ema_unwired")
+    assert [g.name for g in report.groups] == ["bn1", "bn2"]
+    codes = _codes(TRUTH / "tf1_ema_unwired")
+    assert codes == {"BN002": [("bn1", "error"), ("bn2", "error")]}
+    bn002 = next(f for f in report.findings if f.rule == "BN002")
+    assert "variance all 0" in bn002.message and "does not depend on" in bn002.message
+
+
+# --------------------------------------------------------------------------- 4. Keras 1 nested
+
+
+def test_keras1_nested_model_is_grouped_per_layer() -> None:
+    # Five BN layers saved flat under one Sequential: before, one group and three broken
+    # layers unreported.
+    report = audit_file(TRUTH / "keras1_nested.h5")
+    assert [g.name for g in report.groups] == [
+        f"sequential_1/batchnormalization_{i}" for i in range(1, 6)]
+    codes = _codes(TRUTH / "keras1_nested.h5")
+    assert codes == {
+        "BN002": [("sequential_1/batchnormalization_5", "error")],
+        "BN003": [("sequential_1/batchnormalization_2", "error")],
+        "BN004": [("sequential_1/batchnormalization_3", "error")],
+    }
+
+
+# --------------------------------------------------------------------------- 5. step counts
+
+
+def _keras3_weights(path: Path, variance: np.ndarray, iterations: int) -> Path:
+    """A Keras 3 `.weights.h5` with one BN layer and an optimizer step counter."""
+    with h5py.File(path, "w") as f:
+        bn = f.create_group("layers/batch_normalization/vars")
+        c = variance.size
+        bn["0"] = np.linspace(0.8, 1.2, c).astype("float32")
+        bn["1"] = np.linspace(-0.1, 0.1, c).astype("float32")
+        bn["2"] = np.linspace(-1, 1, c).astype("float32")
+        bn["3"] = variance.astype("float32")
+        opt = f.create_group("optimizer/vars")
+        opt["0"] = np.array(iterations, "int64")
+        f.create_group("layers/dense/vars")["0"] = np.ones((c, 2), "float32")
+    return path
+
+
+def test_a_step_count_the_values_contradict_is_not_used(tmp_path: Path) -> None:
+    # A Keras 2.12+ optimizer saved `iteration = 0`, yet the variances moved far from 1:
+    # before, BN005 "100% of each moving statistic is still its initial value".
+    path = _keras3_weights(tmp_path / "m.weights.h5", np.linspace(0.01, 3, 8), iterations=0)
+    report = audit_file(path)
+    assert [f.rule for f in report.findings] == []
+    assert any("contradicts the values" in n for n in report.notes)
+
+
+def test_a_short_run_is_bn005_by_default(tmp_path: Path) -> None:
+    # 192 steps at the default 0.99: 14.5% of each statistic is still its initial value, and
+    # every variance is consistent with that (>= 0.145). Before: clean unless configured.
+    path = _keras3_weights(tmp_path / "m.weights.h5", np.linspace(0.2, 3, 8), iterations=192)
+    report = audit_file(path)
+    (finding,) = report.findings
+    assert finding.rule == "BN005" and finding.severity.value == "warning"
+    assert finding.details["initial_weight"] == pytest.approx(0.99**192)
+    assert "fine-tuned" in finding.message
+
+
+# --------------------------------------------------------------------------- 7. forged evidence
+
+
+def test_forged_meta_cannot_hide_never_updated_statistics() -> None:
+    # The .meta's FusedBatchNorm reads bn/gamma as its mean and bn/beta as its variance.
+    report = audit_file(TRUTH / "tf1_forged_meta")
+    assert [(f.rule, f.group, f.severity.value) for f in report.findings] == [
+        ("BN002", "bn", "error")]
+    assert any("reads `bn/gamma` as moving_mean" in n and "disagree" in n
+               for n in report.notes)
+
+
+def test_forged_meta_cannot_hide_a_nan_in_gamma() -> None:
+    # The .meta takes the scale from `elsewhere/scale`, which the checkpoint lacks.
+    codes = _codes(TRUTH / "tf1_forged_scale")
+    assert list(codes) == ["BN003"]
+    report = audit_file(TRUTH / "tf1_forged_scale")
+    assert any("`bn/gamma` (gamma)" in n for n in report.notes)
+
+
+def test_a_model_structure_that_calls_bn_something_else_hides_nothing(tmp_path: Path) -> None:
+    # A Keras 2 full-model file whose config calls the BN layer `Dense`.
+    stats = healthy_stats(4)
+    stats["moving_variance"][1] = np.nan
+    path = write_keras2_weights(tmp_path / "m.h5", {"bn": stats})
+    with h5py.File(path, "a") as f:
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = f.attrs["layer_names"]
+        del f.attrs["layer_names"]
+        f.move("bn", "model_weights/bn")
+        f.attrs["keras_version"] = b"2.4.0"
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {
+            "name": "s", "layers": [{"class_name": "Dense", "config": {"name": "bn"}}]}})
+    report = audit_file(path)
+    assert [f.rule for f in report.findings] == ["BN003"]
+    assert any("does not list it as one" in n for n in report.notes)
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def test_unexplained_statistic_like_tensors_make_the_file_unverifiable(tmp_path: Path) -> None:
+    # A flat checkpoint whose BN layer uses no convention's names: nothing groups it, and
+    # before the audit said "0 BN layers, clean".
+    prefix = tmp_path / "model.ckpt"
+    rng = np.random.default_rng(0)
+    write_bundle(prefix, {
+        "block/w": rng.normal(size=(3, 3, 1, 4)).astype("float32"),
+        "block/b": np.zeros(4, "float32"),
+        "block/norm/s": np.ones(4, "float32"),
+        "block/norm/avg_mean": np.zeros(4, "float32"),
+        "block/norm/avg_var": np.ones(4, "float32"),
+        "global_step": np.array(100, "int64"),
+    })
+    report = audit_file(prefix)
+    (finding,) = report.findings
+    assert finding.rule == "BN010" and finding.severity.value == "warning"
+    assert finding.details["unexplained"] == ["block/norm/avg_mean", "block/norm/avg_var"]
+    assert report.ledger is not None
+    counts = report.ledger["counts"]
+    assert counts["unexplained"] == 2 and counts["counter"] == 1 and counts["weights"] == 3
+    assert sum(counts.values()) == 6  # every tensor in one bucket
+
+
+def test_every_tensor_of_a_real_file_is_accounted_for() -> None:
+    real = Path(__file__).resolve().parent / "data" / "real"
+    for path in (real / "fer" / "emotion_model.hdf5", real / "musicnn-mtt-vgg",
+                 real / "basic-pitch" / "nmp"):
+        report = audit_file(path)
+        assert report.ledger is not None
+        with open_checkpoint(path) as ckpt:
+            assert sum(report.ledger["counts"].values()) == len(ckpt.tensors)
+        assert report.ledger["counts"]["unexplained"] == 0, report.ledger
+        assert report.ledger["counts"]["bn"] > 0
+
+
+# --------------------------------------------------------------------------- 8. code too deep
+
+
+def test_code_nested_deeper_than_any_walk_is_found(tmp_path: Path) -> None:
+    layer: dict[str, object] = {"class_name": "Lambda",
+                                "config": {"name": "lam", "function_type": "lambda"}}
+    for i in range(80):  # before: past the walker's depth limit, "no code"
+        layer = {"class_name": "Sequential", "config": {"name": f"s{i}", "layers": [layer]}}
+    path = write_keras2_weights(tmp_path / "m.h5", {"bn": healthy_stats(4)})
+    with h5py.File(path, "a") as f:
+        f.attrs["model_config"] = json.dumps(layer)
+    codes = _codes(path)
+    assert codes.get("CK001") == [("lam", "warning")]
+
+
+def test_an_unreadable_config_is_no_proof_of_no_code(tmp_path: Path) -> None:
+    path = write_keras2_weights(tmp_path / "m.h5", {"bn": healthy_stats(4)})
+    with h5py.File(path, "a") as f:
+        f.attrs["model_config"] = "[" * 100_000  # deeper than any JSON parser goes
+    report = audit_file(path)
+    (finding,) = [f for f in report.findings if f.rule == "CK001"]
+    assert "cannot check the model for code" in finding.message
