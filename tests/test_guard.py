@@ -70,6 +70,62 @@ def test_fit_with_bn_in_inference_mode_is_stopped_early() -> None:
     assert steps.n == 5  # stopped at the check, not after 80 steps
 
 
+def _subclassed(inference_bn: bool):  # type: ignore[no-untyped-def]
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(0)
+
+    class Net(keras.Model):  # TF2's default style: not built until its first call
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(8)
+            self.bn = keras.layers.BatchNormalization(name="bn_sub")
+            self.head = keras.layers.Dense(2)
+
+        def call(self, x, training=None):  # type: ignore[no-untyped-def]
+            h = self.bn(self.dense(x), training=False if inference_bn else training)
+            return self.head(keras.ops.relu(h))
+
+    model = Net()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def test_subclassed_model_is_watched_from_its_first_step() -> None:
+    # Before: the snapshot at on_train_begin held no variables and the bug ran all 80 steps.
+    from ckptdoc.guard import BatchNormMonitor, BatchNormNotUpdatingError
+
+    x, y = _data()
+    steps = _Steps()
+    with pytest.raises(BatchNormNotUpdatingError) as info:
+        _subclassed(inference_bn=True).fit(
+            x, y, batch_size=16, epochs=5, verbose=0,
+            callbacks=[steps.callback, BatchNormMonitor(check_after_steps=5)])
+    assert info.value.layers == ["bn_sub"]
+    assert steps.n == 6  # the start is the end of step 1, the check 5 steps later
+
+
+def test_healthy_subclassed_fit_is_not_stopped() -> None:
+    from ckptdoc.guard import BatchNormMonitor
+
+    x, y = _data()
+    history = _subclassed(inference_bn=False).fit(
+        x, y, batch_size=16, epochs=2, verbose=0,
+        callbacks=[BatchNormMonitor(check_after_steps=5, every=True)])
+    assert len(history.history["loss"]) == 2
+
+
+def test_a_monitor_watching_no_bn_layer_says_so() -> None:
+    keras = pytest.importorskip("keras")
+    from ckptdoc.guard import BatchNormMonitor
+
+    x, y = _data()
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(2)])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    with pytest.warns(RuntimeWarning, match="watches no BN layer: the model has no"):
+        model.fit(x, y, batch_size=16, epochs=1, verbose=0,
+                  callbacks=[BatchNormMonitor(check_after_steps=2)])
+
+
 def test_healthy_fit_runs_to_the_end() -> None:
     from ckptdoc.guard import BatchNormMonitor
 

@@ -7,6 +7,7 @@ one read of the BN variables per check.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import keras
@@ -32,6 +33,11 @@ class BatchNormMonitor(keras.callbacks.Callback):
     and moving_variance did not (a loop calling `model(x)` without `training=True`) raises
     `BatchNormNotUpdatingError` naming the layers, which ends `fit`. Layers with nothing
     trainable moved (frozen on purpose) are left alone. Checks once, unless `every` is set.
+
+    A subclassed model is not built when `fit` begins: the start is then taken at the end of
+    the first step, when its BN variables exist. A monitor that would watch no BN layer says
+    so (a `RuntimeWarning`) instead of passing silently: the model has no BN layer, or its BN
+    layers were never built.
     """
 
     def __init__(self, check_after_steps: int = 20, every: bool = False) -> None:
@@ -43,13 +49,17 @@ class BatchNormMonitor(keras.callbacks.Callback):
         self._start: dict[int, tuple[str, dict[str, np.ndarray]]] | None = None
         self._layers: dict[int, Any] = {}
         self._steps = 0
+        self._warned = False
 
     # --- Keras hooks ---------------------------------------------------------------------
 
     def on_train_begin(self, logs: Any = None) -> None:
         self._start = None
         self._steps = 0
-        self._snapshot(self.model)
+        self._warned = False
+        if _all_built(self.model):
+            self._snapshot(self.model)
+        # else: a subclassed model builds in its first step; `check` takes the start then
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.check(self.model)
@@ -59,7 +69,13 @@ class BatchNormMonitor(keras.callbacks.Callback):
     def check(self, model: Any) -> None:
         """Count one training step of `model`; compare with the start when it is time."""
         if self._start is None:
-            self._snapshot(model)  # first call in a custom loop: this is the start
+            # First call in a custom loop, or the first step of a model built lazily: the start.
+            if _all_built(model) or self._warned:
+                self._snapshot(model)
+            else:
+                self._say_watching_nothing(model)
+            return
+        if not self._start:
             return
         self._steps += 1
         if self._steps % self.check_after_steps or (
@@ -84,8 +100,25 @@ class BatchNormMonitor(keras.callbacks.Callback):
     # --- internals -----------------------------------------------------------------------
 
     def _snapshot(self, model: Any) -> None:
-        self._layers = {id(layer): layer for _, layer in _bn_layers(model)}
-        self._start = {id(layer): (name, _values(layer)) for name, layer in _bn_layers(model)}
+        layers = [(name, layer) for name, layer in _bn_layers(model) if layer.built]
+        self._layers = {id(layer): layer for _, layer in layers}
+        self._start = {id(layer): (name, _values(layer)) for name, layer in layers}
+        if not self._start:
+            self._say_watching_nothing(model)
+
+    def _say_watching_nothing(self, model: Any) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        found = _bn_layers(model)
+        if found:
+            unbuilt = ", ".join(name for name, layer in found if not layer.built)
+            why = (f"its BN layers are not built yet ({unbuilt}); the start is taken at the "
+                   "next check")
+        else:
+            why = "the model has no BatchNormalization layer it can see"
+        warnings.warn(f"BatchNormMonitor watches no BN layer: {why}", RuntimeWarning,
+                      stacklevel=3)
 
 
 def _bn_layers(model: Any) -> list[tuple[str, Any]]:
@@ -106,6 +139,13 @@ def _bn_layers(model: Any) -> list[tuple[str, Any]]:
 
     walk(model, "")
     return out
+
+
+def _all_built(model: Any) -> bool:
+    """The model and every BN layer under it have their variables."""
+    layers = _bn_layers(model)
+    return bool(getattr(model, "built", True)) and bool(layers) and all(
+        layer.built for _, layer in layers)
 
 
 def _values(layer: Any) -> dict[str, np.ndarray]:
