@@ -194,9 +194,12 @@ def test_batch_size_does_not_change_statistics(files, data, mode) -> None:  # ty
         m = load_broken(files)
         rep = recalibrate(m, data["xtr"][:200], batch_size=bs, mode=mode)
         results.append(bn_stats(m))
-        assert rep.passes == (1 if mode == "precise" else 2)
-    # Precise mode normalizes with batch statistics, so layers downstream of another BN see
-    # batch-size-dependent inputs (as in PreciseBN); its first layer and sequential mode are exact.
+        # Precise mode normalizes with batch statistics, so layers downstream of another BN
+        # see batch-size-dependent inputs (as in PreciseBN): with batches of 7 that is past
+        # the self-check's tolerance, and one inference pass settles it.
+        assert rep.passes == ({7: 2, 64: 1}[bs] if mode == "precise" else 2)
+        assert rep.self_check is not None and rep.self_check.passed
+    # The first layer and sequential mode are exact whatever the batch size.
     names = ["bn1"] if mode == "precise" else ["bn1", "bn2"]
     for name in names:
         for a, b in zip(results[0][name], results[1][name], strict=True):

@@ -258,8 +258,10 @@ def test_inference_graph_is_measured_layer_after_layer(
                "--output", str(out), "--force")
     assert res.exit_code == 0, res.output
     report = json.loads(res.stdout)["report"]
-    assert report["passes"] >= 2 and report["mode"] == "sequential"
+    # The mode asked for (sequential is refused for graphs), with the passes it took.
+    assert report["passes"] >= 2 and report["mode"] == "precise"
     assert any("layer after layer" in n for n in report["notes"])
+    assert report["self_check"]["passed"] and report["self_check"]["samples"] == 512
 
     reader = tf.train.load_checkpoint(str(src / "model.ckpt"))
     with np.load(npz["calib"]) as z:
@@ -398,3 +400,91 @@ def test_dropout_on_the_training_switch_is_measured_in_inference_mode(npz: Any) 
     np.testing.assert_allclose(new["conv1/bn/moving_mean"], mean1, rtol=1e-5)
     np.testing.assert_allclose(new["fc/bn/moving_mean"], h.mean(axis=0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(new["fc/bn/moving_variance"], h.var(axis=0), rtol=1e-5)
+
+
+def test_repair_is_the_graphs_own_inference_fixed_point(npz: dict[str, Path],
+                                                        tmp_path: Path) -> None:
+    # With batches of 4 the training-mode pass normalizes the dense head's input with noisy
+    # batch statistics: what it measures for the last BN is off what inference gives it. The
+    # self-check runs the graph in inference mode with the new statistics in place and puts
+    # in what inference gives. Checked here against TensorFlow itself: every stored statistic
+    # is the moments of its layer's input in the graph's own inference pass.
+    out = tmp_path / "fixed" / "model.ckpt"
+    with np.load(npz["calib"]) as z:
+        x = z["x"][:256]
+    np.savez(tmp_path / "x.npz", x=x)
+    res = _cli(str(SAMPLE), "--data", str(tmp_path / "x.npz"), "--feed", "x:0=x", "--set",
+               "is_training:0=true", "--batch-size", "4", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)["report"]
+    assert report["self_check"]["passed"] and report["mode"] == "precise"
+    assert any("off the graph's inference path" in n for n in report["notes"])
+
+    v1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default(), v1.Session(graph=g) as sess:
+        saver = v1.train.import_meta_graph(str(SAMPLE / "model.ckpt.meta"), clear_devices=True)
+        saver.restore(sess, str(out))
+        from ckptdoc.formats.graph import read_meta_graph
+        from ckptdoc.graph_bn import analyze
+
+        layers = analyze(read_meta_graph(SAMPLE / "model.ckpt.meta")).layers
+        assert len(layers) == 3
+        refs = [layer.inputs[0] for layer in layers]
+        refs = [r if ":" in r else r + ":0" for r in refs]
+        values = sess.run(refs, {"x:0": x, "is_training:0": False})
+        reader = tf.train.load_checkpoint(str(out))
+        for layer, h in zip(layers, values, strict=True):
+            stored_var = reader.get_tensor(layer.members["moving_variance"])
+            seen = h.astype(np.float64).reshape(-1, h.shape[-1]).var(axis=0)
+            # Before: the training-mode measurement was written, more than 2% off.
+            np.testing.assert_allclose(stored_var, seen, rtol=0.02)
+
+
+def test_a_failed_self_check_writes_nothing(npz: dict[str, Path], tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # No tolerance can be met: the check fails after its settling passes and the run refuses,
+    # naming the layers, exit 1, nothing written (with --force: written, with the warning).
+    from ckptdoc.recalibrate import selfcheck
+
+    monkeypatch.setattr(selfcheck, "TOLERANCE", -1.0)
+    out = tmp_path / "fixed" / "model.ckpt"
+    args = [str(SAMPLE), "--data", str(npz["calib"]), "--feed", "x:0=x", "--set",
+            "is_training:0=true", "--samples", "128", "--output", str(out)]
+    res = _cli(*args)
+    assert res.exit_code == 1
+    result = json.loads(res.stdout)
+    assert not result["written"] and "self-check failed" in result["refused"]
+    assert "batch_normalization_2" in result["refused"]
+    assert not out.with_name("model.ckpt.index").exists()
+    res = _cli(*args, "--force")
+    assert res.exit_code == 0 and "self-check failed" in json.loads(res.stdout)["warning"]
+
+
+@pytest.mark.parametrize(("name", "written"), [
+    # zero-debias accumulators beside the statistics, trainable-only Saver: before, the new
+    # statistics went to `bn/bn/moving_*/biased` and the copy was still BN001
+    ("tf1_zero_debias_trainable_only", {"bn/moving_mean", "bn/moving_variance"}),
+    # ExponentialMovingAverage over the moments, never run: before, four half-layers
+    ("tf1_ema_unwired", {f"bn{i}/bn{i}/moments/Squeeze{s}/ExponentialMovingAverage"
+                         for i in (1, 2) for s in ("", "_1")}),
+])
+def test_truth_cases_recalibrate_under_the_names_inference_reads(
+    name: str, written: set[str], tmp_path: Path
+) -> None:
+    src = ROOT / "tests" / "data" / "truth" / name
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "x.npz", x=(rng.normal(size=(256, 8, 8, 1)) * 2 + 3).astype("float32"))
+    out = tmp_path / "fixed" / "model.ckpt"
+    res = _cli(str(src), "--data", str(tmp_path / "x.npz"), "--feed", "x:0=x", "--set",
+               "is_training:0=true", "--output", str(out))
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["report"]["self_check"]["passed"]
+    before = set(tf.train.load_checkpoint(str(src / "model.ckpt")).get_variable_to_shape_map())
+    after = tf.train.load_checkpoint(str(out))
+    changed = {k for k in after.get_variable_to_shape_map()
+               if k not in before or not np.array_equal(
+                   after.get_tensor(k),
+                   tf.train.load_checkpoint(str(src / "model.ckpt")).get_tensor(k))}
+    assert changed == written
+    assert audit_file(out).findings == ()

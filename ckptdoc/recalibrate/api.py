@@ -27,11 +27,30 @@ def recalibrate(
     `batch_size`, `samples` / `batches` (both None: all of the data), `eval_data`, `x_key`,
     `y_key`, `images`. The model's BN variables are updated in place; on any error they are
     put back as they were. With labels (in `data` or `eval_data`) the report carries inference
-    loss / accuracy before and after; check `report.got_worse`.
-    """
-    from ckptdoc.recalibrate.keras_model import measure
+    loss / accuracy before and after.
 
-    return measure(model, Options(data=data, **options), progress)
+    The same checks as for a file (`pipeline.judge`): non-finite statistics, a failed
+    self-check (`report.self_check`) or worse held-out results put the old statistics back
+    and raise `RecalibrationError` with the reason; `force=True` keeps the new ones in all but
+    the first case.
+    """
+    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.engine import assign, find_bn_layers, snapshot
+    from ckptdoc.recalibrate.keras_model import measure
+    from ckptdoc.recalibrate.pipeline import judge
+
+    opts = Options(data=data, **options)
+    layers = find_bn_layers(model)
+    old = [snapshot(bn) for bn in layers]
+    report = measure(model, opts, progress)
+    new = {bn.path: tuple(snapshot(bn).values()) for bn in layers}
+    refused, _ = judge(report, new, opts.force)
+    if refused:
+        for bn, values in zip(layers, old, strict=True):
+            assign(bn, values)
+        raise RecalibrationError(refused.replace("Nothing written", "The model is unchanged")
+                                 .replace("nothing written", "the model is unchanged"))
+    return report
 
 
 def recalibrate_file(

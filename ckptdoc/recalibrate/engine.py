@@ -100,7 +100,8 @@ class Capture:
     """Installs the recording wrappers; the state of each layer decides what its call does.
 
     States: "batch" = normalize with batch statistics and record them; "batch-quiet" = normalize
-    with batch statistics, record nothing; "fixed" = the layer's own inference path.
+    with batch statistics, record nothing; "fixed" = the layer's own inference path; "check" =
+    the layer's own inference path, its inputs' statistics recorded (the self-check).
     """
 
     layers: list[BNLayer]
@@ -157,8 +158,11 @@ class Capture:
 
         def call(inputs: Any, training: Any = None, mask: Any = None, **kwargs: Any) -> Any:
             state = self.state.get(idx, "batch")
-            if state == "fixed":
+            if state in ("fixed", "check"):
                 out = original(inputs, training=False, mask=mask, **kwargs)
+                if state == "check":  # the self-check: inference output, inputs recorded
+                    _, stats = self.backend.batch_stats(layer, inputs, mask)
+                    self.recorded.setdefault(idx, []).append(stats)
             else:
                 out, stats = self.backend.batch_stats(layer, inputs, mask)
                 if state == "batch":

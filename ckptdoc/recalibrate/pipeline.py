@@ -1,7 +1,8 @@
 """The one recalibration policy, the same for every target:
 
-    measure -> refuse non-finite statistics -> compare on held-out data -> refuse, or write
-    atomically with the audit of the complete copy as the last check -> Outcome
+    measure -> refuse non-finite statistics -> self-check against the model's own inference
+    -> compare on held-out data -> refuse, or write atomically with the audit of the complete
+    copy as the last check -> Outcome
 
 The CLI and the Python API both call `run`; the fault-injection tests drive `commit`, the
 write step it uses. Must not know: Keras, TensorFlow, file formats (the targets do), how an
@@ -11,6 +12,7 @@ outcome is printed or which exit code it maps to (both the CLI's).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,27 +93,45 @@ def run(
     target.check_output(dest, in_place)
     measured = target.measure(options, progress)
     report = measured.report
-    broken = non_finite(measured.new_values)
-    if broken:  # never written, --force or not: NaN statistics make every output NaN
-        return Outcome(target.path, report, refused=(
-            f"the new statistics of {', '.join(broken)} are not finite (NaN or Inf): the data "
-            "or the model's activations hold NaN / Inf values. Check the data (and any "
-            "preprocessing); nothing written"))
-    worse = _worse_message(report) if report.got_worse else None
-    if worse and not options.force:
-        return Outcome(target.path, report, refused=worse + ". Nothing written")
+    refused, worse = judge(report, measured.new_values, options.force)
+    if refused:
+        return Outcome(target.path, report, refused=refused)
     if not measured.writes:
         return Outcome(target.path, report, skipped="a worker of a multi-worker run: the chief "
                        "writes the output")
-    check = AuditCheck(options.force)
+    audit = AuditCheck(options.force)
     try:
-        notes = commit(measured.fix, dest, in_place, check)
+        notes = commit(measured.fix, dest, in_place, audit)
     except Refused as exc:
-        return Outcome(target.path, report, refused=str(exc), audit=check.summary)
+        return Outcome(target.path, report, refused=str(exc), audit=audit.summary)
     if notes:
         report = dataclasses.replace(report, notes=(*report.notes, *notes))
-    return Outcome(target.path, report, output=dest, audit=check.summary,
+    return Outcome(target.path, report, output=dest, audit=audit.summary,
                    warning=None if worse is None else worse + "; --force: written anyway")
+
+
+def judge(
+    report: RecalibrationReport, new_values: Mapping[str, Sequence[Any]], force: bool
+) -> tuple[str | None, str | None]:
+    """The checks on a measurement, in order, for files and in-memory models alike:
+    (why it is refused, or None; what `force` overrode, or None). Non-finite statistics are
+    refused even with `force`; a failed self-check and worse held-out results only without."""
+    broken = non_finite(new_values)
+    if broken:  # never written, --force or not: NaN statistics make every output NaN
+        return (f"the new statistics of {', '.join(broken)} are not finite (NaN or Inf): the "
+                "data or the model's activations hold NaN / Inf values. Check the data (and any "
+                "preprocessing); nothing written"), None
+    problems = []
+    check = report.self_check
+    if check is not None and not check.passed:
+        problems.append(check.refusal())
+    if report.got_worse:
+        problems.append(_worse_message(report))
+    if not problems:
+        return None, None
+    if not force:
+        return "; ".join(problems) + ". Nothing written", None
+    return None, "; ".join(problems)
 
 
 def commit(fix: Fix, dest: Path, in_place: bool, check: AuditCheck) -> list[str]:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ckptdoc.recalibrate.selfcheck import SelfCheck
+
 
 def _max_abs(a: np.ndarray) -> float:
     return float(np.max(np.abs(a))) if a.size else 0.0
@@ -95,6 +97,8 @@ class RecalibrationReport:
     #: "tensorflow") and over how many replicas (devices / workers) the data was split.
     backend: str = "tensorflow"
     replicas: int = 1
+    #: The statistics against the model's own inference with them in place (None: not run).
+    self_check: SelfCheck | None = None
 
     @property
     def got_worse(self) -> bool:
@@ -105,6 +109,9 @@ class RecalibrationReport:
         d = asdict(self)
         d["layers"] = [asdict(x) for x in self.layers]
         d["got_worse"] = self.got_worse
+        if self.self_check is not None:
+            d["self_check"].pop("seen", None)
+            d["self_check"]["passed"] = self.self_check.passed
         return d
 
 
@@ -112,7 +119,7 @@ def pass_report(
     *, mode: str, passes: int, consumed: Any, budget: Any, data: str, variance_convention: str,
     seconds: float, layers: tuple[LayerChange, ...], eval_before: EvalResult | None,
     eval_after: EvalResult | None, notes: list[str], backend: str = "tensorflow",
-    replicas: int = 1,
+    replicas: int = 1, self_check: SelfCheck | None = None,
 ) -> RecalibrationReport:
     """The report of a measurement; `consumed` / `budget` are the data module's `Consumed` and
     `Budget` (read for their fields only). Says so when the data ran out before the budget."""
@@ -126,7 +133,7 @@ def pass_report(
         budget_samples=budget.samples, budget_batches=budget.batches,
         data_exhausted=consumed.exhausted, data=data, variance_convention=variance_convention,
         seconds=seconds, layers=layers, eval_before=eval_before, eval_after=eval_after,
-        notes=tuple(notes), backend=backend, replicas=replicas,
+        notes=tuple(notes), backend=backend, replicas=replicas, self_check=self_check,
     )
 
 
@@ -190,6 +197,8 @@ def render(report: RecalibrationReport, console: Any) -> None:
         markup=False,
     )
     console.print(f"Variance written as {report.variance_convention}.", markup=False)
+    if report.self_check is not None:
+        console.print(report.self_check.summary() + ".", markup=False)
     for label, ev in (("before", report.eval_before), ("after", report.eval_after)):
         if ev is not None:
             acc = f", accuracy {ev.accuracy:.4f}" if ev.accuracy is not None else ""

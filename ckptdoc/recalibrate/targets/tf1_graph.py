@@ -10,8 +10,8 @@ the statistics settle.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Batch, Consumed
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import EvalResult, LayerChange, pass_report
+from ckptdoc.recalibrate.selfcheck import MAX_SETTLE_PASSES, SelfCheck, compare
 from ckptdoc.recalibrate.targets.base import Measured, Progress
 from ckptdoc.recalibrate.targets.bundle import BundleOutput
 
@@ -158,6 +159,11 @@ def _measure(
                 f"after layer, with the new values in place, {passes} passes until they stopped "
                 "changing"
             )
+        _assign_all(tf1, gm, plans, moments, ck, expected)
+        check, settled = _settle(tf1, gm, plans, moments, ck, expected, consumed.samples,
+                                 lambda: source.budgeted(batch_size, budget, Consumed()), notes)
+        moments = check.seen
+        passes += settled
         if moved:  # harmless (stats come from the inputs), but the user should know
             notes.append(
                 f"the moving statistics of {', '.join(moved)} changed in the session during the "
@@ -187,13 +193,56 @@ def _measure(
             notes.append(blind + tf1.boolean_placeholders_hint(gm))
     finally:
         gm.close()
+    # The mode asked for, whatever number of passes it took (the notes say why).
     report = pass_report(
-        mode="precise" if passes == 1 else "sequential", passes=passes, consumed=consumed,
+        mode=options.mode, passes=passes, consumed=consumed,
         budget=budget, data=source.description, variance_convention=tf1.VARIANCE_CONVENTION,
         seconds=time.perf_counter() - started, layers=tuple(changes), eval_before=before,
-        eval_after=after, notes=notes,
+        eval_after=after, notes=notes, self_check=check,
     )
     return Measured(report, BundleFix(prefix, replacements, additions), new_values)
+
+
+# A TF1 layer's epsilon is not in the checkpoint; 1e-3 is TF1's default, and only keeps a
+# dead channel's (variance 0) gap finite.
+_EPSILON = 1e-3
+
+
+def _settle(tf1: Any, gm: Any, plans: Sequence[Any], moments: dict[str, Any], ck: Any,
+            expected: Mapping[str, Mapping[str, str]], samples: int,
+            batches: Callable[[], Any], notes: list[str]) -> tuple[SelfCheck, int]:
+    """The self-check: with `moments` in place (already assigned), one pass in inference mode
+    (every training switch False) over the same samples; each layer's inputs must have the
+    statistics about to be written. Off the fixed point (a graph whose inference path differs
+    from the measured one), the inference moments are put in and checked again, at most
+    `MAX_SETTLE_PASSES` times. `check.seen` holds the moments the last check was made for."""
+    def check_once(current: dict[str, Any]) -> SelfCheck:
+        seen = tf1.run_pass(gm, plans, batches(), None, training=False)
+        stored, inferred = {}, {}
+        for p in plans:
+            name = p.group.name
+            mine = _new_stats(ck, p.group, expected, current[name])
+            stored[name] = (mine["moving_mean"].new, mine["moving_variance"].new, _EPSILON)
+            if name in seen:
+                got = _new_stats(ck, p.group, expected, seen[name])
+                inferred[name] = (got["moving_mean"].new, got["moving_variance"].new)
+        return replace(compare(stored, inferred, samples), seen=(current, seen))
+
+    check = check_once(moments)
+    first = check.worst
+    changed = 0
+    while not check.passed and changed < MAX_SETTLE_PASSES:
+        _, seen = check.seen
+        moments = {**moments, **seen}
+        _assign_all(tf1, gm, plans, moments, ck, expected)
+        changed += 1
+        check = check_once(moments)
+    if changed and first is not None:
+        notes.append(
+            f"the measured statistics were {first.worst:.2g} off the graph's inference path "
+            f"(worst: {first.layer}); {changed} more inference pass(es) over the same samples "
+            "put in the statistics inference itself gives")
+    return replace(check, seen=check.seen[0]), changed
 
 
 def _graph_names(ck: Any) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, ...]]]:
