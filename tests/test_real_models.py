@@ -19,6 +19,7 @@ CASES = [
     ("basic-pitch/nmp", 3, "config", {}),
     ("musicnn-mtt-vgg", 6, "graph", {"BN006": 4}),
     ("inaspeechsegmenter/keras_speech_music_noise_cnn.hdf5", 8, "config", {}),
+    ("deepcut/cnn_without_ne_ab.h5", 2, "names", {}),
 ]
 
 
