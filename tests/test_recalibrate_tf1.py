@@ -488,3 +488,57 @@ def test_truth_cases_recalibrate_under_the_names_inference_reads(
                    tf.train.load_checkpoint(str(src / "model.ckpt")).get_tensor(k))}
     assert changed == written
     assert audit_file(out).findings == ()
+
+
+def _hostile_copy(tmp_path: Path, target: Path, where: str) -> Path:
+    """The sample's checkpoint beside a forged .meta holding a WriteFile of `target`: as the
+    SaverDef's restore op (`where="restore"`), or as a control dependency of the first conv,
+    which every calibration pass fetches (`where="forward"`)."""
+    import shutil
+
+    folder = tmp_path / f"hostile_{where}"
+    shutil.copytree(SAMPLE, folder)
+    meta = tf.compat.v1.MetaGraphDef()
+    meta.ParseFromString((folder / "model.ckpt.meta").read_bytes())
+    nodes = meta.graph_def.node
+    for name, value in (("evil/path", str(target).encode()), ("evil/text", b"pwned")):
+        node = nodes.add(name=name, op="Const")
+        node.attr["dtype"].type = tf.string.as_datatype_enum
+        node.attr["value"].tensor.CopyFrom(tf.make_tensor_proto(value))
+    nodes.add(name="evil", op="WriteFile", input=["evil/path", "evil/text"])
+    if where == "restore":
+        meta.saver_def.restore_op_name = "evil"
+    else:
+        conv = next(n for n in nodes if n.op == "Conv2D")
+        conv.input.append("^evil")
+    (folder / "model.ckpt.meta").write_bytes(meta.SerializeToString())
+    return folder
+
+
+def test_recalibrate_never_runs_the_files_restore_op(npz: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    # Before: import_meta_graph + saver.restore ran the SaverDef's restore op, a WriteFile of
+    # the file's choosing. Now the restore is a Saver ckptdoc builds from the bundle's keys.
+    target = tmp_path / "written_by_the_graph"
+    folder = _hostile_copy(tmp_path, target, "restore")
+    res = _cli(str(folder), "--data", str(npz["calib"]), "--feed", "x:0=x", "--set",
+               "is_training:0=true", "--samples", "64", "--output",
+               str(tmp_path / "out" / "model.ckpt"))
+    assert not target.exists()
+    assert res.exit_code == 0, res.output  # the honest rest of the graph recalibrates
+
+
+def test_a_graph_that_would_write_a_file_is_refused(npz: dict[str, Path],
+                                                     tmp_path: Path) -> None:
+    target = tmp_path / "written_by_the_graph"
+    folder = _hostile_copy(tmp_path, target, "forward")
+    args = [str(folder), "--data", str(npz["calib"]), "--feed", "x:0=x", "--set",
+            "is_training:0=true", "--samples", "64", "--output",
+            str(tmp_path / "out" / "model.ckpt")]
+    res = _cli(*args)
+    assert res.exit_code == 2
+    assert "`evil` (WriteFile)" in res.output and "--allow-unsafe-code" in res.output
+    assert not target.exists()
+    # The opt-in is what it says: the graph runs as it is, WriteFile included.
+    res = _cli(*args, "--allow-unsafe-code")
+    assert target.read_bytes() == b"pwned"

@@ -62,7 +62,8 @@ def command(
     model_spec: Annotated[
         str | None,
         typer.Option("--model", help="`module:function` or `file.py:function` building the "
-                     "architecture (needed for weights-only files)."),
+                     "architecture (needed for weights-only files). Your code: it runs as "
+                     "given, unchecked."),
     ] = None,
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Where to write (default: "
@@ -103,12 +104,15 @@ def command(
                      "model's classes)."),
     ] = False,
     allow_unsafe_code: Annotated[
-        bool, typer.Option("--allow-unsafe-code", help="Load models with Lambda layers "
-                           "(runs code stored in the file).")
+        bool, typer.Option("--allow-unsafe-code", help="Trust the file's code: load Keras "
+                           "models with Lambda layers (Keras safe mode off), and run a TF1 "
+                           "graph's ops unchecked (file, process, Python-function, I/O ops; "
+                           "by default only pure computation runs).")
     ] = False,
     force: Annotated[
-        bool, typer.Option("--force", help="Write even if results get worse or the audit of the "
-                           "new file still finds errors.")
+        bool, typer.Option("--force", help="Write even if the self-check fails, results get "
+                           "worse or the audit of the new file still finds errors (never "
+                           "NaN / Inf statistics).")
     ] = False,
     output_format: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="Report format.")
@@ -127,7 +131,8 @@ def command(
     imports: Annotated[
         list[str] | None,
         typer.Option("--import", help="Import this module first (repeatable): the custom "
-                     "layer classes it registers with Keras can then be loaded."),
+                     "layer classes it registers with Keras can then be loaded. Your code: "
+                     "it runs as given."),
     ] = None,
     devices: Annotated[
         str,

@@ -36,7 +36,7 @@ import numpy as np
 
 from ckptdoc.formats.resolve import tf_prefix
 from ckptdoc.groups import BNGroup
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate import RecalibrationError, graph_guard
 from ckptdoc.recalibrate.data import Batch
 from ckptdoc.recalibrate.evaluate import score
 from ckptdoc.recalibrate.report import EvalResult
@@ -350,9 +350,53 @@ class GraphModel:
     switches: list[Any]  # training switches: True for the pass, False for evaluation
     predictions: Any | None
     notes: list[str] = field(default_factory=list)
+    #: --allow-unsafe-code: run whatever the graph asks, unchecked.
+    allow_unsafe: bool = False
+    #: Ops ckptdoc built itself (assigns), and the fetch sets already checked.
+    trusted: frozenset[str] = frozenset()
+    _checked: set[tuple[str, ...]] = field(default_factory=set)
+    _assigners: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    _readers: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
         self.session.close()
+
+    def assigner(self, var: Any) -> tuple[Any, Any]:
+        """An assign op of our own for `var` and the placeholder it takes (made once)."""
+        name = var.op.name
+        if name not in self._assigners:
+            import tensorflow as tf
+
+            v1 = tf.compat.v1
+            before = {op.name for op in self.graph.get_operations()}
+            with self.graph.as_default():
+                ph = v1.placeholder(var.dtype.base_dtype, var.shape)
+                op = var.assign(ph, read_value=False)  # the assign Operation itself
+            self.trusted = self.trusted | {o.name for o in self.graph.get_operations()
+                                           if o.name not in before}
+            self._assigners[name] = (op, ph)
+        return self._assigners[name]
+
+    def reader(self, var: Any) -> Any:
+        """A tensor reading `var`'s value (made once, in this graph)."""
+        name = var.op.name
+        if name not in self._readers:
+            with self.graph.as_default():
+                self._readers[name] = var.value()
+        return self._readers[name]
+
+    def run(self, fetches: Any, feed_dict: Mapping[Any, Any] | None = None) -> Any:
+        """`session.run`, after `graph_guard.check` on the ops it would execute (each set of
+        fetches and feeds once)."""
+        feed_dict = dict(feed_dict or {})
+        if not self.allow_unsafe:
+            items = fetches if isinstance(fetches, list | tuple) else [fetches]
+            key = tuple(sorted(getattr(f, "name", str(f)) for f in items)) + ("|",) + tuple(
+                sorted(getattr(t, "name", str(t)) for t in feed_dict))
+            if key not in self._checked:
+                graph_guard.check(self.graph, items, feed_dict, self.trusted)
+                self._checked.add(key)
+        return self.session.run(fetches, feed_dict)
 
     def feed_dict(self, batch: Batch, training: bool) -> dict[Any, Any]:
         fd: dict[Any, Any] = {}
@@ -404,8 +448,10 @@ def open_graph(
     feeds: Mapping[str, str],
     sets: Mapping[str, str],
     predictions: str | None,
+    allow_unsafe: bool = False,
 ) -> GraphModel:
-    """Import the graph (`.meta` or `--model`), restore `prefix`, resolve feeds and switches."""
+    """Import the graph (`.meta` or `--model`), restore `prefix`, resolve feeds and switches.
+    Every op a run executes is checked first (`graph_guard`) unless `allow_unsafe`."""
     import tensorflow as tf
 
     from ckptdoc.recalibrate.data import load_callable
@@ -427,18 +473,15 @@ def open_graph(
                 built_predictions = result
             elif isinstance(result, Mapping) and isinstance(result.get("predictions"), tf.Tensor):
                 built_predictions = result["predictions"]
-            saver = v1.train.Saver()
         elif meta is not None:
             try:
-                saver = v1.train.import_meta_graph(_without_shape_hints(meta),
-                                                   clear_devices=True)
+                # The SaverDef's save / restore ops are the file's choice: never used.
+                v1.train.import_meta_graph(_without_shape_hints(meta), clear_devices=True)
             except Exception as exc:
                 raise RecalibrationError(
                     f"{meta}: TensorFlow could not import the meta graph: "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            if saver is None:
-                saver = v1.train.Saver()
         else:
             raise RecalibrationError(
                 f"{prefix}: a TF1 checkpoint without a .meta graph needs --model module:function "
@@ -446,13 +489,10 @@ def open_graph(
             )
         session = v1.Session(graph=graph)
         try:
-            saver.restore(session, tf_prefix(prefix))
-            # Variables the checkpoint lacks (a trainable-only Saver dropped the moving
-            # statistics) start at their initializers, as in training: 0 / 1.
-            absent = {m.decode() for m in session.run(v1.report_uninitialized_variables())}
-            if absent:
-                session.run([v.initializer for v in v1.global_variables()
-                             if v.op.name in absent])
+            trusted = _restore(v1, graph, session, prefix, allow_unsafe)
+        except RecalibrationError:
+            session.close()
+            raise
         except Exception as exc:
             session.close()
             raise RecalibrationError(
@@ -515,7 +555,38 @@ def open_graph(
     )
     if pred is not None and predictions is None:
         notes.append(f"held-out evaluation reads {pred.name} (the logits of the graph's loss)")
-    return GraphModel(graph, session, feed_tensors, set_tensors, switches, pred, notes)
+    return GraphModel(graph, session, feed_tensors, set_tensors, switches, pred, notes,
+                      allow_unsafe, trusted)
+
+
+def _restore(v1: Any, graph: Any, session: Any, prefix: Path, allow_unsafe: bool) -> frozenset[str]:
+    """Restore the checkpoint's variables with a Saver built here from the bundle's own
+    variable list (never the file's SaverDef), after checking every op the restore runs.
+    Variables the checkpoint lacks (a trainable-only Saver dropped the moving statistics)
+    start at their initializers, as in training: 0 / 1. Returns the ops built here."""
+
+    keys = v1.train.NewCheckpointReader(tf_prefix(prefix)).get_variable_to_shape_map()
+    variables = v1.global_variables()
+    present = {v.op.name: v for v in variables if v.op.name in keys}
+    if not present:
+        raise RecalibrationError(
+            f"{prefix}: none of the graph's variables is in the checkpoint (graph: "
+            f"{', '.join(v.op.name for v in variables[:5]) or 'no variables'}): is this the "
+            "graph of this checkpoint?")
+    before = {op.name for op in graph.get_operations()}
+    saver = v1.train.Saver(var_list=present)
+    absent = [v for v in variables if v.op.name not in keys]
+    trusted = frozenset(op.name for op in graph.get_operations() if op.name not in before)
+    if not allow_unsafe:
+        graph_guard.check(graph, [graph.get_operation_by_name(saver.saver_def.restore_op_name)],
+                          [graph.get_tensor_by_name(saver.saver_def.filename_tensor_name)],
+                          trusted, "restoring the checkpoint into its graph")
+        graph_guard.check(graph, [v.initializer for v in absent], (), trusted,
+                          "initializing the variables the checkpoint lacks")
+    saver.restore(session, tf_prefix(prefix))
+    if absent:
+        session.run([v.initializer for v in absent])
+    return trusted
 
 
 # --- the pass ----------------------------------------------------------------------------------
@@ -613,7 +684,7 @@ def run_pass(
                 fetch.append(s.x)
     moments: dict[str, Moments] = {}
     for b in batches:
-        values = gm.session.run(fetch, gm.feed_dict(b, training=training))
+        values = gm.run(fetch, gm.feed_dict(b, training=training))
         for p in plans:
             for s in p.sites:
                 part = Moments.from_batch(values[index[id(s.x)]], s.kept)
@@ -634,7 +705,7 @@ def evaluate(gm: GraphModel, batches: Iterable[Batch], source: str) -> EvalResul
     return score(
         (
             (
-                gm.session.run(gm.predictions, gm.feed_dict(b, training=False))
+                gm.run(gm.predictions, gm.feed_dict(b, training=False))
                 if b.y is not None
                 else None,
                 b.y,
@@ -647,12 +718,13 @@ def evaluate(gm: GraphModel, batches: Iterable[Batch], source: str) -> EvalResul
 
 
 def assign(gm: GraphModel, plan: LayerPlan, values: Mapping[str, np.ndarray]) -> None:
-    """Put values into the session's variables (for the after-evaluation only)."""
-    with gm.graph.as_default():
-        for role, var in plan.variables.items():
-            if role in values:
-                value = np.asarray(values[role]).astype(var.dtype.base_dtype.as_numpy_dtype)
-                var.load(value.reshape(var.shape.as_list()), gm.session)
+    """Put values into the session's variables (for the after-evaluation only), through assign
+    ops built here: `Variable.load` would run the file's own initializer op."""
+    for role, var in plan.variables.items():
+        if role in values:
+            op, ph = gm.assigner(var)
+            value = np.asarray(values[role]).astype(var.dtype.base_dtype.as_numpy_dtype)
+            gm.run(op, {ph: value.reshape(var.shape.as_list())})
 
 
 def stats_moved(gm: GraphModel, plan: LayerPlan, ck: Any) -> bool:
@@ -661,7 +733,7 @@ def stats_moved(gm: GraphModel, plan: LayerPlan, ck: Any) -> bool:
         key = plan.group.key(role)
         if key is None:
             continue
-        now = np.asarray(gm.session.run(var))
+        now = np.asarray(gm.run(gm.reader(var)))
         if not np.array_equal(now, np.asarray(ck.read(key)).reshape(now.shape), equal_nan=True):
             return True
     return False

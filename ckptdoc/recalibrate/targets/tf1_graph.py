@@ -64,6 +64,7 @@ def _measure(
         feeds=options.feeds,
         sets=options.sets,
         predictions=options.predictions,
+        allow_unsafe=options.allow_unsafe_code,
     )
     expected, inputs = _graph_names(ck)
     try:
