@@ -230,3 +230,22 @@ def test_an_unreadable_config_is_no_proof_of_no_code(tmp_path: Path) -> None:
     report = audit_file(path)
     (finding,) = [f for f in report.findings if f.rule == "CK001"]
     assert "cannot check the model for code" in finding.message
+
+
+def test_ls_all_says_what_every_tensor_is() -> None:
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    res = CliRunner().invoke(app, ["ls", str(TRUTH / "tf1_zero_debias"), "--all",
+                                   "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = {v["key"]: v for v in json.loads(res.stdout)["variables"]}
+    assert rows["bn/moving_mean"]["bucket"] == "bn" and rows["bn/moving_mean"]["layer"] == "bn"
+    # zero-debias state belongs to the layer (an extra), and says so
+    assert rows["bn/bn/moving_mean/local_step"]["layer"] == "bn"
+    assert rows["bn/gamma/Adam"]["bucket"] == "optimizer"
+    assert rows["global_step"]["bucket"] == "counter"
+    assert rows["conv1/w"]["bucket"] == "weights"
+    assert {v["bucket"] for v in rows.values()} <= {"bn", "weights", "optimizer", "ema",
+                                                     "counter"}

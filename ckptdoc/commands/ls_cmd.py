@@ -18,6 +18,7 @@ from ckptdoc.commands.common import EXIT_USAGE, stderr, stdout
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.groups import ROLES, BNGroup
+from ckptdoc.ledger import account
 
 
 class LsFormat(str, Enum):
@@ -73,8 +74,12 @@ def _as_json(
         ],
     }
     if all_variables:
+        ledger = account(ckpt.tensors, groups)
+        owner = {k: g.name for g in groups for k in g.all_keys}
         out["variables"] = [
-            {"key": t.key, "dtype": str(t.dtype), "shape": list(t.shape)}
+            {"key": t.key, "dtype": str(t.dtype), "shape": list(t.shape),
+             "bucket": ledger.buckets[t.key],
+             **({"layer": owner[t.key]} if t.key in owner else {})}
             for t in ckpt.tensors.values()
         ]
     return out
@@ -115,6 +120,7 @@ def _print_groups(path: str, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
 
 def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     owner = {k: g.name for g in groups for k in g.all_keys}
+    ledger = account(ckpt.tensors, groups)
     table = Table(
         title=f"{escape(str(ckpt.path))} ({ckpt.format}): {len(ckpt.tensors)} variables",
         title_justify="left",
@@ -123,11 +129,16 @@ def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     table.add_column("dtype")
     table.add_column("shape")
     table.add_column("BN layer", overflow="fold")
+    table.add_column("is")
     for info in ckpt.tensors.values():
+        bucket = ledger.buckets[info.key]
         table.add_row(
-            Text(info.key), str(info.dtype), str(list(info.shape)), Text(owner.get(info.key, ""))
+            Text(info.key), str(info.dtype), str(list(info.shape)), Text(owner.get(info.key, "")),
+            Text(bucket, style="bold red" if bucket == "unexplained" else ""),
         )
     stdout.print(table)
+    counts = ", ".join(f"{n} {bucket}" for bucket, n in ledger.counts().items() if n)
+    stdout.print(f"Accounted for: {counts}.", markup=False)
 
 
 def register(app: typer.Typer) -> None:
