@@ -97,14 +97,15 @@ def test_keras1_nested_model_is_grouped_per_layer() -> None:
 # --------------------------------------------------------------------------- 5. step counts
 
 
-def _keras3_weights(path: Path, variance: np.ndarray, iterations: int) -> Path:
+def _keras3_weights(path: Path, variance: np.ndarray, iterations: int,
+                    mean: np.ndarray | None = None) -> Path:
     """A Keras 3 `.weights.h5` with one BN layer and an optimizer step counter."""
     with h5py.File(path, "w") as f:
         bn = f.create_group("layers/batch_normalization/vars")
         c = variance.size
         bn["0"] = np.linspace(0.8, 1.2, c).astype("float32")
         bn["1"] = np.linspace(-0.1, 0.1, c).astype("float32")
-        bn["2"] = np.linspace(-1, 1, c).astype("float32")
+        bn["2"] = (np.linspace(-1, 1, c) if mean is None else mean).astype("float32")
         bn["3"] = variance.astype("float32")
         opt = f.create_group("optimizer/vars")
         opt["0"] = np.array(iterations, "int64")
@@ -130,6 +131,30 @@ def test_a_short_run_is_bn005_by_default(tmp_path: Path) -> None:
     assert finding.rule == "BN005" and finding.severity.value == "warning"
     assert finding.details["initial_weight"] == pytest.approx(0.99**192)
     assert "fine-tuned" in finding.message
+
+
+def test_a_step_count_explains_near_initial_statistics_but_does_not_hide_them(
+    tmp_path: Path,
+) -> None:
+    # Statistics within 0.05 of 0 / 1 after 2000 steps at 0.99: the averages converged, the
+    # inputs are standardized. Before, the step count removed the finding; now it explains it.
+    stats = healthy_stats(8)
+    stats["moving_mean"] = np.linspace(-0.02, 0.02, 8).astype("float32")
+    stats["moving_variance"] = np.linspace(0.97, 1.03, 8).astype("float32")
+    path = write_keras2_weights(tmp_path / "m.h5", {"bn": stats})
+    with h5py.File(path, "a") as f:  # a full model: config momentum, optimizer step counter
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = f.attrs["layer_names"]
+        del f.attrs["layer_names"]
+        f.move("bn", "model_weights/bn")
+        f.attrs["keras_version"] = b"2.4.0"
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {
+            "name": "s", "layers": [{"class_name": "BatchNormalization",
+                                     "config": {"name": "bn", "momentum": 0.99}}]}})
+        f["optimizer_weights/Adam/iter:0"] = np.array(2000, "int64")
+    (finding,) = audit_file(path).findings
+    assert (finding.rule, finding.severity.value) == ("BN005", "info")
+    assert "rests on the file's step counter" in finding.message
 
 
 # --------------------------------------------------------------------------- 7. forged evidence

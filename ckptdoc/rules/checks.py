@@ -277,7 +277,19 @@ def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
     if mean_dev > tol.barely_moved or var_dev > tol.barely_moved:
         return None
     if weight is not None and weight < 0.01 and "default" not in evidence.momentum_source:
-        return None  # the averages converged: stats near 0 / 1 describe standardized inputs
+        # The step count says the averages converged: stats near 0 / 1 then most likely
+        # describe standardized inputs. Evidence explains, it does not remove: info, said so.
+        return Tripped(
+            f"max |mean| {_fmt(mean_dev)}, max |var - 1| {_fmt(var_dev)}: within "
+            f"{tol.barely_moved:g} of the initial 0 / 1",
+            f"yet after {evidence.steps} steps ({evidence.steps_source}) at momentum "
+            f"{evidence.momentum:g} ({evidence.momentum_source}) the averages converged: the "
+            "inputs are most likely standardized already (this rests on the file's step "
+            "counter)",
+            {"max_abs_mean": mean_dev, "max_abs_variance_minus_1": var_dev,
+             "steps": evidence.steps, "initial_weight": weight},
+            at_most=Severity.INFO,
+        )
     return Tripped(
         f"max |mean| {_fmt(mean_dev)}, max |var - 1| {_fmt(var_dev)}: within "
         f"{tol.barely_moved:g} of the initial 0 / 1",
