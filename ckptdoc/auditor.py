@@ -23,6 +23,7 @@ from ckptdoc.rules import (
     RULES,
     Finding,
     RuleSelection,
+    Severity,
     Tolerances,
     check_group,
     code_findings,
@@ -284,6 +285,7 @@ def audit(
     config: bool | str | Path = True,
     baseline: bool | str | Path = True,
     jobs: int = 1,
+    fail_on: Severity | str | None = None,
 ) -> AuditReport:
     """Audit checkpoints as `ckptdoc audit` does and return the report.
 
@@ -293,8 +295,9 @@ def audit(
     line's options do. `baseline`: True uses the configuration's, a path that file, False none.
 
     `report.to_dict()` is the `--format json` document; `report.exit_code()` the CLI's exit
-    code. Raises ValueError (unknown codes, nothing to audit), `ConfigError`, `BaselineError`;
-    an unreadable checkpoint is a file report with `error` set, never an exception.
+    code, with `fail_on` (else the configuration's `fail-on`, else error) as its threshold.
+    Raises ValueError (unknown codes, nothing to audit), `ConfigError`, `BaselineError`; an
+    unreadable checkpoint is a file report with `error` set, never an exception.
     """
     from ckptdoc.config import discover, load_config
 
@@ -304,14 +307,34 @@ def audit(
            else load_config(config))
     selection = selection_from(cfg, select, ignore, tolerances)
     found = expand_paths(paths)
-    files = [f for f in found if not cfg.is_excluded(f)]
     if not found:
         raise ValueError("no checkpoints found under " + ", ".join(map(str, paths)))
-    report = AuditReport(tuple(audit_files(files, per_file_selection(cfg, selection), jobs)))
     baseline_file = cfg.baseline if baseline is True else None if baseline is False else baseline
-    if baseline_file is not None:
+    threshold = Severity(fail_on) if fail_on is not None else None
+    return gate(found, cfg, selection, jobs=jobs, baseline=baseline_file, fail_on=threshold)
+
+
+def gate(
+    found: Sequence[Path | str],
+    config: Config,
+    selection: RuleSelection,
+    *,
+    jobs: int = 1,
+    baseline: str | Path | None = None,
+    fail_on: Severity | None = None,
+    run: Callable[..., list[FileReport]] | None = None,
+) -> AuditReport:
+    """The gate's policy, the one `ckptdoc audit` and `ckptdoc.audit()` both run: the
+    configuration's excludes and per-file ignores, the audit (`run`: `audit_files` or a
+    wrapper of it with a progress bar), the baseline, and the threshold (`fail_on`, else the
+    configuration's, else error), kept in the report for `exit_code()`. Raises
+    `BaselineError` for a baseline that cannot be read."""
+    files = [f for f in found if not config.is_excluded(f)]
+    reports = (run or audit_files)(files, per_file_selection(config, selection), jobs)
+    report = AuditReport(tuple(reports),
+                         fail_on=fail_on or config.fail_on or Severity.ERROR)
+    if baseline is not None:
         from ckptdoc import baseline as baselines
 
-        report = baselines.apply_baseline(report, baselines.load_baseline(baseline_file),
-                                          baseline_file)
+        report = baselines.apply_baseline(report, baselines.load_baseline(baseline), baseline)
     return report

@@ -87,3 +87,20 @@ def test_every_json_report_follows_the_schema(tmp_path: Path) -> None:
     broken = dict(golden, version=2)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+
+
+def test_api_and_cli_agree_on_the_configured_gate(tmp_path: Path) -> None:
+    # `fail-on = "warning"` in the configuration: the CLI exited 1 and the API's
+    # exit_code() said 0, because `ckptdoc.audit` ignored the configured threshold.
+    (tmp_path / "ckptdoc.toml").write_text('fail-on = "warning"\nselect = ["BN005"]\n')
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        report = ckptdoc.audit(SAMPLES / "tf1_slim_decay")
+    finally:
+        os.chdir(cwd)
+    code, doc = _cli_json(str(SAMPLES / "tf1_slim_decay"), cwd=tmp_path)
+    assert {f.rule for f in report.findings} == {"BN005"}  # warnings only
+    assert report.to_dict() == doc
+    assert report.exit_code() == code == 1
+    assert report.exit_code(fail_on=Severity.ERROR) == 0  # an explicit threshold still wins

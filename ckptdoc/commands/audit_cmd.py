@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ckptdoc.auditor import audit_files, expand_paths, per_file_selection, selection_from
+from ckptdoc.auditor import audit_files, expand_paths, gate, selection_from
 from ckptdoc.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
@@ -215,28 +215,20 @@ def audit(
             soft_wrap=True,
         )
 
-    report = AuditReport(tuple(_with_progress(files, per_file_selection(config, selection), jobs)))
+    from ckptdoc import baseline as baselines
 
+    try:
+        report = gate(found, config, selection, jobs=jobs, fail_on=threshold,
+                      baseline=None if write_baseline is not None
+                      else baseline or config.baseline, run=_with_progress)
+    except baselines.BaselineError as exc:
+        raise usage_error(str(exc)) from None
     if write_baseline is not None:
-        from ckptdoc import baseline as baselines  # only with a baseline: quicker start
-
         count = baselines.write_baseline(report, write_baseline)
         stderr.print(f"wrote {count} finding(s) to baseline {write_baseline}", soft_wrap=True)
-    else:
-        baseline_file = baseline or config.baseline
-        if baseline_file is not None:
-            from ckptdoc import baseline as baselines
-
-            try:
-                known = baselines.load_baseline(baseline_file)
-            except baselines.BaselineError as exc:
-                raise usage_error(str(exc)) from None
-            report = baselines.apply_baseline(report, known, baseline_file)
-
-    if write_baseline is not None:
         code = EXIT_USAGE if report.unreadable and not exit_zero else EXIT_OK
     else:
-        code = exit_code(report, threshold, exit_zero)
+        code = report.exit_code(exit_zero=exit_zero)
     if verbose and quiet:
         raise usage_error("--verbose and --quiet exclude each other")
     detail = text.Detail.full if verbose else text.Detail.quiet if quiet else text.Detail.concise
@@ -317,12 +309,8 @@ def _print_baseline(report: AuditReport) -> None:
             stderr.print(f"  {e.rule} {e.path} {e.group}", soft_wrap=True, markup=False)
 
 
-def exit_code(report: AuditReport, fail_on: Severity, exit_zero: bool) -> int:
-    return report.exit_code(fail_on, exit_zero)
-
-
 def register(app: typer.Typer) -> None:
     app.command("audit")(audit)
 
 
-__all__ = ["AuditFormat", "ReportFormat", "audit", "exit_code", "register", "stderr"]
+__all__ = ["AuditFormat", "ReportFormat", "audit", "register", "stderr"]

@@ -76,6 +76,9 @@ class AuditReport:
 
     files: tuple[FileReport, ...]
     baseline: BaselineOutcome | None = None
+    #: The gate's threshold as the run was configured (`--fail-on`, else `fail-on` from
+    #: the configuration, else error): what `exit_code()` uses unless told otherwise.
+    fail_on: Severity = Severity.ERROR
 
     def to_dict(self) -> dict[str, Any]:
         """The `--format json` document (schema: `ckptdoc/report/schema.json`)."""
@@ -83,14 +86,15 @@ class AuditReport:
 
         return as_dict(self)
 
-    def exit_code(self, fail_on: Severity = Severity.ERROR, exit_zero: bool = False) -> int:
+    def exit_code(self, fail_on: Severity | None = None, exit_zero: bool = False) -> int:
         """What `ckptdoc audit` exits with: 2 a file could not be read, 1 a finding at or above
-        `fail_on`, else 0 (always 0 with `exit_zero`)."""
+        `fail_on` (default: the run's own threshold, `self.fail_on`), else 0 (always 0 with
+        `exit_zero`)."""
         if exit_zero:
             return 0
         if self.unreadable:
             return 2
-        return 1 if self.worst_at_least(fail_on) else 0
+        return 1 if self.worst_at_least(fail_on or self.fail_on) else 0
 
     @property
     def findings(self) -> list[Finding]:
