@@ -104,3 +104,17 @@ def test_api_and_cli_agree_on_the_configured_gate(tmp_path: Path) -> None:
     assert report.to_dict() == doc
     assert report.exit_code() == code == 1
     assert report.exit_code(fail_on=Severity.ERROR) == 0  # an explicit threshold still wins
+
+
+def test_recalibrate_budget_is_the_same_from_the_api_and_the_cli() -> None:
+    # The default of 4096 samples lived in three places: `--batches 200` measured 200 batches
+    # on the CLI while `recalibrate_file(..., batches=200)` was capped at 4096 samples.
+    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.options import Options
+
+    assert Options(data=None).budget.samples == 4096
+    by_batches = Options(data=None, batches=200)
+    assert (by_batches.budget.samples, by_batches.budget.batches) == (None, 200)
+    assert Options(data=None, samples=None).budget.samples is None  # all of the data
+    with pytest.raises(RecalibrationError, match="not both"):
+        Options(data=None, samples=100, batches=2)

@@ -21,7 +21,7 @@ from rich.markup import escape
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError, pipeline
-from ckptdoc.recalibrate.options import Options
+from ckptdoc.recalibrate.options import DEFAULT, DEFAULT_SAMPLES, Options
 from ckptdoc.recalibrate.pipeline import Outcome
 
 
@@ -78,7 +78,8 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", min=1)] = 64,
     samples: Annotated[
         int | None,
-        typer.Option(min=2, help="Use at most this many samples (default 4096; a variance needs "
+        typer.Option(min=2, help=f"Use at most this many samples (default {DEFAULT_SAMPLES} "
+                     "unless --batches is given; a variance needs "
                      "at least 2)."),
     ] = None,
     batches: Annotated[
@@ -158,12 +159,10 @@ def command(
 
     if in_place and output is not None:
         raise usage_error("--in-place and --output are exclusive")
-    if samples is not None and batches is not None:
-        raise usage_error("give --samples or --batches, not both")
     try:
         options = Options(
             data=data, eval_data=eval_data, mode=mode.value, batch_size=batch_size,
-            samples=4096 if samples is None and batches is None else samples, batches=batches,
+            samples=DEFAULT if samples is None else samples, batches=batches,
             x_key=x_key, y_key=y_key,
             images=ImageOptions(parse_image_size(image_size), pixel_scale, folder_labels),
             model_spec=model_spec, allow_unsafe_code=allow_unsafe_code,
@@ -182,7 +181,7 @@ def command(
         outcome = _with_progress(
             progress, lambda cb: pipeline.run(target, options, dest, in_place=in_place,
                                               progress=cb),
-            total=options.samples,
+            total=options.budget.samples,
         )
     except (CheckpointError, RecalibrationError) as exc:
         raise usage_error(str(exc)) from None

@@ -106,9 +106,10 @@ class DataSource:
 
 @dataclass
 class Budget:
-    """Stop after `samples` samples or `batches` batches, whichever is set."""
+    """Stop after `samples` samples or `batches` batches, whichever is set (`Options` holds
+    the default budget)."""
 
-    samples: int | None = 4096
+    samples: int | None = None
     batches: int | None = None
 
 

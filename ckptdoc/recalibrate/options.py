@@ -22,6 +22,17 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_SAMPLES = 4096
 
 
+class _DefaultBudget:
+    """`samples` left unset: 4096 samples, unless `batches` is given (then the batches
+    decide). The one place the default budget lives."""
+
+    def __repr__(self) -> str:
+        return f"{DEFAULT_SAMPLES} unless batches is given"
+
+
+DEFAULT = _DefaultBudget()
+
+
 @dataclass(frozen=True)
 class Options:
     """What to measure with and how; see `ckptdoc recalibrate --help` for each field."""
@@ -33,8 +44,9 @@ class Options:
     eval_data: Any = None
     mode: str = "precise"
     batch_size: int = DEFAULT_BATCH_SIZE
-    #: At most this many samples / batches (both None: all of the data).
-    samples: int | None = DEFAULT_SAMPLES
+    #: At most this many samples or batches, not both (`samples=None`: all of the data).
+    #: Unset: 4096 samples, or `batches` batches when that is given.
+    samples: int | None | _DefaultBudget = DEFAULT
     batches: int | None = None
     x_key: str = "x"
     y_key: str = "y"
@@ -54,13 +66,18 @@ class Options:
     devices: int | None = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.samples, _DefaultBudget):
+            object.__setattr__(self, "samples", DEFAULT_SAMPLES if self.batches is None else None)
+        elif self.samples is not None and self.batches is not None:
+            raise RecalibrationError("give --samples or --batches, not both")
         if self.mode not in MODES:
             raise RecalibrationError(
                 f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}"
             )
         if self.batch_size < 1:
             raise RecalibrationError("batch size must be at least 1")
-        if self.samples is not None and self.samples < 2:
+        samples = self.budget.samples
+        if samples is not None and samples < 2:
             raise RecalibrationError("--samples must be at least 2 (a variance needs two)")
         if self.batches is not None and self.batches < 1:
             raise RecalibrationError("--batches must be at least 1")
@@ -69,7 +86,8 @@ class Options:
 
     @property
     def budget(self) -> Budget:
-        return Budget(samples=self.samples, batches=self.batches)
+        samples = None if isinstance(self.samples, _DefaultBudget) else self.samples
+        return Budget(samples=samples, batches=self.batches)  # resolved in __post_init__
 
     def source(self) -> DataSource:
         return self._open(self.data)
