@@ -239,11 +239,12 @@ When the file records its step count (Keras 3 `iterations`, TF1 `global_step`, t
 `iter`) and a momentum (the layer's config or graph, else for Keras layers the Keras default
 0.99, said as such; hand-written TF1 BN has no default),
 the rule computes `momentum**steps`, the share of the initial value still in each average,
-and fires when it is at least `initial_weight` (default 0.1: 10% of each statistic still its
-initial value; Keras 3 `fit` for 192 steps at 0.99 leaves 14.5%, enough to ruin a small
-model's inference), whatever the values look like. A step
-count the values contradict (a variance below `momentum**steps`, impossible after that many
-updates from 1) is not used, and a note says so.
+and fires when it is at least `initial_weight` (default 0.1: Keras 3 `fit` for 192 steps at
+0.99 leaves 14.5%, enough to ruin a small model's inference), whatever the values look like.
+A step count the values contradict (a variance below `momentum**steps`, impossible after
+that many updates from 1) is not used, and a note says so. A step count that says the
+averages converged turns a near-0 / 1 finding into information: the inputs are most likely
+standardized already.
 "Initial value" means the value when the counted steps began: 0 / 1 for a model trained from
 scratch, the previous statistics for a run that fine-tuned a trained model (then the warning
 says so, and the statistics may well be fine).
