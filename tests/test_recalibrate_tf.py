@@ -196,9 +196,13 @@ def test_batch_size_does_not_change_statistics(files, data, mode) -> None:  # ty
         results.append(bn_stats(m))
         # Precise mode normalizes with batch statistics, so layers downstream of another BN
         # see batch-size-dependent inputs (as in PreciseBN): with batches of 7 that is past
-        # the self-check's tolerance, and one inference pass settles it.
-        assert rep.passes == ({7: 2, 64: 1}[bs] if mode == "precise" else 2)
+        # the self-check's tolerance, and the layers are measured again layer after layer.
+        expected = ({7: ("sequential", 3), 64: ("precise", 1)}[bs] if mode == "precise"
+                    else ("sequential", 2))
+        assert (rep.mode, rep.passes) == expected
         assert rep.self_check is not None and rep.self_check.passed
+        if expected == ("sequential", 3):
+            assert any("off the model's own inference" in n for n in rep.notes)
     # The first layer and sequential mode are exact whatever the batch size.
     names = ["bn1"] if mode == "precise" else ["bn1", "bn2"]
     for name in names:
@@ -659,3 +663,42 @@ def test_multi_input_model_from_npz(tmp_path) -> None:  # type: ignore[no-untype
     both = np.concatenate([a, b], axis=1)[picks].astype(np.float64)
     np.testing.assert_allclose(np.asarray(bn.moving_mean), both.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(bn.moving_variance), both.var(0), rtol=1e-5)
+
+
+def test_a_failed_self_check_refuses_files_and_live_models(  # type: ignore[no-untyped-def]
+    files, data, monkeypatch, tmp_path
+) -> None:
+    # A tolerance no measurement meets: the self-check fails after measuring, so the file is
+    # not written (the refusal names the layers) and the live model keeps its statistics.
+    import ckptdoc
+    from ckptdoc.recalibrate import RecalibrationError, selfcheck
+
+    monkeypatch.setattr(selfcheck, "TOLERANCE", -1.0)
+    out = tmp_path / "fixed.keras"
+    outcome = ckptdoc.recalibrate_file(files["keras"], data["xtr"][:200], output=out,
+                                       mode="sequential")
+    assert not outcome.written and not out.exists()
+    assert "self-check failed" in (outcome.refused or "") and "bn2" in (outcome.refused or "")
+    model = load_broken(files)
+    before = bn_stats(model)
+    with pytest.raises(RecalibrationError, match="self-check failed.*unchanged"):
+        recalibrate(model, data["xtr"][:200], mode="sequential")
+    after = bn_stats(model)
+    for name, values in before.items():
+        for a, b in zip(values, after[name], strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_in_memory_recalibrate_refuses_non_finite_statistics(files, data) -> None:  # type: ignore[no-untyped-def]
+    # It went straight to the measurement: NaN in the data put NaN statistics into the model.
+    from ckptdoc.recalibrate import RecalibrationError
+
+    model = load_broken(files)
+    before = bn_stats(model)
+    x = data["xtr"][:64].copy()
+    x[3] = np.nan
+    with pytest.raises(RecalibrationError, match="not finite"):
+        recalibrate(model, x)
+    for name, values in before.items():
+        for a, b in zip(values, bn_stats(model)[name], strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -181,6 +181,10 @@ class PassResult:
     moments: dict[int, Moments]
     samples: int
     batches: int
+    #: The moments of the first `head_batches` batches alone (`run_pass(head=...)`): what
+    #: the self-check compares an inference pass over those same batches with.
+    head: dict[int, Moments] = field(default_factory=dict)
+    head_batches: int = 0
 
 
 @dataclass
@@ -240,23 +244,30 @@ def run_pass(
     capture: Capture,
     batches: Iterable[Batch],
     on_batch: Callable[[int], None] | None = None,
+    head: int = 0,
 ) -> PassResult:
-    """One walk over the data with the capture's current states; returns merged moments."""
+    """One walk over the data with the capture's current states; returns merged moments, and
+    apart those of the first batches holding at least `head` samples."""
     step = _step_function(model, capture)
     try:
-        result = _walk(step.fn, batches, on_batch)
+        result = _walk(step.fn, batches, on_batch, head)
     finally:
         step.capture = None  # hold no layers or data between passes
     # Across workers (multi-worker training setups), each worker measured its share.
     result.moments = capture.backend.combine(model, result.moments)
+    if head:
+        result.head = capture.backend.combine(model, result.head)
     return result
 
 
-def _walk(fn: Any, batches: Iterable[Batch], on_batch: Callable[[int], None] | None) -> PassResult:
+def _walk(fn: Any, batches: Iterable[Batch], on_batch: Callable[[int], None] | None,
+          head: int = 0) -> PassResult:
     moments: dict[int, Moments] = {}
-    samples = nb = 0
+    first: dict[int, Moments] = {}
+    samples = nb = head_batches = 0
     for b in batches:
         out = fn(b.x)
+        in_head = samples < head
         for key, calls in out.items():
             acc = moments.get(int(key))
             for count, mean, m2 in calls:
@@ -264,13 +275,16 @@ def _walk(fn: Any, batches: Iterable[Batch], on_batch: Callable[[int], None] | N
                 if acc is None:
                     acc = Moments.empty(part.mean.shape)
                 acc.merge(part)
+                if in_head:
+                    first.setdefault(int(key), Moments.empty(part.mean.shape)).merge(part)
             if acc is not None:
                 moments[int(key)] = acc
         samples += b.size
         nb += 1
+        head_batches += in_head
         if on_batch:
             on_batch(b.size)
-    return PassResult(moments, samples, nb)
+    return PassResult(moments, samples, nb, first, head_batches)
 
 
 def _numpy(t: Any) -> np.ndarray:

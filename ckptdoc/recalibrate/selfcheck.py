@@ -53,6 +53,10 @@ class SelfCheck:
     #: What the inference pass measured, in the target's own form (to settle on it); not
     #: part of the report.
     seen: Any = field(default=None, repr=False, compare=False)
+    #: "all": inference over every measured sample against the stored statistics; "head":
+    #: inference over the first `samples` measured samples against what the measurement saw
+    #: on those very samples (no sampling error either way).
+    basis: str = "all"
 
     @property
     def failed(self) -> list[LayerGap]:
@@ -71,10 +75,13 @@ class SelfCheck:
         if worst is None:
             return "self-check: no layer was reached by the inference pass"
         verdict = "passed" if self.passed else f"FAILED on {len(self.failed)} layer(s)"
-        return (f"self-check {verdict}: with the new statistics in place, inference over the "
-                f"same {self.samples} samples gives each BN layer inputs within "
-                f"{worst.worst:.2g} of the stored statistics (worst: {worst.layer}; tolerance "
-                f"{self.tolerance:g})")
+        against = ("the stored statistics" if self.basis == "all" else
+                   "what the measurement saw on those samples")
+        over = (f"the same {self.samples} samples" if self.basis == "all" else
+                f"the first {self.samples} measured samples")
+        return (f"self-check {verdict}: with the new statistics in place, inference over "
+                f"{over} gives each BN layer inputs within {worst.worst:.2g} of {against} "
+                f"(worst: {worst.layer}; tolerance {self.tolerance:g})")
 
     def refusal(self) -> str:
         listed = ", ".join(f"{g.layer} (mean {g.mean_gap:.2g} sd, variance {g.var_gap:.1%})"

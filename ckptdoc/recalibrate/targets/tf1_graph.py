@@ -215,8 +215,8 @@ def _settle(tf1: Any, gm: Any, plans: Sequence[Any], moments: dict[str, Any], ck
     """The self-check: with `moments` in place (already assigned), one pass in inference mode
     (every training switch False) over the same samples; each layer's inputs must have the
     statistics about to be written. Off the fixed point (a graph whose inference path differs
-    from the measured one), the inference moments are put in and checked again, at most
-    `MAX_SETTLE_PASSES` times. `check.seen` holds the moments the last check was made for."""
+    from the measured one), the inference moments are put in and checked again, at most once
+    per layer. `check.seen` holds the moments the last check was made for."""
     def check_once(current: dict[str, Any]) -> SelfCheck:
         seen = tf1.run_pass(gm, plans, batches(), None, training=False)
         stored, inferred = {}, {}
@@ -232,7 +232,9 @@ def _settle(tf1: Any, gm: Any, plans: Sequence[Any], moments: dict[str, Any], ck
     check = check_once(moments)
     first = check.worst
     changed = 0
-    while not check.passed and changed < MAX_SETTLE_PASSES:
+    # Each pass settles at least one more layer in graph order, as an inference graph's
+    # layer-after-layer measurement does.
+    while not check.passed and changed < max(MAX_SETTLE_PASSES, len(plans)):
         _, seen = check.seen
         moments = {**moments, **seen}
         _assign_all(tf1, gm, plans, moments, ck, expected)
