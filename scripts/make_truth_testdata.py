@@ -36,15 +36,6 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "tests" / "data" / "truth"
 
 
-def _data(n: int = 512, seed: int = 0):  # type: ignore[no-untyped-def]
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    x = (rng.normal(size=(n, 8, 8, 1)) * 2.0 + 3.0).astype("float32")
-    y = rng.integers(0, 4, n)
-    return x, y
-
-
 def _fresh(name: str) -> Path:
     out = OUT / name
     shutil.rmtree(out, ignore_errors=True)
@@ -59,7 +50,9 @@ def make_tf1() -> None:
 
     v1 = tf.compat.v1
     v1.disable_eager_execution()
-    x_all, y_all = _data()
+    from make_evidence_testdata import _data  # the same task as the evidence files
+
+    x_all, y_all = _data(512)
     cfg = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
 
     def conv(x, name, c):  # type: ignore[no-untyped-def]

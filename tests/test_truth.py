@@ -97,6 +97,23 @@ def test_keras1_nested_model_is_grouped_per_layer() -> None:
 # --------------------------------------------------------------------------- 5. step counts
 
 
+def _full_model(path: Path, stats: dict[str, np.ndarray], class_name: str,
+                **config: object) -> Path:
+    """A Keras 2 full-model `.h5` with one layer `bn` holding `stats`, whose config says it
+    is a `class_name`."""
+    write_keras2_weights(path, {"bn": stats})
+    with h5py.File(path, "a") as f:
+        weights = f.create_group("model_weights")
+        weights.attrs["layer_names"] = f.attrs["layer_names"]
+        del f.attrs["layer_names"]
+        f.move("bn", "model_weights/bn")
+        f.attrs["keras_version"] = b"2.4.0"
+        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {
+            "name": "s", "layers": [{"class_name": class_name,
+                                     "config": {"name": "bn", **config}}]}})
+    return path
+
+
 def _keras3_weights(path: Path, variance: np.ndarray, iterations: int,
                     mean: np.ndarray | None = None) -> Path:
     """A Keras 3 `.weights.h5` with one BN layer and an optimizer step counter."""
@@ -141,16 +158,8 @@ def test_a_step_count_explains_near_initial_statistics_but_does_not_hide_them(
     stats = healthy_stats(8)
     stats["moving_mean"] = np.linspace(-0.02, 0.02, 8).astype("float32")
     stats["moving_variance"] = np.linspace(0.97, 1.03, 8).astype("float32")
-    path = write_keras2_weights(tmp_path / "m.h5", {"bn": stats})
-    with h5py.File(path, "a") as f:  # a full model: config momentum, optimizer step counter
-        weights = f.create_group("model_weights")
-        weights.attrs["layer_names"] = f.attrs["layer_names"]
-        del f.attrs["layer_names"]
-        f.move("bn", "model_weights/bn")
-        f.attrs["keras_version"] = b"2.4.0"
-        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {
-            "name": "s", "layers": [{"class_name": "BatchNormalization",
-                                     "config": {"name": "bn", "momentum": 0.99}}]}})
+    path = _full_model(tmp_path / "m.h5", stats, "BatchNormalization", momentum=0.99)
+    with h5py.File(path, "a") as f:  # and an optimizer step counter
         f["optimizer_weights/Adam/iter:0"] = np.array(2000, "int64")
     (finding,) = audit_file(path).findings
     assert (finding.rule, finding.severity.value) == ("BN005", "info")
@@ -181,16 +190,7 @@ def test_a_model_structure_that_calls_bn_something_else_hides_nothing(tmp_path: 
     # A Keras 2 full-model file whose config calls the BN layer `Dense`.
     stats = healthy_stats(4)
     stats["moving_variance"][1] = np.nan
-    path = write_keras2_weights(tmp_path / "m.h5", {"bn": stats})
-    with h5py.File(path, "a") as f:
-        weights = f.create_group("model_weights")
-        weights.attrs["layer_names"] = f.attrs["layer_names"]
-        del f.attrs["layer_names"]
-        f.move("bn", "model_weights/bn")
-        f.attrs["keras_version"] = b"2.4.0"
-        f.attrs["model_config"] = json.dumps({"class_name": "Sequential", "config": {
-            "name": "s", "layers": [{"class_name": "Dense", "config": {"name": "bn"}}]}})
-    report = audit_file(path)
+    report = audit_file(_full_model(tmp_path / "m.h5", stats, "Dense"))
     assert [f.rule for f in report.findings] == ["BN003"]
     assert any("does not list it as one" in n for n in report.notes)
 
