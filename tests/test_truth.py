@@ -274,3 +274,19 @@ def test_ls_all_says_what_every_tensor_is() -> None:
     assert rows["conv1/w"]["bucket"] == "weights"
     assert {v["bucket"] for v in rows.values()} <= {"bn", "weights", "optimizer", "ema",
                                                      "counter"}
+
+
+def test_names_from_files_reach_the_console_escaped_and_short(tmp_path: Path) -> None:
+    # ls printed ESC, RLO and NUL raw, and a newline could start a CI workflow command.
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    hostile = "bn\x1b[2J\u202e\n::error title=x::ok" + "z" * 5000
+    path = write_keras2_weights(tmp_path / "m.h5", {hostile: healthy_stats(4)})
+    for args in (["ls", str(path)], ["ls", str(path), "--all"]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert "\x1b" not in res.output and "\u202e" not in res.output
+        assert not any(line.startswith("::") for line in res.output.splitlines())
+        assert "\\x1b" in res.output and "more characters]" in res.output

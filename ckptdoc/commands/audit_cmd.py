@@ -22,6 +22,7 @@ from ckptdoc.config import Config, ConfigError, discover, load_config
 from ckptdoc.report import text
 from ckptdoc.report.formats import ReportFormat, render, write_atomic
 from ckptdoc.report.model import AuditReport, RenderOptions
+from ckptdoc.report.safe import shown
 from ckptdoc.rules import RuleSelection, Severity, Tolerances
 
 # Kept for callers that imported the old name.
@@ -306,7 +307,7 @@ def _print_baseline(report: AuditReport) -> None:
             soft_wrap=True,
         )
         for e in b.fixed:
-            stderr.print(f"  {e.rule} {e.path} {e.group}", soft_wrap=True, markup=False)
+            stderr.print(shown(f"  {e.rule} {e.path} {e.group}"), soft_wrap=True, markup=False)
 
 
 def register(app: typer.Typer) -> None:

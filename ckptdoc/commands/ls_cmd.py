@@ -19,6 +19,7 @@ from ckptdoc.errors import CheckpointError
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.groups import ROLES, BNGroup
 from ckptdoc.ledger import account
+from ckptdoc.report.safe import shown
 
 
 class LsFormat(str, Enum):
@@ -97,9 +98,10 @@ def _stat(ckpt: Checkpoint, key: str | None) -> str:
 
 def _print_groups(path: str, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     for note in ckpt.warnings:
-        stderr.print(f"note: {note}", soft_wrap=True, markup=False)
+        stderr.print(f"note: {shown(note, 4000)}", soft_wrap=True, markup=False)
     table = Table(
-        title=f"{escape(str(path))} ({ckpt.format}): {len(groups)} BN layers", title_justify="left"
+        title=f"{escape(shown(str(path)))} ({ckpt.format}): {len(groups)} BN layers",
+        title_justify="left",
     )
     table.add_column("BN layer", overflow="fold")
     table.add_column("channels", justify="right")
@@ -110,7 +112,7 @@ def _print_groups(path: str, ckpt: Checkpoint, groups: list[BNGroup]) -> None:
         first = next((k for k in g.members.values() if k), None)
         dtype = str(ckpt.tensors[first].dtype) if first else "?"
         table.add_row(
-            Text(g.name) + Text(f"\nfound by {g.evidence.found_by}", style="dim"),
+            Text(shown(g.name)) + Text(f"\nfound by {g.evidence.found_by}", style="dim"),
             str(g.channels(ckpt.tensors) or "?"),
             dtype,
             *(_stat(ckpt, g.members.get(r)) for r in ROLES),
@@ -122,7 +124,7 @@ def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     owner = {k: g.name for g in groups for k in g.all_keys}
     ledger = account(ckpt.tensors, groups)
     table = Table(
-        title=f"{escape(str(ckpt.path))} ({ckpt.format}): {len(ckpt.tensors)} variables",
+        title=f"{escape(shown(str(ckpt.path)))} ({ckpt.format}): {len(ckpt.tensors)} variables",
         title_justify="left",
     )
     table.add_column("key", overflow="fold")
@@ -133,7 +135,8 @@ def _print_all(ckpt: Checkpoint, groups: list[BNGroup]) -> None:
     for info in ckpt.tensors.values():
         bucket = ledger.buckets[info.key]
         table.add_row(
-            Text(info.key), str(info.dtype), str(list(info.shape)), Text(owner.get(info.key, "")),
+            Text(shown(info.key)), str(info.dtype), str(list(info.shape)),
+            Text(shown(owner.get(info.key, ""))),
             Text(bucket, style="bold red" if bucket == "unexplained" else ""),
         )
     stdout.print(table)

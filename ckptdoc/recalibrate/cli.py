@@ -23,6 +23,7 @@ from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import RecalibrationError, pipeline
 from ckptdoc.recalibrate.options import DEFAULT, DEFAULT_SAMPLES, Options
 from ckptdoc.recalibrate.pipeline import Outcome
+from ckptdoc.report.safe import shown
 
 
 class Mode(str, Enum):
@@ -268,16 +269,17 @@ def _print(outcome: Outcome, *, as_json: bool) -> None:
             stdout.print(f"Audit of the new file: {len(findings)} finding(s), "
                          f"{len(audit['errors'])} error(s).", markup=False)
             for f in findings:
-                stdout.print(f"  {f['rule']} [{f['severity']}] {f['group']}: {f['message']}",
-                             markup=False)
+                stdout.print(shown(f"  {f['rule']} [{f['severity']}] {f['group']}: "
+                                   f"{f['message']}"), markup=False)
         if outcome.output is not None:
-            stdout.print(f"[green]Wrote[/green] {escape(str(outcome.output))}")
+            stdout.print(f"[green]Wrote[/green] {escape(shown(str(outcome.output)))}")
         elif outcome.skipped:
-            stdout.print(f"Nothing written here: {escape(outcome.skipped)}")
+            stdout.print(f"Nothing written here: {escape(shown(outcome.skipped))}")
     message, label = (outcome.refused, "refused") if outcome.refused else (outcome.warning,
                                                                             "warning")
     if message:
-        stderr.print(f"[bold red]{label}:[/bold red] {escape(message)}", soft_wrap=True)
+        stderr.print(f"[bold red]{label}:[/bold red] {escape(shown(message, 4000))}",
+                     soft_wrap=True)
 
 
 def _with_progress(enabled: bool, run: Any, *, total: int | None) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ckptdoc.recalibrate.selfcheck import SelfCheck
+from ckptdoc.report.safe import shown
 
 
 def _max_abs(a: np.ndarray) -> float:
@@ -179,7 +180,7 @@ def render(report: RecalibrationReport, console: Any) -> None:
         )
     for ch in report.layers:
         table.add_row(
-            Text(ch.layer),
+            Text(shown(ch.layer)),
             str(ch.channels),
             str(ch.samples),
             f"{ch.mean_max_abs_change:.4g}",
@@ -192,13 +193,13 @@ def render(report: RecalibrationReport, console: Any) -> None:
         used += " (the whole dataset: it is shorter than the budget)"
     devices = f" on {report.replicas} replicas" if report.replicas > 1 else ""
     console.print(
-        f"Data: {report.data}: {used}; {report.passes} pass(es), {report.seconds:.1f}s "
+        f"Data: {shown(report.data)}: {used}; {report.passes} pass(es), {report.seconds:.1f}s "
         f"({report.backend}{devices})",
         markup=False,
     )
     console.print(f"Variance written as {report.variance_convention}.", markup=False)
     if report.self_check is not None:
-        console.print(report.self_check.summary() + ".", markup=False)
+        console.print(shown(report.self_check.summary() + ".", 4000), markup=False)
     for label, ev in (("before", report.eval_before), ("after", report.eval_after)):
         if ev is not None:
             acc = f", accuracy {ev.accuracy:.4f}" if ev.accuracy is not None else ""
@@ -207,7 +208,7 @@ def render(report: RecalibrationReport, console: Any) -> None:
                 f"Eval {label} ({ev.source}, {ev.samples} samples): {loss}{acc}", markup=False
             )
     for note in report.notes:
-        console.print(f"Note: {note}", markup=False)
+        console.print(f"Note: {shown(note, 4000)}", markup=False)
 
 
 #: Why held-out results can get worse after recalibration, all of them: the refusal must not

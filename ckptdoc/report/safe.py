@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["printable", "html_text"]
+__all__ = ["printable", "html_text", "shown", "MAX_SHOWN"]
+
+#: Longest untrusted string shown in full on a console; longer ones are cut with a marker
+#: (a 10 MB layer name must not take a minute to lay out).
+MAX_SHOWN = 400
 
 _UNSAFE = re.compile(
     "[\x00-\x1f\x7f-\x9f"  # C0 controls (escape sequences start with \x1b), DEL, C1 controls
@@ -34,3 +38,11 @@ def printable(text: str) -> str:
 def html_text(text: str) -> str:
     """Printable, and inert in Markdown renderers that pass HTML through."""
     return printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def shown(text: str, limit: int = MAX_SHOWN) -> str:
+    """The console's choke point for text from files: printable, and at most `limit`
+    characters with a marker saying how much was cut."""
+    if len(text) > limit:
+        text = f"{text[:limit]}…[{len(text) - limit} more characters]"
+    return printable(text)
