@@ -103,8 +103,11 @@ def measure(
                 # Off inference's fixed point (upstream layers normalized with batch
                 # statistics): measure again layer after layer, which is that fixed point.
                 first = check.worst
+                failing = {g.layer for g in check.failed}
                 moments, more, head = _sequential(
-                    model, capture, layers, source, batch_size, budget, Consumed(), None, notes
+                    model, capture, layers, source, batch_size, budget, Consumed(), None, notes,
+                    redo={i for i, bn in enumerate(layers) if bn.path in failing},
+                    prior=(moments, head),
                 )
                 passes += more
                 mode = "sequential"
@@ -114,9 +117,9 @@ def measure(
                 assert first is not None
                 notes.append(
                     f"precise mode's statistics were {first.worst:.2g} off the model's own "
-                    f"inference (worst: {first.layer}; tolerance {check.tolerance:g}): measured "
-                    f"again layer after layer (sequential mode, {more} passes), which is "
-                    "inference's fixed point")
+                    f"inference (worst: {first.layer}; tolerance {check.tolerance:g}): from the "
+                    "first level holding a layer that failed on, measured again layer after "
+                    f"layer (sequential mode, {more} passes), which is inference's fixed point")
         eval_after = ev() if eval_before is not None else None
     except BaseException:
         for bn, values in zip(layers, old, strict=True):
@@ -222,14 +225,25 @@ def _sequential(
     consumed: Consumed,
     progress: Callable[[int], None] | None,
     notes: list[str],
+    redo: set[int] | None = None,
+    prior: tuple[dict[int, Moments], Head] | None = None,
 ) -> tuple[dict[int, Moments], int, Head]:
+    """BN layers measured in dependency order, each level behind the levels before it in
+    inference mode. With `redo` (layers a self-check failed on) and `prior` (what an earlier
+    pass measured), the levels before the first one holding a `redo` layer keep their values:
+    their inputs do not depend on anything measured again."""
     first: Batch | None = next(iter(source.budgeted(batch_size, budget, Consumed())), None)
     if first is None:
         raise RecalibrationError(f"--data {source.description}: no samples")
     levels = dependency_levels(model, capture, first)
-    moments: dict[int, Moments] = {}
-    head = Head({}, 0)
+    moments: dict[int, Moments] = dict(prior[0]) if prior else {}
+    head = Head(dict(prior[1].moments), prior[1].batches) if prior else Head({}, 0)
+    start = next((k for k, level in enumerate(levels) if set(level) & redo), 0) if redo else 0
+    passes = 0
     for k, level in enumerate(levels):
+        if k < start:
+            continue
+        passes += 1
         done = {i for lv in levels[:k] for i in lv}
         for i in range(len(layers)):
             capture.state[i] = "fixed" if i in done else ("batch" if i in level else "batch-quiet")
@@ -244,4 +258,4 @@ def _sequential(
                 head.moments[i] = result.head[i]
         head.batches = result.head_batches
         _apply(layers, moments, notes, only=level)
-    return moments, len(levels), head
+    return moments, passes, head
