@@ -209,6 +209,8 @@ def test_two_replicas_equal_one_device(backend: str, mode: str, nested: tuple[Pa
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout)["report"]
     assert report["replicas"] == 2 and report["backend"] == backend
+    # the repair was checked against the model's own inference on this backend and devices
+    assert report["self_check"]["passed"] and report["self_check"]["layers"]
     assert_same(one, two)
 
 

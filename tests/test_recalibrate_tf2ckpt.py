@@ -76,6 +76,7 @@ def test_object_checkpoint_with_optimizer_slots_preserved(npz: Any, tmp_path: Pa
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
     assert doc["written"] and doc["audit"]["errors"] == []
+    assert doc["report"]["self_check"]["passed"]  # checked against the model's own inference
     assert doc["report"]["eval_after"]["accuracy"] >= doc["report"]["eval_before"]["accuracy"]
     assert _digest(src) == before
     with open_checkpoint(src / "ckpt-1") as a, open_checkpoint(out) as b:
