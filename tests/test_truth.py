@@ -290,3 +290,19 @@ def test_names_from_files_reach_the_console_escaped_and_short(tmp_path: Path) ->
         assert "\x1b" not in res.output and "\u202e" not in res.output
         assert not any(line.startswith("::") for line in res.output.splitlines())
         assert "\\x1b" in res.output and "more characters]" in res.output
+
+
+def test_text_report_shows_whole_messages_that_do_not_start_with_their_evidence() -> None:
+    # BN008's (and BN010's) message does not start with its evidence: the text report cut
+    # its first characters ("(model): aved before training?").
+    from rich.console import Console
+
+    from ckptdoc.report import text
+    from ckptdoc.report.model import AuditReport
+
+    evidence = Path(__file__).resolve().parent / "data" / "evidence"
+    console = Console(record=True, width=200)
+    text.render(AuditReport((audit_file(evidence / "untrained.keras"),)), console)
+    assert "saved before training?" in console.export_text()
+    assert "(model): all 1 BN layers are exactly at their initial values" in \
+        console.export_text()

@@ -139,7 +139,9 @@ def _render_findings(findings: tuple[Finding, ...], console: Console) -> None:
         console.print(head, soft_wrap=True)
         messages: dict[str, list[str]] = defaultdict(list)
         for f in found:
-            cause = f.message[len(f.evidence) :].lstrip(": ") if f.evidence else f.message
+            # "evidence: cause" messages show their cause; any other shows whole.
+            cause = (f.message[len(f.evidence) :].lstrip(": ")
+                     if f.evidence and f.message.startswith(f.evidence) else f.message)
             messages[cause].append(f.group)
         for cause, groups in messages.items():
             if cause:
