@@ -90,10 +90,16 @@ def discover_evidence(ckpt: Checkpoint, read: Callable[[str], np.ndarray]) -> Di
     """`evidence_groups` with the notes of every reconciliation: the graph or model structure
     against the tensors' names, and the step count against the values."""
     graph = ckpt.graph()
-    facts = analyze(graph) if graph is not None else None
+    notes: list[str] = []
+    try:
+        facts = analyze(graph) if graph is not None else None
+    except Exception as exc:  # noqa: BLE001 - a graph is evidence: its failure costs no verdict
+        facts = None
+        notes.append(f"could not read the graph beside the checkpoint ({type(exc).__name__}: "
+                     f"{exc}); BN layers were found by their names only")
     found = discover(ckpt, facts)
     groups, step_notes = check_steps(with_training(found.groups, ckpt.step_count()), read)
-    return Discovery(groups, (*found.notes, *step_notes))
+    return Discovery(groups, (*notes, *found.notes, *step_notes))
 
 
 def _file_findings(ckpt: Checkpoint, selection: RuleSelection) -> list[Finding]:

@@ -306,3 +306,27 @@ def test_text_report_shows_whole_messages_that_do_not_start_with_their_evidence(
     shown = console.export_text()
     assert "(model): all 1 BN layers are exactly at their initial values: saved before " \
         "training?" in shown
+
+
+def test_a_graph_that_breaks_the_reader_costs_no_verdict(tmp_path: Path) -> None:
+    # A float Const whose value is a varint too large for a float's 32 bits: the graph reader
+    # failed with a struct error, the file became "internal error" (exit 2) and the BN002 the
+    # tensors show was lost; `ls` printed a traceback.
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+    from tests.bundle_writer import field_bytes, field_varint
+    from tests.ckpt_factory import never_updated_stats
+
+    prefix = tmp_path / "model.ckpt"
+    write_bundle(prefix, {f"bn/{k}": v for k, v in never_updated_stats(4).items()})
+    tensor = field_varint(1, 1) + field_varint(5, 1 << 40)  # DT_FLOAT, float_val as varint
+    attr = field_bytes(1, b"value") + field_bytes(2, field_bytes(8, tensor))
+    node = field_bytes(1, b"c") + field_bytes(2, b"Const") + field_bytes(5, attr)
+    (tmp_path / "model.ckpt.meta").write_bytes(field_bytes(2, field_bytes(1, node)))
+    report = audit_file(prefix)
+    assert report.error is None, report.error
+    assert [(f.rule, f.group) for f in report.findings] == [("BN002", "bn")]
+    assert any("could not read the graph" in n for n in report.notes)
+    res = CliRunner().invoke(app, ["ls", str(prefix)])
+    assert res.exit_code == 0 and "Traceback" not in res.output
