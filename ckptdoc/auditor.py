@@ -109,14 +109,13 @@ def _file_findings(ckpt: Checkpoint, selection: RuleSelection) -> list[Finding]:
         return []
     config = getattr(ckpt, "model_config", None)
     unreadable = getattr(ckpt, "config_error", None)
-    if config is None and unreadable:
+    out = [] if config is None else code_findings(config, selection.severity(rule))
+    if unreadable:
         # A config nobody could read is no proof of "no code".
-        return [Finding("CK001", selection.severity(rule), "(model)",
-                        f"cannot check the model for code: {unreadable}; treat the file as "
-                        "untrusted", {"cannot_verify": True})]
-    if config is None:
-        return []
-    return code_findings(config, selection.severity(rule))
+        out.append(Finding("CK001", selection.severity(rule), "(model)",
+                           f"cannot check the model for code: {unreadable}; treat the file as "
+                           "untrusted", {"cannot_verify": True}))
+    return out
 
 
 def _audit_guarded(path: str | Path, selection: RuleSelection | None) -> FileReport:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -330,3 +331,43 @@ def test_a_graph_that_breaks_the_reader_costs_no_verdict(tmp_path: Path) -> None
     assert any("could not read the graph" in n for n in report.notes)
     res = CliRunner().invoke(app, ["ls", str(prefix)])
     assert res.exit_code == 0 and "Traceback" not in res.output
+
+
+def _forged_keras_metadata(tmp_path: Path, forge: Any) -> Path:
+    """tf-keras's SavedModel (healthy, with keras_metadata.pb) with each metadata entry's
+    JSON replaced by `forge(json_text)`."""
+    import shutil
+
+    from ckptdoc.formats.proto import decode_keras_metadata_pb
+    from tests.bundle_writer import field_bytes, field_varint
+
+    src = Path(__file__).resolve().parent / "data" / "bundle" / "tfkeras_model_save" / "model"
+    folder = tmp_path / "model"
+    shutil.copytree(src, folder)
+    entries = decode_keras_metadata_pb((folder / "keras_metadata.pb").read_bytes())
+    out = b"".join(
+        field_bytes(1, field_varint(2, node) + field_bytes(4, ident.encode())
+                    + field_bytes(5, forge(text).encode()))
+        for node, (ident, text) in entries.items())
+    (folder / "keras_metadata.pb").write_bytes(out)
+    return folder
+
+
+def test_keras_metadata_that_renames_bn_hides_nothing(tmp_path: Path) -> None:
+    honest = audit_file(Path(__file__).resolve().parent / "data" / "bundle"
+                        / "tfkeras_model_save" / "model")
+    folder = _forged_keras_metadata(
+        tmp_path, lambda text: text.replace('"BatchNormalization"', '"Dense"'))
+    forged = audit_file(folder)
+    assert forged.error is None, forged.error
+    assert len(forged.groups) == len(honest.groups) > 0  # every BN layer still audited
+
+
+def test_hostile_keras_metadata_costs_no_verdict(tmp_path: Path) -> None:
+    # 100k-deep JSON in every entry: RecursionError before; now the layers are found from the
+    # object graph and names, and CK001 says the config could not be checked for code.
+    folder = _forged_keras_metadata(tmp_path, lambda text: "[" * 100_000)
+    report = audit_file(folder)
+    assert report.error is None, report.error
+    assert report.groups
+    assert any(f.rule == "CK001" and f.details.get("cannot_verify") for f in report.findings)

@@ -115,6 +115,8 @@ class BundleCheckpoint(Checkpoint):
         #: A SavedModel's Keras layer metadata (class names and configs, as parsed JSON), for
         #: the audit's CK001 check: a `Lambda` carries code. None when there is none.
         self.model_config: list[dict[str, Any]] | None = None
+        #: Why some of the model's config could not be read (CK001 then cannot say "no code").
+        self.config_error: str | None = None
         if OBJECT_GRAPH_KEY in self._entries:
             self._load_object_graph(savedmodel)
         if savedmodel:
@@ -307,7 +309,13 @@ class BundleCheckpoint(Checkpoint):
         self._graph_nodes = nodes
         self._layers = build_layers(nodes, set(self._tensors), metadata, names)
         if metadata:
-            self.model_config = list(parse_metadata(metadata).values())
+            parsed = parse_metadata(metadata)
+            self.model_config = list(parsed.values())
+            if len(parsed) < len(metadata):
+                # Unreadable layer metadata is no proof that the model holds no code.
+                self.config_error = (f"{len(metadata) - len(parsed)} of the "
+                                     f"{len(metadata)} Keras metadata entries are not "
+                                     "readable JSON")
 
     # --- Checkpoint API -----------------------------------------------------------------------
 

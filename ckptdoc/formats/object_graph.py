@@ -17,7 +17,6 @@ from typing import Any
 
 from ckptdoc.checkpoint import LayerNode
 from ckptdoc.formats.proto import (
-    ProtoError,
     TrackableObject,
     decode_keras_metadata_pb,
     decode_savedmodel_keras_metadata,
@@ -191,7 +190,7 @@ def parse_metadata(raw: dict[int, tuple[str, str]]) -> dict[int, dict[str, Any]]
     for i, (_identifier, text) in raw.items():
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # hostile depth included: never a crash
             continue
         if isinstance(value, dict):
             out[i] = value
@@ -223,6 +222,7 @@ def savedmodel_metadata(
             else:
                 metadata = metadata or decode_savedmodel_keras_metadata(data)
                 names = decode_savedmodel_variable_names(data)
-        except (OSError, ProtoError) as exc:
-            notes.append(f"{path}: could not read layer metadata ({exc})")
+        except Exception as exc:  # noqa: BLE001 - metadata is evidence: never costs the verdict
+            notes.append(f"{path}: could not read layer metadata ({type(exc).__name__}: "
+                         f"{exc})")
     return metadata, names, notes
