@@ -165,3 +165,20 @@ def test_legacy_v1_single_file_checkpoint_is_named(tmp_path: Path) -> None:
     (tmp_path / "model.ckpt-1000").write_bytes(bw.table([(b"global_step", b"\x08\x01")]))
     with pytest.raises(UnsupportedFormatError, match="V1 checkpoint"):
         resolve(tmp_path / "model.ckpt-1000")
+
+
+def test_folder_scans_skip_what_is_not_the_users(tmp_path: Path) -> None:
+    # h5py's test files inside a virtualenv failed the gate (exit 2) on `ckptdoc audit .`.
+    from tests.ckpt_factory import healthy_model
+
+    healthy_model(tmp_path / "models" / "net.h5")
+    for folder in (".git/objects", "node_modules/pkg", "env/lib/python3.11/site-packages/h5py",
+                   "__pycache__", ".tox/py311"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "data.h5").write_bytes(b"\x89HDF\r\n\x1a\nnot a model")
+    (tmp_path / "myenv").mkdir()
+    (tmp_path / "myenv" / "pyvenv.cfg").write_text("home = /usr\n")
+    (tmp_path / "myenv" / "x.h5").write_bytes(b"\x89HDF\r\n\x1a\n")
+    assert find_checkpoints(tmp_path) == [tmp_path / "models" / "net.h5"]
+    # a skipped folder given explicitly is still searched
+    assert find_checkpoints(tmp_path / "node_modules") == [tmp_path / "node_modules/pkg/data.h5"]

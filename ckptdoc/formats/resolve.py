@@ -223,6 +223,10 @@ def find_checkpoints(root: Path) -> list[Path]:
     found: set[Path] = set()
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
+        # Not the user's models: version control, environments, caches, installed packages
+        # (h5py's own test files in a .venv used to fail the gate). A folder given
+        # explicitly is still searched: only what the walk finds below it is skipped.
+        dirnames[:] = [n for n in dirnames if not skipped_folder(d / n)]
         if is_savedmodel_dir(d):
             found.add(d)
             # The variables bundle belongs to the SavedModel: do not list it again.
@@ -240,6 +244,20 @@ def find_checkpoints(root: Path) -> list[Path]:
                 found.add(d / f)  # named without an extension: known by its first bytes
         dirnames.sort()
     return sorted(found)
+
+
+#: Folders a recursive search never enters, as ruff skips them.
+SKIPPED_FOLDERS = frozenset({
+    ".git", ".hg", ".svn", ".bzr", "_darcs", ".jj", "node_modules", "__pycache__",
+    "site-packages", "dist-packages", ".tox", ".nox", ".venv", ".mypy_cache",
+    ".pytest_cache", ".ruff_cache", ".ipynb_checkpoints", "__pypackages__",
+})
+
+
+def skipped_folder(path: Path) -> bool:
+    """A folder a recursive search skips: a known tool folder, or any virtual environment
+    (it holds a `pyvenv.cfg`), whatever its name."""
+    return path.name in SKIPPED_FOLDERS or (path / "pyvenv.cfg").is_file()
 
 
 def _is_keras_file(path: Path) -> bool:
