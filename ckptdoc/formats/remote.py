@@ -28,6 +28,7 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
 from ckptdoc.errors import CheckpointError, NotFoundError, UnsupportedFormatError
+from ckptdoc.install_hint import install_hint
 
 if TYPE_CHECKING:
     from ckptdoc.formats.graph import Graph
@@ -68,7 +69,7 @@ def _filesystem(url: str) -> tuple[Any, str]:
         import fsspec
     except ImportError:
         raise UnsupportedFormatError(
-            url, "remote checkpoints need fsspec: pip install 'ckptdoc[remote]'"
+            url, f"remote checkpoints need fsspec: {install_hint('remote')}"
         ) from None
     try:
         return fsspec.core.url_to_fs(url)

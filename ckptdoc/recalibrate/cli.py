@@ -20,6 +20,7 @@ from rich.markup import escape
 
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
+from ckptdoc.install_hint import install_hint
 from ckptdoc.recalibrate import RecalibrationError, pipeline
 from ckptdoc.recalibrate.options import DEFAULT, DEFAULT_SAMPLES, Options
 from ckptdoc.recalibrate.pipeline import Outcome
@@ -227,7 +228,7 @@ def _import_framework(kind: str) -> None:
     except ImportError as exc:
         raise usage_error(
             f"recalibration runs the model, so it needs TensorFlow ({exc}); "
-            "install it with `pip install 'ckptdoc[recalibrate]'`"
+            f"install it with {install_hint('recalibrate')}"
         ) from None
 
 

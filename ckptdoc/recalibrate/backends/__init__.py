@@ -54,6 +54,8 @@ def current() -> Backend:
     """The backend module for the Keras backend in use."""
     import os
 
+    from ckptdoc.install_hint import install_hint
+
     try:
         import keras
     except ImportError as exc:
@@ -61,7 +63,7 @@ def current() -> Backend:
         extra = "recalibrate" if wanted == "tensorflow" else wanted
         raise RecalibrationError(
             f"recalibration runs the model with Keras on the {wanted!r} backend, which is not "
-            f"installed ({exc}); install it with `pip install 'ckptdoc[{extra}]'`"
+            f"installed ({exc}); install it with {install_hint(extra)}"
         ) from None
     name = keras.backend.backend()
     if name not in SUPPORTED:
