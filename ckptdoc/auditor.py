@@ -10,7 +10,7 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.config import Config
-from ckptdoc.errors import CheckpointError
+from ckptdoc.errors import CheckpointError, NotAModelError
 from ckptdoc.evidence import check_steps, with_training
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.remote import find_remote_checkpoints, is_url
@@ -63,6 +63,8 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
                 str(path), ckpt.format, tuple(results), tuple(findings), None,
                 (*ckpt.warnings, *found.notes), ledger.as_dict(),
             )
+    except NotAModelError as exc:
+        return FileReport(str(path), None, skipped=f"not a model: {exc}")
     except CheckpointError as exc:
         return FileReport(str(path), None, error=str(exc))
 

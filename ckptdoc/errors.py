@@ -26,6 +26,11 @@ class UnsupportedFormatError(CheckpointError):
     """The file is not a checkpoint format ckptdoc knows, or uses a feature it refuses."""
 
 
+class NotAModelError(UnsupportedFormatError):
+    """A readable file of a format ckptdoc opens (HDF5) that holds no model: a dataset, say.
+    The audit skips it, with the reason, instead of failing the gate."""
+
+
 class CorruptCheckpointError(CheckpointError):
     """The file is damaged: bad checksum, truncated, or structurally impossible."""
 

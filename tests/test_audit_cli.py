@@ -318,3 +318,32 @@ def test_jobs_gives_the_same_report(repo: Path) -> None:
     doc = json.loads(two.stdout)
     assert doc["summary"]["files"] == 50 and doc["summary"]["unreadable"] == 1
     assert [f["path"] for f in doc["files"]] == sorted(f["path"] for f in doc["files"])
+
+
+def test_an_hdf5_dataset_is_skipped_not_a_failure(tmp_path: Path) -> None:
+    # A dataset .h5 beside the models used to be "unreadable", exit 2: the pre-commit hook
+    # (every .h5) then blocked the commit. It is read, has no Keras markers: skipped, said.
+    import json
+
+    import h5py
+    import numpy as np
+
+    from ckptdoc.cli import app
+    from tests.ckpt_factory import healthy_model
+
+    healthy_model(tmp_path / "net.h5")
+    with h5py.File(tmp_path / "images.h5", "w") as f:
+        f["x"] = np.zeros((4, 8, 8), "float32")
+    runner = CliRunner()
+    res = runner.invoke(app, ["audit", str(tmp_path), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    skipped = [f for f in doc["files"] if "skipped" in f]
+    assert [Path(f["path"]).name for f in skipped] == ["images.h5"]
+    assert skipped[0]["skipped"].startswith("not a model")
+    assert doc["summary"]["skipped"] == 1 and doc["summary"]["unreadable"] == 0
+    res = runner.invoke(app, ["audit", str(tmp_path / "images.h5"), "-v"])
+    assert res.exit_code == 0 and "images.h5: skipped, not a model" in res.output
+    # a damaged HDF5 file is still a failure
+    (tmp_path / "broken.h5").write_bytes((tmp_path / "net.h5").read_bytes()[:900])
+    assert runner.invoke(app, ["audit", str(tmp_path / "broken.h5")]).exit_code == 2

@@ -50,6 +50,7 @@ from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
 from ckptdoc.errors import (
     CheckpointError,
     CorruptCheckpointError,
+    NotAModelError,
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
@@ -356,7 +357,7 @@ def _open(
         elif _is_v3_layout(h5):
             return _open_v3(h5, path, size, config, fmt_override or "keras3-weights-h5")
         else:
-            raise UnsupportedFormatError(
+            raise NotAModelError(
                 path, "HDF5 file is neither a Keras model nor a Keras weights file"
             )
         version = _text(attrs.get("keras_version", b"")) or _text(

@@ -30,6 +30,8 @@ def file_to_dict(file: FileReport) -> dict[str, Any]:
     }
     if file.error is not None:
         out["error"] = file.error
+    if file.skipped is not None:
+        out["skipped"] = file.skipped
     if file.notes:
         out["notes"] = list(file.notes)
     if file.ledger is not None:

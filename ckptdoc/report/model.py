@@ -36,6 +36,9 @@ class FileReport:
     #: Where every tensor of the file went: `counts` per bucket (BN member, weights,
     #: optimizer, EMA state, counter, unexplained) and the `unexplained` statistic-like ones.
     ledger: Mapping[str, Any] | None = None
+    #: Why the file was not audited although it was read (an HDF5 file that holds no model):
+    #: not a failure of the gate.
+    skipped: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class AuditReport:
             "warning": self.count(Severity.WARNING),
             "info": self.count(Severity.INFO),
         }
+        skipped = sum(1 for f in self.files if f.skipped is not None)
+        if skipped:
+            out["skipped"] = skipped
         if self.baseline is not None:
             out["baselined"] = self.baseline.suppressed
             out["baseline_fixed"] = len(self.baseline.fixed)

@@ -67,6 +67,11 @@ def _mark(console: Console, ok: bool) -> str:
 
 
 def _render_file(file: FileReport, console: Console, detail: Detail) -> None:
+    if file.skipped is not None:
+        if detail is Detail.full:  # -v lists what was skipped and why
+            console.print(Text(f"- {printable(file.path)}: skipped, {printable(file.skipped)}",
+                               style="dim"), soft_wrap=True)
+        return
     if file.error is not None:
         console.print(Text(f"{_mark(console, False)} {printable(file.error)}", style="bold red"),
                       soft_wrap=True)
@@ -165,5 +170,7 @@ def summary_line(report: AuditReport) -> Text:
     ]
     if s["unreadable"]:
         parts.append(f"{s['unreadable']} unreadable")
+    if s.get("skipped"):
+        parts.append(f"{s['skipped']} skipped, not models (-v lists them)")
     style = "bold red" if s["error"] or s["unreadable"] else "yellow" if s["warning"] else "green"
     return Text("Summary: " + ", ".join(parts), style=style)
