@@ -239,6 +239,10 @@ def test_inference_trained_model_is_not_made_worse(files) -> None:  # type: igno
     )
     assert res.exit_code == 1, res.output
     assert "WORSE" in res.output and not out.exists()
+    # and how to accept such a model in the gate, exactly (issue 25)
+    flat = " ".join(res.output.split())
+    assert f'per-file-ignores = {{ "{src.as_posix()}" = ["BN002"] }}' in flat
+    assert "--write-baseline" in flat
     res = cli(
         str(src),
         "--data",

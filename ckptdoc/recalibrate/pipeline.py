@@ -95,6 +95,8 @@ def run(
     report = measured.report
     refused, worse = judge(report, measured.new_values, options.force)
     if refused:
+        if report.got_worse:
+            refused += accept_hint(target.path)
         return Outcome(target.path, report, refused=refused)
     if not measured.writes:
         return Outcome(target.path, report, skipped="a worker of a multi-worker run: the chief "
@@ -108,6 +110,15 @@ def run(
         report = dataclasses.replace(report, notes=(*report.notes, *notes))
     return Outcome(target.path, report, output=dest, audit=audit.summary,
                    warning=None if worse is None else worse + "; --force: written anyway")
+
+
+def accept_hint(path: Path) -> str:
+    """How to accept, in the gate, a model that works with the statistics it has (trained
+    with BN in inference mode): its BN002 ignored for this file, or a baseline."""
+    return (f". If the model works as it is, accept it in the audit gate: add "
+            f"`per-file-ignores = {{ \"{path.as_posix()}\" = [\"BN002\"] }}` to [tool.ckptdoc] "
+            f"(paths relative to that file), or record it with `ckptdoc audit {path} "
+            "--write-baseline ckptdoc-baseline.json`")
 
 
 def judge(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from enum import Enum
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -96,7 +97,7 @@ def _render_file(file: FileReport, console: Console, detail: Detail) -> None:
             console.print(Text(f"  {hidden} other BN layer{'s' * (hidden != 1)} ok", style="dim"))
     else:
         console.print(heading + Text(": no batch-norm layers found"), soft_wrap=True)
-    _render_findings(file.findings, console)
+    _render_findings(file.findings, console, file.path)
     console.print()
 
 
@@ -128,7 +129,7 @@ def _group_table(file: FileReport, detail: Detail) -> Table:
     return table
 
 
-def _render_findings(findings: tuple[Finding, ...], console: Console) -> None:
+def _render_findings(findings: tuple[Finding, ...], console: Console, path: str = "") -> None:
     """Each rule once, with its cause and fix; layers sharing a message are listed together."""
     by_rule: dict[str, list[Finding]] = defaultdict(list)
     for finding in findings:
@@ -151,6 +152,14 @@ def _render_findings(findings: tuple[Finding, ...], console: Console) -> None:
         for cause, groups in messages.items():
             if cause:
                 console.print(Text(printable(f"    {_names(groups)}: {cause}")), soft_wrap=True)
+        if code == "BN002" and path and not all("proof" in f.details for f in found):
+            # A model trained with BN in inference mode is right as it is: say how to accept
+            # it (not where the graph proves the updates never ran: that is the bug).
+            entry = f'per-file-ignores = {{ "{Path(path).as_posix()}" = ["BN002"] }}'
+            console.print(Text(printable(
+                f"    if it works as it is (trained with BN in inference mode): {entry} in "
+                f"[tool.ckptdoc], or `ckptdoc audit {path} --write-baseline "
+                "ckptdoc-baseline.json`"), style="dim"), soft_wrap=True)
 
 
 def _names(groups: list[str]) -> str:
