@@ -96,3 +96,20 @@ def test_batch_split_and_order_do_not_matter(
         np.testing.assert_allclose(m.mean, whole.mean, rtol=1e-6, atol=1e-9)
         np.testing.assert_allclose(m.variance, whole.variance, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(whole.variance, x.astype(np.float64).var(axis=0), rtol=1e-9)
+
+
+def test_a_self_check_that_compared_nothing_never_passes() -> None:
+    # An inference pass that reached no BN layer (data that could not be read again) used to
+    # be a pass with nothing checked.
+    from ckptdoc.recalibrate.selfcheck import compare
+
+    stored = {"bn": (np.zeros(3), np.ones(3), 1e-3)}
+    empty = compare(stored, {}, 0)
+    assert not empty.passed and empty.unreached == ("bn",)
+    assert "could not run" in empty.refusal()
+    same = compare(stored, {"bn": (np.zeros(3), np.ones(3))}, 10)
+    assert same.passed and same.worst is not None and same.worst.worst == 0
+    off = compare(stored, {"bn": (np.zeros(3), np.full(3, 1.1))}, 10)
+    assert not off.passed and "bn (mean 0 sd, variance" in off.refusal()
+    nan = compare(stored, {"bn": (np.array([0, np.nan, 0]), np.ones(3))}, 10)
+    assert not nan.passed  # NaN is never within tolerance

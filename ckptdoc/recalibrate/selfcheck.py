@@ -64,7 +64,8 @@ class SelfCheck:
 
     @property
     def passed(self) -> bool:
-        return not self.failed
+        # A check that compared nothing checked nothing: never a pass.
+        return bool(self.layers) and not self.failed
 
     @property
     def worst(self) -> LayerGap | None:
@@ -84,6 +85,10 @@ class SelfCheck:
                 f"(worst: {worst.layer}; tolerance {self.tolerance:g})")
 
     def refusal(self) -> str:
+        if not self.layers:
+            return ("the self-check could not run: the inference pass reached no BN layer "
+                    "(data that can be read only once? give an array, a file, or a function "
+                    "that returns a new iterator each time)")
         listed = ", ".join(f"{g.layer} (mean {g.mean_gap:.2g} sd, variance {g.var_gap:.1%})"
                            for g in self.failed[:6])
         more = len(self.failed) - 6
