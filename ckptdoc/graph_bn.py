@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ckptdoc.formats.graph import Graph, GraphNode, node_name, output_index
 
-__all__ = ["GraphFacts", "GraphLayer", "Switch", "analyze"]
+__all__ = ["GraphFacts", "GraphLayer", "Switch", "analyze", "common_scope"]
 
 _FUSED = frozenset({"FusedBatchNorm", "FusedBatchNormV2", "FusedBatchNormV3", "_FusedBatchNormEx"})
 _VARIABLES = frozenset({"VariableV2", "Variable", "VarHandleOp"})
@@ -473,13 +473,13 @@ def _merge(
         batch_axis[find(i)] = batch_axis.get(find(i), False) or site.batch_axis
         if site.x is not None and site.x not in inputs.setdefault(find(i), []):
             inputs[find(i)].append(site.x)
+    # Updates with no normalizing op are layers of their own (-1: no site), writing one
+    # variable each.
+    candidates = [(root, *layer, updated.get(root, {})) for root, layer in layers.items()]
+    candidates += [(-1, {}, ops, set(), False, {extra_role[var]: {var}})
+                   for var, ops in extra.items()]
     out = []
-    for root, (roles, ops, switches, training) in [
-        *layers.items(),
-        *((-1, ({}, o, set(), False)) for o in extra.values()),
-    ]:
-        written = updated.get(root, {}) if root >= 0 else {
-            extra_role[v]: {v} for v, o in extra.items() if o is ops}
+    for root, roles, ops, switches, training, written in candidates:
         # What inference reads is the layer's statistic; a variable only an update writes
         # (a zero-debias `biased` accumulator) is moving-average state.
         members = {role: sorted(names)[0] for role, names in roles.items() if names}
@@ -516,17 +516,21 @@ def _merge(
     return out
 
 
-def _scope(names: Iterable[str]) -> str:
-    """The longest common scope of the layer's variables (`conv1/bn`), for a readable name."""
-    split = [n.split("/") for n in names]
-    if not split:
-        return "?"
+def common_scope(names: Iterable[str]) -> str:
+    """The longest scope all `names` share (`conv1/bn` for `conv1/bn/gamma` and
+    `conv1/bn/beta`), or "" when they share none."""
     common: list[str] = []
-    for parts in zip(*[s[:-1] for s in split], strict=False):
+    for parts in zip(*[n.split("/")[:-1] for n in names], strict=False):
         if len(set(parts)) != 1:
             break
         common.append(parts[0])
-    return "/".join(common) or split[0][0]
+    return "/".join(common)
+
+
+def _scope(names: Iterable[str]) -> str:
+    """A readable layer name: the variables' common scope, else the first one's top scope."""
+    names = list(names)
+    return common_scope(names) or (names[0].split("/")[0] if names else "?")
 
 
 # --------------------------------------------------------------------------- training step

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
-from ckptdoc.graph_bn import GraphFacts
+from ckptdoc.graph_bn import GraphFacts, common_scope
 
 #: The four statistics and parameters every BN layer may own, in display order.
 ROLES: tuple[str, ...] = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -228,12 +228,12 @@ def _with_debias_state(groups: list[BNGroup], tensors: Mapping[str, TensorInfo])
         for role in ("moving_mean", "moving_variance"):
             key = g.members.get(role)
             if key:
-                owner[_strip_object(key)] = (i, role)
+                owner[strip_object_suffix(key)] = (i, role)
     if not owner:
         return groups
     extras: dict[int, dict[str, str]] = {}
     for key in tensors:
-        base, _, leaf = _strip_object(key).rpartition("/")
+        base, _, leaf = strip_object_suffix(key).rpartition("/")
         if leaf not in _DEBIAS_LEAVES:
             continue
         for stat, (i, role) in owner.items():
@@ -245,7 +245,8 @@ def _with_debias_state(groups: list[BNGroup], tensors: Mapping[str, TensorInfo])
             for i, g in enumerate(groups)]
 
 
-def _strip_object(key: str) -> str:
+def strip_object_suffix(key: str) -> str:
+    """A TF2 object-checkpoint key without its `/.ATTRIBUTES/VARIABLE_VALUE` suffix."""
     return key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
 
 
@@ -264,25 +265,14 @@ def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> 
             for role in ROLES
         }
         # Update-only state (zero-debias accumulators) by its layer-local name.
-        extras = {_local(v, layer.name): v for v in layer.state if v in tensors}
+        extras = {_local(v): v for v in layer.state if v in tensors}
         # Named from what the checkpoint holds: a graph may name variables it lacks.
-        name = _scope_of([k for k in members.values() if k]) or layer.name
+        name = common_scope(k for k in members.values() if k) or layer.name
         out.append(BNGroup(name, members, extras, None, {}, from_graph(layer, facts)))
     return out
 
 
-def _scope_of(keys: list[str]) -> str:
-    """The longest common scope of `keys` (`conv1/bn`), or "" when they share none."""
-    split = [k.split("/")[:-1] for k in keys]
-    common: list[str] = []
-    for parts in zip(*split, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    return "/".join(common)
-
-
-def _local(key: str, scope: str) -> str:
+def _local(key: str) -> str:
     """`bn/bn/moving_mean/biased` -> `moving_mean/biased`: the last two components name the
     state (its statistic and its kind)."""
     return "/".join(key.split("/")[-2:])
@@ -348,7 +338,7 @@ def _groups_from_names(tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
     for key in tensors:
         if ".OPTIMIZER_SLOT" in key or key.startswith("optimizer/"):
             continue
-        name = re.sub(r":\d+$", "", _strip_object(key))
+        name = re.sub(r":\d+$", "", strip_object_suffix(key))
         parts = name.split("/")
         inner = _KERAS1_INNER.match(parts[-1])
         if inner is not None:  # Keras 1: `batchnormalization_3_running_std`, one per layer

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ckptdoc.checkpoint import TensorInfo
-from ckptdoc.groups import BNGroup
+from ckptdoc.groups import BNGroup, strip_object_suffix
 
 __all__ = ["Ledger", "account"]
 
@@ -47,7 +47,6 @@ _STAT_NAME = re.compile(
 _WEIGHT_NAME = re.compile(
     r"(?i)(^|_)(b|w|u|bias|biases|kernel|weights?|embeddings?|alpha|scale|offset)(_\d+)?$"
 )
-_OBJECT_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def account(tensors: Mapping[str, TensorInfo], groups: Iterable[BNGroup]) -> Led
         if key in in_groups:
             buckets[key] = "bn"
             continue
-        name = key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
+        name = strip_object_suffix(key)
         if _OPTIMIZER.search(name):
             buckets[key] = "optimizer"
         elif _EMA.search(name):
@@ -122,6 +121,5 @@ def _bn_scopes(groups: list[BNGroup], tensors: Mapping[str, TensorInfo]) -> dict
             continue
         for key in g.members.values():
             if key:
-                name = key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
-                out[name.rpartition("/")[0]] = channels
+                out[strip_object_suffix(key).rpartition("/")[0]] = channels
     return out
