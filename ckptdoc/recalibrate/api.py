@@ -48,8 +48,7 @@ def recalibrate(
     if refused:
         for bn, values in zip(layers, old, strict=True):
             assign(bn, values)
-        raise RecalibrationError(refused.replace("Nothing written", "The model is unchanged")
-                                 .replace("nothing written", "the model is unchanged"))
+        raise RecalibrationError(refused + ". The model is unchanged")
     return report
 
 

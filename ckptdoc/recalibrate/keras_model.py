@@ -191,7 +191,7 @@ def head_check(model: Any, capture: Capture, layers: list[BNLayer], batches: Any
         if i in seen and seen[i].total > 0:
             got = bn.new_values(seen[i])
             inferred[bn.path] = (got["moving_mean"], got["moving_variance"])
-    return replace(compare(measured, inferred, samples), seen=seen, basis="head")
+    return replace(compare(measured, inferred, samples), basis="head")
 
 
 def _has_labels(source: DataSource, batch_size: int) -> bool:

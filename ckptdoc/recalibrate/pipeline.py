@@ -95,6 +95,7 @@ def run(
     report = measured.report
     refused, worse = judge(report, measured.new_values, options.force)
     if refused:
+        refused += ". Nothing written"
         if report.got_worse:
             refused += accept_hint(target.path)
         return Outcome(target.path, report, refused=refused)
@@ -126,12 +127,13 @@ def judge(
 ) -> tuple[str | None, str | None]:
     """The checks on a measurement, in order, for files and in-memory models alike:
     (why it is refused, or None; what `force` overrode, or None). Non-finite statistics are
-    refused even with `force`; a failed self-check and worse held-out results only without."""
+    refused even with `force`; a failed self-check and worse held-out results only without.
+    The caller says what refusing means for it (nothing written, the model unchanged)."""
     broken = non_finite(new_values)
     if broken:  # never written, --force or not: NaN statistics make every output NaN
         return (f"the new statistics of {', '.join(broken)} are not finite (NaN or Inf): the "
                 "data or the model's activations hold NaN / Inf values. Check the data (and any "
-                "preprocessing); nothing written"), None
+                "preprocessing)"), None
     problems = []
     check = report.self_check
     if check is not None and not check.passed:
@@ -141,7 +143,7 @@ def judge(
     if not problems:
         return None, None
     if not force:
-        return "; ".join(problems) + ". Nothing written", None
+        return "; ".join(problems), None
     return None, "; ".join(problems)
 
 

@@ -14,8 +14,7 @@ Pure NumPy. Must not know: frameworks, files, the CLI.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -50,9 +49,6 @@ class SelfCheck:
     tolerance: float = TOLERANCE
     #: Layers the inference pass never reached (a branch inference skips): not checked.
     unreached: tuple[str, ...] = ()
-    #: What the inference pass measured, in the target's own form (to settle on it); not
-    #: part of the report.
-    seen: Any = field(default=None, repr=False, compare=False)
     #: "all": inference over every measured sample against the stored statistics; "head":
     #: inference over the first `samples` measured samples against what the measurement saw
     #: on those very samples (no sampling error either way).

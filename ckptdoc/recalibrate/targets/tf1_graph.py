@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -161,9 +161,9 @@ def _measure(
                 "changing"
             )
         _assign_all(tf1, gm, plans, moments, ck, expected)
-        check, settled = _settle(tf1, gm, plans, moments, ck, expected, consumed.samples,
-                                 lambda: source.budgeted(batch_size, budget, Consumed()), notes)
-        moments = check.seen
+        check, moments, settled = _settle(
+            tf1, gm, plans, moments, ck, expected, consumed.samples,
+            lambda: source.budgeted(batch_size, budget, Consumed()), notes)
         passes += settled
         if moved:  # harmless (stats come from the inputs), but the user should know
             notes.append(
@@ -211,13 +211,13 @@ _EPSILON = 1e-3
 
 def _settle(tf1: Any, gm: Any, plans: Sequence[Any], moments: dict[str, Any], ck: Any,
             expected: Mapping[str, Mapping[str, str]], samples: int,
-            batches: Callable[[], Any], notes: list[str]) -> tuple[SelfCheck, int]:
+            batches: Callable[[], Any], notes: list[str]) -> tuple[SelfCheck, dict[str, Any], int]:
     """The self-check: with `moments` in place (already assigned), one pass in inference mode
     (every training switch False) over the same samples; each layer's inputs must have the
     statistics about to be written. Off the fixed point (a graph whose inference path differs
     from the measured one), the inference moments are put in and checked again, at most once
-    per layer. `check.seen` holds the moments the last check was made for."""
-    def check_once(current: dict[str, Any]) -> SelfCheck:
+    per layer. Returns the last check, the moments it was made for, and the passes spent."""
+    def check_once(current: dict[str, Any]) -> tuple[SelfCheck, dict[str, Any]]:
         seen = tf1.run_pass(gm, plans, batches(), None, training=False)
         stored, inferred = {}, {}
         for p in plans:
@@ -227,25 +227,24 @@ def _settle(tf1: Any, gm: Any, plans: Sequence[Any], moments: dict[str, Any], ck
             if name in seen:
                 got = _new_stats(ck, p.group, expected, seen[name])
                 inferred[name] = (got["moving_mean"].new, got["moving_variance"].new)
-        return replace(compare(stored, inferred, samples), seen=(current, seen))
+        return compare(stored, inferred, samples), seen
 
-    check = check_once(moments)
+    check, seen = check_once(moments)
     first = check.worst
     changed = 0
     # Each pass settles at least one more layer in graph order, as an inference graph's
     # layer-after-layer measurement does.
     while not check.passed and changed < max(MAX_SETTLE_PASSES, len(plans)):
-        _, seen = check.seen
         moments = {**moments, **seen}
         _assign_all(tf1, gm, plans, moments, ck, expected)
         changed += 1
-        check = check_once(moments)
+        check, seen = check_once(moments)
     if changed and first is not None:
         notes.append(
             f"the measured statistics were {first.worst:.2g} off the graph's inference path "
             f"(worst: {first.layer}); {changed} more inference pass(es) over the same samples "
             "put in the statistics inference itself gives")
-    return replace(check, seen=check.seen[0]), changed
+    return check, moments, changed
 
 
 def _graph_names(ck: Any) -> tuple[dict[str, dict[str, str]], dict[str, tuple[str, ...]]]:
