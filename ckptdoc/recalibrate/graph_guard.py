@@ -82,7 +82,8 @@ def unsafe_ops(graph: Any, fetches: Iterable[Any], fed: Iterable[Any] = (),
         if op.name not in trusted and not _computes(op.type):
             bad.append((op.name, op.type))
         functions.update(_called(op.node_def))
-        functions.add(op.type)  # a call to a library function uses its name as the op type
+        if _registered(op.type) is None:  # a call to a library function: its name is the type
+            functions.add(op.type)
         stack.extend(t.op for t in op.inputs if t.name not in fed_names)
         stack.extend(op.control_inputs)
     bad.extend(_unsafe_in_functions(graph, functions))
@@ -90,7 +91,8 @@ def unsafe_ops(graph: Any, fetches: Iterable[Any], fed: Iterable[Any] = (),
 
 
 def _unsafe_in_functions(graph: Any, names: set[str]) -> list[tuple[str, str]]:
-    """Every node of every function reachable from `names` (a body may run in full)."""
+    """Every node of every function reachable from `names` (a body may run in full). The
+    library is serialized only when some function is called."""
     if not names:
         return []
     library = {f.signature.name: f for f in graph.as_graph_def().library.function}
@@ -111,7 +113,8 @@ def _unsafe_in_functions(graph: Any, names: set[str]) -> list[tuple[str, str]]:
             if not _computes(node.op):
                 bad.append((f"{name}/{node.name}", node.op))
             todo.extend(_called(node))
-            todo.append(node.op)
+            if _registered(node.op) is None:
+                todo.append(node.op)
     return bad
 
 
@@ -131,9 +134,14 @@ def _computes(op_type: str) -> bool:
         return False
     if op_type in SAFE_STATEFUL:
         return True
-    from tensorflow.python.framework import op_def_registry
-
-    op_def = op_def_registry.get(op_type)
+    op_def = _registered(op_type)
     # A function name used as an op type (a call to a library function) is checked through
     # the function; an unknown op would not have imported.
     return op_def is None or not op_def.is_stateful
+
+
+def _registered(op_type: str) -> Any:
+    """TensorFlow's OpDef of `op_type`, or None for a library function's name."""
+    from tensorflow.python.framework import op_def_registry
+
+    return op_def_registry.get(op_type)
