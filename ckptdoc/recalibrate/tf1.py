@@ -26,8 +26,9 @@ TensorFlow is imported inside functions only.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,12 +369,10 @@ class GraphModel:
             import tensorflow as tf
 
             v1 = tf.compat.v1
-            before = {op.name for op in self.graph.get_operations()}
-            with self.graph.as_default():
+            with built_here(self.graph) as built, self.graph.as_default():
                 ph = v1.placeholder(var.dtype.base_dtype, var.shape)
                 op = var.assign(ph, read_value=False)  # the assign Operation itself
-            self.trusted = self.trusted | {o.name for o in self.graph.get_operations()
-                                           if o.name not in before}
+            self.trusted = self.trusted | built
             self._assigners[name] = (op, ph)
         return self._assigners[name]
 
@@ -559,12 +558,21 @@ def open_graph(
                       allow_unsafe, trusted)
 
 
+@contextlib.contextmanager
+def built_here(graph: Any) -> Iterator[set[str]]:
+    """The names of the ops added to `graph` inside the block: ops ckptdoc built itself,
+    which `graph_guard` trusts (their inputs are still checked)."""
+    before = {op.name for op in graph.get_operations()}
+    built: set[str] = set()
+    yield built
+    built.update(op.name for op in graph.get_operations() if op.name not in before)
+
+
 def _restore(v1: Any, graph: Any, session: Any, prefix: Path, allow_unsafe: bool) -> frozenset[str]:
     """Restore the checkpoint's variables with a Saver built here from the bundle's own
     variable list (never the file's SaverDef), after checking every op the restore runs.
     Variables the checkpoint lacks (a trainable-only Saver dropped the moving statistics)
     start at their initializers, as in training: 0 / 1. Returns the ops built here."""
-
     keys = v1.train.NewCheckpointReader(tf_prefix(prefix)).get_variable_to_shape_map()
     variables = v1.global_variables()
     present = {v.op.name: v for v in variables if v.op.name in keys}
@@ -573,10 +581,10 @@ def _restore(v1: Any, graph: Any, session: Any, prefix: Path, allow_unsafe: bool
             f"{prefix}: none of the graph's variables is in the checkpoint (graph: "
             f"{', '.join(v.op.name for v in variables[:5]) or 'no variables'}): is this the "
             "graph of this checkpoint?")
-    before = {op.name for op in graph.get_operations()}
-    saver = v1.train.Saver(var_list=present)
+    with built_here(graph) as built:
+        saver = v1.train.Saver(var_list=present)
     absent = [v for v in variables if v.op.name not in keys]
-    trusted = frozenset(op.name for op in graph.get_operations() if op.name not in before)
+    trusted = frozenset(built)
     if not allow_unsafe:
         graph_guard.check(graph, [graph.get_operation_by_name(saver.saver_def.restore_op_name)],
                           [graph.get_tensor_by_name(saver.saver_def.filename_tensor_name)],
