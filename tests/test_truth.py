@@ -371,3 +371,22 @@ def test_hostile_keras_metadata_costs_no_verdict(tmp_path: Path) -> None:
     assert report.error is None, report.error
     assert report.groups
     assert any(f.rule == "CK001" and f.details.get("cannot_verify") for f in report.findings)
+
+
+def test_a_keras3_config_that_renames_bn_hides_nothing(tmp_path: Path) -> None:
+    # config.json of a .keras calling every BatchNormalization `Dense`: the variables carry no
+    # names in Keras 3, so before, the file read "no batch-norm layers found", exit 0.
+    import zipfile
+
+    src = Path(__file__).resolve().parent.parent / "sample_ckpts" / "keras3_broken.keras"
+    forged = tmp_path / "forged.keras"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(forged, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item.filename)
+            if item.filename == "config.json":
+                data = data.replace(b'"BatchNormalization"', b'"Dense"')
+            zout.writestr(item, data)
+    honest, report = audit_file(src), audit_file(forged)
+    assert len(report.groups) == len(honest.groups) == 3
+    assert [f.rule for f in report.findings] == [f.rule for f in honest.findings]
+    assert sum("calls" in n and "'Dense'" in n for n in report.notes) == 3

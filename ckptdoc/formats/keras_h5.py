@@ -526,9 +526,16 @@ def _open_v3(
             hint = re.sub(r"_\d+$", "", owner.rsplit("/", 1)[-1])
             class_name = _BN_HINTS.get(hint)
             found_by = "names"
-        if class_name is None and _looks_like_bn_vars(members_raw, variables):
-            # A sublayer of a custom layer or subclassed model: neither config nor path name
-            # its class. Four 1-D vectors of one shape is BatchNormalization's signature.
+        if class_name not in _BN_CLASSES and _looks_like_bn_vars(members_raw, variables):
+            # Four 1-D vectors of one shape is BatchNormalization's signature. Either nothing
+            # names the class (a sublayer of a custom layer or subclassed model), or the
+            # config names another one: the config is evidence, as forgeable as the rest,
+            # and may not hide a layer the variables show.
+            if class_name is not None:
+                warnings.append(
+                    f"the config calls {owner or '(model)'!r} a {class_name!r}, but its "
+                    "variables are BatchNormalization's (3 or 4 one-dimensional vectors of "
+                    "one shape): audited as batch norm")
             class_name, found_by = "BatchNormalization", "structure"
         layer_cfg = _layer_config(entry) if not rest else {}
         if not owner:
