@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ckptdoc.formats.graph import Graph, GraphNode, node_name, output_index
+from ckptdoc.formats.graph import Graph, GraphBudgetError, GraphNode, node_name, output_index
 
 __all__ = ["GraphFacts", "GraphLayer", "Switch", "analyze", "common_scope"]
 
@@ -60,6 +60,11 @@ _ASSIGNS = frozenset(
 _APPLY_PREFIXES = ("Apply", "ResourceApply", "SparseApply", "ResourceSparseApply")
 _FUSED_ROLES = {1: "gamma", 2: "beta", 3: "moving_mean", 4: "moving_variance"}
 _MAX_WALK = 4096
+# Every walk step the analysis takes is paid from a budget proportional to the graph (its
+# nodes and edges): walks start at every BN op, assign and update, and a hostile graph can
+# make each of them long (a Switch chain, an Identity with a million inputs).
+_MIN_STEPS = 1_000_000
+_STEPS_PER_EDGE = 32
 
 
 @dataclass(frozen=True)
@@ -117,10 +122,12 @@ class GraphFacts:
     collection_not_run: tuple[str, ...] = ()
 
 
-def analyze(graph: Graph, train_ops: list[str] | None = None) -> GraphFacts:
+def analyze(file_graph: Graph, train_ops: list[str] | None = None) -> GraphFacts:
     """BN layers, their update ops and whether a train op runs them. `train_ops`: the ops that
     run a training step when the caller knows them; else the `train_op` collection, else the
-    last ops downstream of the optimizer's apply ops."""
+    last ops downstream of the optimizer's apply ops. Raises `GraphBudgetError` when the
+    graph needs more work than its size justifies."""
+    graph = _Walks(file_graph)
     consumers = _consumers(graph)
     sites = _bn_sites(graph, consumers)
     updates = _updates(graph, sites)
@@ -133,6 +140,28 @@ def analyze(graph: Graph, train_ops: list[str] | None = None) -> GraphFacts:
     collection = tuple(graph.collections.get("update_ops", ()))
     not_run = tuple(u for u in collection if u not in reached) if train_ops else ()
     return GraphFacts(tuple(layers), tuple(train_ops), collection, unwired, not_run)
+
+
+
+class _Walks:
+    """The graph as the analysis walks it: backward walks are remembered (many ops share an
+    input) and every step is paid from one budget, so the whole analysis is linear in the
+    graph whatever its shape."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.nodes = graph.nodes
+        self.collections = graph.collections
+        self.node = graph.node
+        edges = sum(len(n.inputs) + len(n.control_inputs) for n in graph.nodes.values())
+        self.steps_left = _MIN_STEPS + _STEPS_PER_EDGE * (len(graph.nodes) + edges)
+        self.memo: dict[tuple[str, frozenset[str]], list[GraphNode]] = {}
+        self.feeders: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+
+    def spend(self, steps: int) -> None:
+        self.steps_left -= steps
+        if self.steps_left < 0:
+            raise GraphBudgetError("the graph needs more analysis than its size justifies "
+                                   "(long pass-through chains read by many ops)")
 
 
 # --------------------------------------------------------------------------- BN ops
@@ -154,7 +183,7 @@ class _Site:
     batch_axis: bool = False
 
 
-def _bn_sites(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[_Site]:
+def _bn_sites(graph: _Walks, consumers: Mapping[str, list[GraphNode]]) -> list[_Site]:
     sites = []
     for node in graph.nodes.values():
         if node.op in _FUSED:
@@ -175,7 +204,7 @@ def _bn_sites(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[_S
 
 
 def _pattern_site(
-    graph: Graph, rsqrt: GraphNode, consumers: Mapping[str, list[GraphNode]]
+    graph: _Walks, rsqrt: GraphNode, consumers: Mapping[str, list[GraphNode]]
 ) -> _Site | None:
     """`tf.nn.batch_normalization`: inv = rsqrt(var + eps) [* scale]; y = x * inv + (offset -
     mean * inv)."""
@@ -198,17 +227,24 @@ def _pattern_site(
                 inv = c
                 break
     muls = [c for c in consumers.get(inv.name, ()) if c.op == "Mul"]
+    # x * inv is the Mul whose output is added to the mean's Sub (gradient Muls are not):
+    # what each Mul is added to, found once (not per pair of Muls).
+    added_to: dict[str, GraphNode] = {}
+    for xm in muls:
+        for a in consumers.get(xm.name, ()):
+            if a.op in ("Add", "AddV2"):
+                graph.spend(len(a.inputs))
+                added_to.update(dict.fromkeys(map(node_name, a.inputs), xm))
     for c in muls:
         users = consumers.get(c.name, ())
+        graph.spend(1 + len(users))
         sub = next((u for u in users if u.op in ("Sub", "Neg")), None)
         if sub is None:
             continue
-        # x * inv is the Mul whose output is added to this Sub (gradient Muls are not).
-        for xm in muls:
-            adds = [u for u in consumers.get(xm.name, ()) if u.op in ("Add", "AddV2")]
-            if any(sub.name in map(node_name, a.inputs) for a in adds):
-                x_ref = next((r for r in xm.inputs if node_name(r) != inv.name), None)
-                site.x = _data_source(graph, x_ref) if x_ref else None
+        x_mul = added_to.get(sub.name)
+        if x_mul is not None:
+            x_ref = next((r for r in x_mul.inputs if node_name(r) != inv.name), None)
+            site.x = _data_source(graph, x_ref) if x_ref else None
         for ref in c.inputs:
             if node_name(ref) != inv.name:
                 site.roles["moving_mean"], producers = _feeders(graph, ref)
@@ -221,7 +257,7 @@ def _pattern_site(
     return site if has_stats or site.producers else None
 
 
-def _reduces_batch_axis(graph: Graph, producer: str) -> bool:
+def _reduces_batch_axis(graph: _Walks, producer: str) -> bool:
     """A `Mean` whose constant reduction axes include 0: a batch statistic, as BN computes
     it; layer, instance and group norm never reduce over the batch."""
     node = graph.nodes.get(producer)
@@ -233,7 +269,7 @@ def _reduces_batch_axis(graph: Graph, producer: str) -> bool:
     return False
 
 
-def _data_source(graph: Graph, ref: str) -> str:
+def _data_source(graph: _Walks, ref: str) -> str:
     """`ref` followed back through v1 control flow (`Switch`, `Identity`, `Enter`) to the
     tensor that computes it: fetching a `Switch` output of a branch not taken fails."""
     for _ in range(64):
@@ -245,37 +281,51 @@ def _data_source(graph: Graph, ref: str) -> str:
     return ref
 
 
-def _variables(graph: Graph, ref: str) -> set[str]:
+def _variables(graph: _Walks, ref: str) -> set[str]:
     """Variables whose value reaches `ref` through pass-through ops only."""
-    return {n.name for n in _walk_back(graph, ref, _PASS) if n.op in _VARIABLES}
+    return set(_feeders(graph, ref)[0])
 
 
-def _feeders(graph: Graph, ref: str) -> tuple[set[str], set[str]]:
+def _feeders(graph: _Walks, ref: str) -> tuple[set[str], set[str]]:
     """Variables, and batch-statistic nodes (`Mean`, fused BN), whose value reaches `ref`
-    through pass-through ops only: one walk for both."""
-    nodes = _walk_back(graph, ref, _PASS)
-    return ({n.name for n in nodes if n.op in _VARIABLES},
-            {n.name for n in nodes if n.op == "Mean" or n.op in _FUSED})
+    through pass-through ops only: one walk for both, made once per ref. Callers get copies
+    (they add to them)."""
+    known = graph.feeders.get(ref)
+    if known is None:
+        nodes = _walk_back(graph, ref, _PASS)
+        known = graph.feeders[ref] = (
+            frozenset(n.name for n in nodes if n.op in _VARIABLES),
+            frozenset(n.name for n in nodes if n.op == "Mean" or n.op in _FUSED),
+        )
+    return set(known[0]), set(known[1])
 
 
-def _walk_back(graph: Graph, ref: str, through: frozenset[str]) -> list[GraphNode]:
+def _walk_back(graph: _Walks, ref: str, through: frozenset[str]) -> list[GraphNode]:
     """Nodes reached backwards from `ref`, expanding only `through` ops (a Switch's predicate
     and an `If`'s predicate are not data)."""
+    key = (ref, through)
+    known = graph.memo.get(key)
+    if known is not None:
+        return known
     out: list[GraphNode] = []
     seen: set[str] = set()
     queue = deque([ref])
     while queue and len(seen) < _MAX_WALK:
         r = queue.popleft()
+        graph.spend(1)
         node = graph.node(r)
         if node is None:
             continue
-        key = f"{node.name}:{output_index(r)}"
-        if key in seen:
+        key_r = f"{node.name}:{output_index(r)}"
+        if key_r in seen:
             continue
-        seen.add(key)
+        seen.add(key_r)
         out.append(node)
         if node.op in through:
-            queue.extend(_sources(node, r))
+            sources = _sources(node, r)
+            graph.spend(len(sources))
+            queue.extend(sources)
+    graph.memo[key] = out
     return out
 
 
@@ -293,7 +343,7 @@ def _sources(node: GraphNode, ref: str) -> tuple[str, ...]:
     return node.inputs
 
 
-def _switches(graph: Graph, op: GraphNode) -> set[Switch]:
+def _switches(graph: _Walks, op: GraphNode) -> set[Switch]:
     """What switches `op` between training and inference: the predicate of the `If` it was
     inlined from (control flow v2) or of the `Switch` ops its inputs pass (v1). For the
     `tf.nn.batch_normalization` pattern the statistics enter through `Rsqrt`'s `Add`."""
@@ -318,7 +368,7 @@ def _switches(graph: Graph, op: GraphNode) -> set[Switch]:
     return out
 
 
-def _default(graph: Graph, node: GraphNode) -> bool | None:
+def _default(graph: _Walks, node: GraphNode) -> bool | None:
     if node.op == "Const":
         return bool(node.value) if node.value is not None else None
     if node.op == "PlaceholderWithDefault" and node.inputs:
@@ -331,7 +381,7 @@ def _default(graph: Graph, node: GraphNode) -> bool | None:
 # --------------------------------------------------------------------------- updates
 
 
-def _updates(graph: Graph, sites: list[_Site]) -> list[tuple[str, str, str, int | None]]:
+def _updates(graph: _Walks, sites: list[_Site]) -> list[tuple[str, str, str, int | None]]:
     """(update op, target variable, role, index of the site it belongs to) for every assign
     whose new value is computed from a batch statistic."""
     by_producer = {p: i for i, s in enumerate(sites) for p in s.producers}
@@ -351,7 +401,7 @@ def _updates(graph: Graph, sites: list[_Site]) -> list[tuple[str, str, str, int 
     return out
 
 
-def _statistics(graph: Graph, ref: str) -> list[tuple[str, str]]:
+def _statistics(graph: _Walks, ref: str) -> list[tuple[str, str]]:
     """Batch statistics an update value is computed from: (producer, role). Stops at the first
     statistic, variable or 64 nodes, so earlier layers are never reached."""
     out: list[tuple[str, str]] = []
@@ -375,11 +425,13 @@ def _statistics(graph: Graph, ref: str) -> list[tuple[str, str]]:
             continue
         if node.op in _VARIABLES or node.op in ("Placeholder", "PlaceholderWithDefault"):
             continue
-        queue.extend(_sources(node, r))
+        sources = _sources(node, r)
+        graph.spend(1 + len(sources))
+        queue.extend(sources)
     return out
 
 
-def _momentum(graph: Graph, update_op: str) -> float | None:
+def _momentum(graph: _Walks, update_op: str) -> float | None:
     """The decay an update op uses, read from its constants:
     - `(var - batch) * (1 - momentum)` (Keras, tf.layers, `assign_moving_average`): a
       `Sub(1.0, momentum)`, the momentum possibly behind an `If` on the training switch (whose
@@ -413,6 +465,7 @@ def _momentum(graph: Graph, update_op: str) -> float | None:
             if (len(consts) == 1 and len(others) == 1 and 0 < float(consts[0].value or 0) < 1
                     and _variables(graph, others[0]) & target):
                 scaled = float(consts[0].value or 0)
+        graph.spend(1 + len(n.inputs))
         queue.extend(n.inputs)
     return scaled
 
@@ -426,7 +479,7 @@ def _is_save_op(name: str) -> bool:
 
 
 def _merge(
-    graph: Graph, sites: list[_Site], updates: list[tuple[str, str, str, int | None]]
+    graph: _Walks, sites: list[_Site], updates: list[tuple[str, str, str, int | None]]
 ) -> list[GraphLayer]:
     """Sites that share a variable or a batch statistic are one layer (the training and the
     inference branch of one `cond`), plus the updates that belong to them."""
@@ -536,7 +589,7 @@ def _scope(names: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- training step
 
 
-def _train_ops(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[str]:
+def _train_ops(graph: _Walks, consumers: Mapping[str, list[GraphNode]]) -> list[str]:
     listed = [n for n in graph.collections.get("train_op", ()) if n in graph.nodes]
     if listed:
         return listed
@@ -554,7 +607,7 @@ def _train_ops(graph: Graph, consumers: Mapping[str, list[GraphNode]]) -> list[s
     return [n for n in downstream if not consumers.get(n)]
 
 
-def _ancestors(graph: Graph, names: Iterable[str]) -> set[str]:
+def _ancestors(graph: _Walks, names: Iterable[str]) -> set[str]:
     seen: set[str] = set()
     queue = deque(names)
     while queue:
@@ -569,7 +622,7 @@ def _ancestors(graph: Graph, names: Iterable[str]) -> set[str]:
     return seen
 
 
-def _consumers(graph: Graph) -> dict[str, list[GraphNode]]:
+def _consumers(graph: _Walks) -> dict[str, list[GraphNode]]:
     """Who reads each node (data or control)."""
     out: dict[str, list[GraphNode]] = {}
     for node in graph.nodes.values():

@@ -25,6 +25,7 @@ __all__ = [
     "read_meta_graph",
     "read_savedmodel_graph",
     "MAX_GRAPH_BYTES",
+    "GraphBudgetError",
 ]
 
 #: A `.meta` of a large model is tens of MB; past this the file is not what it claims.
@@ -127,6 +128,33 @@ _OUTPUT_ARGS: dict[str, tuple[str, ...]] = {
 }
 _MAX_INLINE_DEPTH = 8
 _MAX_NODES = 2_000_000
+# Inlining multiplies a function's nodes by its call sites, and every inlined name carries
+# its caller's: a hostile library can ask for billions of nodes or gigabytes of names from a
+# few KiB. The work allowed grows with what the file declares (real graphs inline to a few
+# times their size), and a graph past it is refused as evidence, never half-read.
+_MIN_INLINED_NODES = 250_000
+_INLINED_NODES_PER_DECLARED = 16
+_MIN_NAME_BYTES = 64 << 20
+_NAME_BYTES_PER_FILE_BYTE = 16
+
+
+class GraphBudgetError(ProtoError):
+    """The graph asks for more work than its size justifies (a hostile or absurd graph)."""
+
+
+@dataclass
+class _Budget:
+    nodes: int
+    name_bytes: int
+
+    def spend(self, node: GraphNode) -> None:
+        self.nodes -= 1
+        self.name_bytes -= len(node.name) + sum(map(len, node.inputs)) \
+            + sum(map(len, node.control_inputs))
+        if self.nodes < 0:
+            raise GraphBudgetError("the graph's functions inline to too many nodes for its size")
+        if self.name_bytes < 0:
+            raise GraphBudgetError("the graph's inlined names grow too long for its size")
 
 
 @dataclass(frozen=True)
@@ -138,6 +166,14 @@ class _Function:
 
 
 def _graph_from_meta(path: Path, buf: bytes) -> Graph:
+    try:
+        return _decode_meta(path, buf)
+    except (struct.error, OverflowError, IndexError, UnicodeError) as exc:
+        # Fields of the wrong wire type or size: the graph is malformed, not the decoder.
+        raise ProtoError(f"malformed graph: {exc}") from exc
+
+
+def _decode_meta(path: Path, buf: bytes) -> Graph:
     top: list[GraphNode] = []
     functions: dict[str, _Function] = {}
     collections: dict[str, tuple[str, ...]] = {}
@@ -161,8 +197,13 @@ def _graph_from_meta(path: Path, buf: bytes) -> Graph:
             body = entry.get(2, [b""])[-1]
             if isinstance(body, bytes):
                 collections[key] = _collection(key, body)
+    declared = len(top) + sum(len(fn.nodes) for fn in functions.values())
+    budget = _Budget(
+        min(_MAX_NODES, max(_MIN_INLINED_NODES, _INLINED_NODES_PER_DECLARED * declared)),
+        max(_MIN_NAME_BYTES, _NAME_BYTES_PER_FILE_BYTE * len(buf)),
+    )
     nodes: dict[str, GraphNode] = {}
-    _inline(top, functions, nodes, prefix="", args={}, guard=None, depth=0)
+    _inline(top, functions, nodes, prefix="", args={}, guard=None, stack=(), budget=budget)
     return Graph(path, nodes, collections)
 
 
@@ -173,25 +214,29 @@ def _inline(
     prefix: str,
     args: Mapping[str, str],
     guard: tuple[str, bool] | None,
-    depth: int,
+    stack: tuple[str, ...],
+    budget: _Budget,
 ) -> None:
     """Add `body` to `out` under `prefix`, function arguments replaced by the caller's inputs,
-    and the bodies of functional `If` / call nodes inlined after them (control flow v2)."""
+    and the bodies of functional `If` / call nodes inlined after them (control flow v2).
+    `stack`: the functions being inlined; TensorFlow has no recursion, so a function that
+    calls itself is not expanded again."""
     ops = {n.name: n.op for n in body}
     for node in body:
-        if len(out) > _MAX_NODES:
-            raise ProtoError("graph has too many nodes")
         inputs = tuple(_rename(r, prefix, args, ops) for r in node.inputs)
         controls = tuple(node_name(_rename(c, prefix, args, ops)) for c in node.control_inputs)
         name = prefix + node.name
-        branches = _branches(node, functions) if depth < _MAX_INLINE_DEPTH else []
+        branches = _branches(node, functions) if len(stack) < _MAX_INLINE_DEPTH else []
         results: list[tuple[str, ...]] = []
-        for label, fn, branch_guard in branches:
+        for label, fn_name, fn, branch_guard in branches:
+            if fn_name in stack:
+                continue
             sub_prefix = f"{name}/{label}/"
             passed = inputs[1:] if node.op in _IF_OPS else inputs
             sub_args = dict(zip(fn.args, passed, strict=False))
             cond = (inputs[0], branch_guard) if node.op in _IF_OPS and inputs else guard
-            _inline(fn.nodes, functions, out, sub_prefix, sub_args, cond, depth + 1)
+            _inline(fn.nodes, functions, out, sub_prefix, sub_args, cond, (*stack, fn_name),
+                    budget)
             sub_ops = {n.name: n.op for n in fn.nodes}
             for k, arg in enumerate(fn.outputs):
                 ref = fn.ret.get(arg)
@@ -200,7 +245,7 @@ def _inline(
                 while len(results) <= k:
                     results.append(())
                 results[k] = (*results[k], _rename(ref, sub_prefix, sub_args, sub_ops))
-        out[name] = GraphNode(
+        inlined = GraphNode(
             name,
             node.op,
             inputs,
@@ -212,11 +257,13 @@ def _inline(
             guard,
             tuple(results),
         )
+        budget.spend(inlined)
+        out[name] = inlined
 
 
 def _branches(
     node: GraphNode, functions: Mapping[str, _Function]
-) -> list[tuple[str, _Function, bool]]:
+) -> list[tuple[str, str, _Function, bool]]:
     if node.op in _IF_OPS:
         pairs = [
             ("then", node.funcs.get("then_branch"), True),
@@ -226,7 +273,7 @@ def _branches(
         pairs = [("call", node.funcs.get("f"), True)]
     else:
         return []
-    return [(label, functions[f], g) for label, f, g in pairs if f and f in functions]
+    return [(label, f, functions[f], g) for label, f, g in pairs if f and f in functions]
 
 
 def _rename(ref: str, prefix: str, args: Mapping[str, str], ops: Mapping[str, str]) -> str:
@@ -333,6 +380,8 @@ def _scalar(tensor_buf: bytes) -> bool | float | None:
             v = vals[0]
             if isinstance(v, bytes):  # packed
                 return struct.unpack_from(fmt, v)[0] if len(v) >= size else None
+            if v >> (8 * size):  # a varint or fixed64 where a float belongs: malformed
+                return None
             raw = struct.pack("<I" if size == 4 else "<Q", v)
             return float(struct.unpack(fmt, raw)[0])
         if isinstance(content, bytes) and len(content) >= size:

@@ -53,19 +53,37 @@ def _optimizer_nodes(nodes: Sequence[TrackableObject]) -> set[int]:
     return out
 
 
-def _paths_from_root(nodes: Sequence[TrackableObject], blocked: set[int]) -> dict[int, list[str]]:
-    """Shortest child-name path from the root to every node, never passing through `blocked`."""
-    paths: dict[int, list[str]] = {0: []}
-    queue = deque([0])
-    while queue:
-        i = queue.popleft()
-        for child in nodes[i].children:
-            j = child.node_id
-            if j in paths or j in blocked or not 0 <= j < len(nodes):
-                continue
-            paths[j] = [*paths[i], child.local_name]
-            queue.append(j)
-    return paths
+# A real object graph is a few levels deep; past this a path is shown by its last parts.
+_MAX_PATH_PARTS = 64
+
+
+class _Paths:
+    """The shortest child-name path from the root to every node, never passing through
+    `blocked`. Kept as parent links (a chain of 60k nodes would otherwise copy its paths at
+    every step: gigabytes); a path is spelled out only when a name needs it."""
+
+    def __init__(self, nodes: Sequence[TrackableObject], blocked: set[int]) -> None:
+        self.parent: dict[int, tuple[int, str]] = {}
+        self.depth: dict[int, int] = {0: 0}
+        queue = deque([0])
+        while queue:
+            i = queue.popleft()
+            for child in nodes[i].children:
+                j = child.node_id
+                if j in self.depth or j in blocked or not 0 <= j < len(nodes):
+                    continue
+                self.parent[j] = (i, child.local_name)
+                self.depth[j] = self.depth[i] + 1
+                queue.append(j)
+
+    def __getitem__(self, i: int) -> list[str]:
+        parts: list[str] = []
+        while i in self.parent and len(parts) < _MAX_PATH_PARTS:
+            i, name = self.parent[i]
+            parts.append(name)
+        if i in self.parent:
+            parts.append("...")
+        return parts[::-1]
 
 
 def _member_name(local: str, taken: set[str]) -> str:
@@ -91,10 +109,10 @@ def build_layers(
     variables = _variable_nodes(nodes, known_keys, variable_names or {})
     slots = {s.slot_variable_node_id for n in nodes for s in n.slot_variables}
     optimizers = _optimizer_nodes(nodes)
-    paths = _paths_from_root(nodes, optimizers)
+    paths = _Paths(nodes, optimizers)
 
     candidates: list[tuple[int, dict[str, int]]] = []
-    for i in sorted(paths, key=lambda n: (len(paths[n]), n)):
+    for i in sorted(paths.depth, key=lambda n: (paths.depth[n], n)):
         if i in variables:
             continue
         owned: dict[str, int] = {}
@@ -165,7 +183,7 @@ def _display_name(
     i: int,
     owned: dict[str, int],
     variables: dict[int, tuple[str, str]],
-    paths: dict[int, list[str]],
+    paths: _Paths,
     meta: dict[int, dict[str, Any]],
 ) -> str:
     # 1. Variable full names (`sequential/batch_normalization/gamma`) minus the last part, when
