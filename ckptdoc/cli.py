@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from ckptdoc.commands.common import EXIT_USAGE, stderr
 from ckptdoc.errors import CheckpointError
+from ckptdoc.report.safe import shown
 
 # Command name -> the module that registers it, in the order `ckptdoc --help` lists them.
 # Modules load on demand: `ckptdoc audit` imports and builds only the audit command (Typer
@@ -114,7 +115,7 @@ def main() -> None:
     try:
         _app_for(argv)()
     except CheckpointError as exc:
-        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}")
+        stderr.print(f"[bold red]error:[/bold red] {escape(shown(str(exc), 4000))}")
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
         stderr.print("interrupted")

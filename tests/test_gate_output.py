@@ -15,6 +15,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -156,6 +157,49 @@ def test_markdown_has_no_raw_html_or_escapes() -> None:
     outside_code = re.sub(r"`[^`]*`", "", md)  # code spans render no HTML
     assert "<script>" not in outside_code
     assert "&lt;script&gt;" in outside_code
+
+
+@pytest.mark.parametrize("name", [
+    "a`|[x](http://e.vil)|b",  # a backtick and pipes made this a live link (issue 22 §3)
+    "``[x](http://e.vil)``",
+    "see http://e.vil and www.e.vil ![i](http://e.vil/i.png)",
+    "*bold* _em_ <b>x</b> ~~s~~",
+])
+def test_markdown_renders_names_inert(name: str) -> None:
+    # Rendered with a CommonMark + GFM-tables parser: no link, image, emphasis or HTML comes
+    # from a name, in a name cell or in a message quoting it, and every row keeps its cells.
+    from markdown_it import MarkdownIt
+
+    finding = Finding("BN002", Severity.ERROR, name, f"{name} is stuck", {}, name)
+    report = AuditReport((FileReport(f"models/{name}.h5", "keras2-h5",
+                                     (GroupResult(name, "BN002", 4, {"gamma": "g"}),),
+                                     (finding,)),))
+    html = MarkdownIt("gfm-like", {"linkify": False}).enable("table").render(
+        markdown.render(report))
+    assert "<a " not in html and "<img" not in html and "<em>" not in html
+    assert "<strong>bold" not in html
+    assert "<b>" not in html and "<s>" not in html
+    for row in re.findall(r"<tr>(.*?)</tr>", html, re.S):
+        assert row.count("<td") + row.count("<th") == 5, row
+    # Bare URLs, which GitHub links without any markup, are split by an escape.
+    text_md = re.sub(r"(`+).*?\1", "", markdown.render(report))
+    assert "http://" not in text_md and "www." not in text_md
+
+
+def test_a_huge_name_is_cut_in_every_report_for_people() -> None:
+    # A 10 MB layer name took 25 s and 35 MB of log in the text report (issue 22 §3).
+    name = "x" * 10_000_000
+    finding = Finding("BN002", Severity.ERROR, name, f"{name} is stuck", {}, name)
+    report = AuditReport((FileReport("m.h5", "keras2-h5",
+                                     (GroupResult(name, "BN002", 4, {"gamma": "g"}),),
+                                     (finding,), notes=(f"note {name}",)),))
+    buf = io.StringIO()
+    text.render(report, Console(file=buf, width=200, force_terminal=False), text.Detail.full)
+    for out in (buf.getvalue(), markdown.render(report), github.render(report),
+                junit.render(report)):
+        assert len(out) < 40_000
+        assert "more characters]" in out
+    assert json.loads(render_json(report))["files"][0]["groups"][0]["name"] == name  # data
 
 
 def test_github_annotations_are_one_clean_line_each() -> None:

@@ -280,7 +280,7 @@ def test_markdown_summary() -> None:
     assert md.startswith("## ckptdoc audit: ❌ failed")
     row = "| ❌ | `models/run 7/model.ckpt` | tf1-bundle | 2 | 1 × BN002, 1 × BN005, 1 × BN006 |"
     assert row in md
-    assert "max \\|mean\\| 0.01" in md  # pipes in messages do not break the table
+    assert "max \\|mean\\| 0\\.01" in md  # pipes in messages do not break the table
     clean = AuditReport((sample_report().files[0],))
     assert markdown.render(clean, OPTIONS).startswith("## ckptdoc audit: ✅ passed")
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from ckptdoc.report.safe import shown
+
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 # Piped output (every CI log) is not a terminal: Rich would assume 80 columns, wrap headings and
@@ -49,5 +51,5 @@ stderr = _Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 def usage_error(message: str) -> typer.Exit:
-    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
+    stderr.print(f"[bold red]error:[/bold red] {escape(shown(message, 4000))}", soft_wrap=True)
     return typer.Exit(EXIT_USAGE)

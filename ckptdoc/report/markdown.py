@@ -3,6 +3,8 @@ wiki page. Plain GitHub-flavoured Markdown: a headline, a table per file, the fi
 
 from __future__ import annotations
 
+import re
+
 from ckptdoc.report.model import AuditReport, FileReport, RenderOptions, relative_posix
 from ckptdoc.report.safe import html_text, printable
 from ckptdoc.rules import RULES, Severity
@@ -13,15 +15,24 @@ MAX_FINDING_ROWS = 500
 _FAIL, _WARN, _OK = "❌", "⚠️", "✅"
 
 
+# Backslash-escaped in table text: every character that can open a link, image, code span,
+# emphasis or HTML, and the `:` / `.` of bare URLs, which GitHub links without brackets (an
+# escape splits the text, so no URL is seen).
+_MARKDOWN_ACTIVE = re.compile(r"([\\`*_\[\]()!~|:.#])")
+
+
 def _cell(text: str) -> str:
-    """Untrusted text in a table cell: printable, no HTML, no column breaks."""
-    return html_text(text.replace("\n", " ")).replace("\\", "\\\\").replace("|", "\\|")
+    """Untrusted text in a table cell: printable, no HTML, no Markdown, no column breaks."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", html_text(text.replace("\n", " ")))
 
 
 def _code(text: str) -> str:
-    """A code span renders no HTML; it still must stay printable and on one line."""
-    text = printable(text.replace("\n", " "))
-    return f"`{text}`" if "`" not in text and "|" not in text else _cell(text)
+    """A name as a code span, which renders no HTML, link or emphasis: fenced by more
+    backticks than it holds, printable, on one line, `|` escaped for the table around it."""
+    text = printable(text.replace("\n", " ")).replace("|", "\\|")
+    longest = max(map(len, re.findall("`+", text)), default=0)
+    pad = " " if longest else ""
+    return f"{'`' * (longest + 1)}{pad}{text}{pad}{'`' * (longest + 1)}"
 
 
 def _plural(n: int, word: str) -> str:
