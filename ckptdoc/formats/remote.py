@@ -20,7 +20,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,17 +64,58 @@ class Transfer:
 TRANSFER = Transfer()
 
 
+#: The stores ckptdoc reads. Any other fsspec protocol reaches what the user did not mean
+#: to (`webhdfs://` any host) or skips the local readers' hardening (`local://`, `zip://`
+#: chains), so it is refused by name.
+PROTOCOLS = ("s3", "gs", "gcs", "http", "https")
+#: Timeouts for S3 (botocore); HTTP has its own in http_store.py.
+_S3_CONFIG = {"connect_timeout": 10, "read_timeout": 20, "retries": {"max_attempts": 2}}
+#: Objects a folder listing may return before it is refused as too large to scan.
+MAX_LISTED = 100_000
+#: The `checkpoint` state file is a few lines.
+MAX_STATE_BYTES = 1 << 20
+
+
 def _filesystem(url: str) -> tuple[Any, str]:
+    scheme = url.split("://", 1)[0].lower()
+    if scheme not in PROTOCOLS or "::" in url:
+        raise UnsupportedFormatError(
+            url, f"ckptdoc reads {', '.join(p + '://' for p in PROTOCOLS)} URLs and local "
+            "paths only; copy the checkpoint to one of those")
+    if scheme in ("http", "https"):
+        from ckptdoc.formats.http_store import HttpStore
+
+        return HttpStore(url), url
     try:
         import fsspec
     except ImportError:
         raise UnsupportedFormatError(
             url, f"remote checkpoints need fsspec: {install_hint('remote')}"
         ) from None
+    options: dict[str, Any] = {"config_kwargs": _S3_CONFIG} if scheme == "s3" else {}
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # e.g. s3fs / gcsfs not installed
         raise UnsupportedFormatError(url, f"cannot open this URL: {exc}") from exc
+
+
+def _download(fs: Any, rpath: str, cap: int) -> Iterator[bytes]:
+    """The bytes of a whole remote file, refused past `cap` (the local reader's own limit)
+    however large the server says it is or turns out to be."""
+    from ckptdoc.formats.http_store import HttpStore
+
+    if isinstance(fs, HttpStore):
+        yield from fs.chunks(rpath, cap=cap)
+        return
+    size = fs.size(rpath)
+    if size > cap:
+        raise CheckpointError(rpath, f"{size:,} bytes is more than the {cap:,} ckptdoc reads "
+                              "for this file")
+    for offset in range(0, size, _DOWNLOAD_PIECE):
+        yield fs.cat_file(rpath, start=offset, end=min(size, offset + _DOWNLOAD_PIECE))
+
+
+_DOWNLOAD_PIECE = 64 << 20
 
 
 def _errors(url: str, exc: BaseException) -> CheckpointError:
@@ -112,12 +153,16 @@ class _Mirror:
         self._remote[path] = rpath
         return path
 
-    def whole(self, rpath: str) -> Path:
+    def whole(self, rpath: str, cap: int) -> Path:
+        """Download `rpath` to the mirror, streamed to disk, refused past `cap` bytes."""
         path = self.local(rpath)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = self.fs.cat_file(rpath)
-        TRANSFER.add(len(data))
-        path.write_bytes(data)
+        total = 0
+        with open(path, "wb") as f:
+            for chunk in _download(self.fs, rpath, cap):
+                f.write(chunk)
+                total += len(chunk)
+        TRANSFER.add(total)
         return path
 
     def sparse(self, rpath: str, size: int) -> Path:
@@ -255,7 +300,8 @@ def _classify(fs: Any, rpath: str) -> tuple[str, str]:
         names = [_name(n) for n in fs.ls(rpath, detail=False)]
         indexes = sorted(n for n in names if n.endswith(".index"))
         if "checkpoint" in names:  # the state file names the newest checkpoint
-            state = fs.cat_file(rpath + "/checkpoint").decode("utf-8", "replace")
+            state = b"".join(_download(fs, rpath + "/checkpoint", MAX_STATE_BYTES)).decode(
+                "utf-8", "replace")
             TRANSFER.add(len(state))
             m = re.search(r'^model_checkpoint_path:\s*"([^"]+)"', state, re.M)
             if m and _name(m.group(1)) + ".index" in indexes:
@@ -276,16 +322,21 @@ def _classify(fs: Any, rpath: str) -> tuple[str, str]:
 
 
 def _materialize(mirror: _Mirror, fs: Any, kind: str, target: str) -> Path:
+    # Whole files are capped at the limits their local readers apply.
+    from ckptdoc.formats.keras_zip import MAX_MEMBER_BYTES
+    from ckptdoc.formats.object_graph import MAX_SAVED_MODEL_BYTES
+
     if kind == "keras":
         head = fs.cat_file(target, start=0, end=8)
         TRANSFER.add(len(head))
         if head.startswith(b"\x89HDF\r\n\x1a\n"):  # HDF5: ranged reads through the mirror
             return mirror.sparse(target, fs.size(target))
-        return mirror.whole(target)  # .keras: its weights member's CRC reads every byte
+        # .keras: its weights member's CRC reads every byte.
+        return mirror.whole(target, MAX_MEMBER_BYTES)
     if kind == "savedmodel":
-        mirror.whole(target + "/saved_model.pb")
+        mirror.whole(target + "/saved_model.pb", MAX_SAVED_MODEL_BYTES)
         if fs.exists(target + "/keras_metadata.pb"):
-            mirror.whole(target + "/keras_metadata.pb")
+            mirror.whole(target + "/keras_metadata.pb", MAX_SAVED_MODEL_BYTES)
         _bundle(mirror, fs, target + "/variables/variables")
         return mirror.dir
     return _bundle(mirror, fs, target)
@@ -294,12 +345,13 @@ def _materialize(mirror: _Mirror, fs: Any, kind: str, target: str) -> Path:
 def _bundle(mirror: _Mirror, fs: Any, prefix: str) -> Path:
     """The index (and `.meta`) whole, every data shard sparse: no listing needed, so a plain
     HTTPS server serving the files works too."""
+    from ckptdoc.formats.graph import MAX_GRAPH_BYTES
     from ckptdoc.formats.proto import decode_bundle_header
-    from ckptdoc.formats.table import Table
+    from ckptdoc.formats.table import MAX_INDEX_BYTES, Table
 
     if not fs.exists(prefix + ".index"):
         raise NotFoundError(prefix, "no .index for this checkpoint prefix")
-    index = mirror.whole(prefix + ".index")
+    index = mirror.whole(prefix + ".index", MAX_INDEX_BYTES)
     header = next(iter(Table.open(index).items()), (None, b""))
     shards = decode_bundle_header(header[1]).num_shards if header[0] == b"" else 0
     if shards > 100_000:
@@ -309,7 +361,7 @@ def _bundle(mirror: _Mirror, fs: Any, prefix: str) -> Path:
         if fs.exists(shard):
             mirror.sparse(shard, fs.size(shard))
     if fs.exists(prefix + ".meta"):
-        mirror.whole(prefix + ".meta")
+        mirror.whole(prefix + ".meta", MAX_GRAPH_BYTES)
     local = mirror.local(prefix + ".index")
     return local.with_name(local.name[: -len(".index")])
 
@@ -342,6 +394,9 @@ def find_remote_checkpoints(url: str) -> list[str]:
         names = sorted(fs.find(rpath))
     except Exception as exc:  # noqa: BLE001 - listed per path, reported as unreadable
         raise _errors(url, exc) from exc
+    if len(names) > MAX_LISTED:
+        raise CheckpointError(url, f"{len(names):,} objects under this prefix, more than the "
+                              f"{MAX_LISTED:,} ckptdoc scans; name a narrower prefix")
     head = url.rstrip("/")[: len(url.rstrip("/")) - len(rpath)]
     found: dict[str, None] = {}
     saved = {_parent(n) for n in names if n.endswith("/saved_model.pb")}
