@@ -106,3 +106,35 @@ def test_data_the_model_cannot_run_on_is_one_line_exit_2(tmp_path: Path) -> None
                    else str(tmp_path / "o.keras"))
         assert out.returncode == 2, out.stderr[-2000:]
         assert "Traceback" not in out.stderr and "could not run on the data" in out.stderr
+
+
+def test_a_full_disk_or_memory_is_named_not_blamed_on_the_data() -> None:
+    # Issue 22 §5: EFBIG / ENOSPC and out-of-memory were reported as "the model could not
+    # run on the data ... check --data".
+    import errno
+
+    from ckptdoc.recalibrate.cli import _run_failure
+
+    class ResourceExhaustedError(Exception):  # TensorFlow's name for an OOM
+        pass
+
+    def wrapped(inner: BaseException) -> BaseException:
+        try:
+            try:
+                raise inner
+            except BaseException as exc:
+                raise RuntimeError("writing the recalibrated file failed") from exc
+        except RuntimeError as outer:
+            return outer
+
+    for exc, expected in [
+        (OSError(errno.ENOSPC, "No space left on device", "/out/m.h5"), "the disk is full"),
+        (wrapped(OSError(errno.EFBIG, "File too large", "/out/m.h5")), "too large for the file"),
+        (MemoryError(), "ran out of memory"),
+        (ResourceExhaustedError("OOM when allocating tensor with shape[256,3,224,224]"),
+         "Lower --batch-size"),
+    ]:
+        message = _run_failure(exc)
+        assert expected in message and "could not run on the data" not in message, message
+    shape = _run_failure(ValueError("Input 0 is incompatible: expected shape=(None, 8)"))
+    assert shape.startswith("the model could not run on the data")

@@ -182,3 +182,43 @@ def test_folder_scans_skip_what_is_not_the_users(tmp_path: Path) -> None:
     assert find_checkpoints(tmp_path) == [tmp_path / "models" / "net.h5"]
     # a skipped folder given explicitly is still searched
     assert find_checkpoints(tmp_path / "node_modules") == [tmp_path / "node_modules/pkg/data.h5"]
+
+
+def _run_with_state(tmp_path: Path, recorded: str, own: bool) -> Path:
+    """`tmp_path/run` whose `checkpoint` file records `recorded`; `tmp_path/elsewhere` holds
+    a checkpoint; `run` holds one of its own when `own`."""
+    shutil.copytree(TF1, tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "checkpoint").unlink(missing_ok=True)
+    run = tmp_path / "run"
+    if own:
+        shutil.copytree(TF1, run)
+    else:
+        run.mkdir()
+    (run / "checkpoint").write_text(f'model_checkpoint_path: "{recorded}"\n')
+    return run
+
+
+@pytest.mark.parametrize("recorded", ["../elsewhere/model.ckpt", "{tmp}/elsewhere/model.ckpt"])
+def test_state_file_pointing_outside_its_folder_is_not_followed(
+    tmp_path: Path, recorded: str
+) -> None:
+    # Issue 22 §5: `../elsewhere/model.ckpt` silently sent ls and recalibrate (and its
+    # default output) there.
+    recorded = recorded.format(tmp=tmp_path)
+    r = resolve(_run_with_state(tmp_path, recorded, own=True))
+    assert r.path == tmp_path / "run" / "model.ckpt"
+    assert "points outside this folder and is not followed" in r.notes[0]
+    other = tmp_path / "b"
+    with pytest.raises(UnsupportedFormatError, match="points outside this folder"):
+        resolve(_run_with_state(other, recorded.replace(str(tmp_path), str(other)), own=False))
+
+
+def test_ls_says_the_state_file_was_not_followed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    run = _run_with_state(tmp_path, "../elsewhere/model.ckpt", own=False)
+    result = CliRunner().invoke(app, ["ls", str(run)])
+    assert result.exit_code == 2
+    assert "points outside this folder" in result.output and "Traceback" not in result.output

@@ -131,18 +131,30 @@ def _resolve_dir(path: Path) -> Resolved:
             target = Path(recorded)
             if not target.is_absolute():
                 target = path / target
-            if bundle_file(target, ".index").is_file() and target.name:
+            # The state file is as untrusted as the rest: one pointing at a checkpoint out
+            # of its folder (a copy of the run elsewhere, `../../other`) is not followed, so
+            # neither `ls` nor recalibrate reads or writes beside a checkpoint not named.
+            exists = bool(target.name) and bundle_file(target, ".index").is_file()
+            outside = exists and not target.resolve().is_relative_to(path.resolve())
+            if exists and not outside:
                 return Resolved("bundle", target)
+            if outside:
+                notes.append(
+                    f"{state}: model_checkpoint_path {recorded!r} points outside this folder "
+                    "and is not followed; name that checkpoint to read it")
             by_name = path / Path(recorded.replace("\\", "/")).name
             if by_name.name and bundle_file(by_name, ".index").is_file():
                 notes.append(
+                    f"{path}: using {by_name.name!r} from this folder" if outside else
                     f"{state}: model_checkpoint_path {recorded!r} does not exist here; "
                     f"using {by_name.name!r} from this folder"
                 )
                 return Resolved("bundle", by_name, tuple(notes))
-            notes.append(
-                f"{state}: model_checkpoint_path {recorded!r} does not exist here or in this folder"
-            )
+            if not outside:
+                notes.append(
+                    f"{state}: model_checkpoint_path {recorded!r} does not exist here or in "
+                    "this folder"
+                )
     indexes = [p for p in path.glob("*.index") if p.is_file() and p.name != ".index"]
     if indexes:
         chosen = max(indexes, key=_step_key)
@@ -154,7 +166,8 @@ def _resolve_dir(path: Path) -> Resolved:
         return Resolved("bundle", chosen.parent / chosen.name[: -len(".index")], tuple(notes))
     if (path / ".index").is_file():
         return Resolved("bundle", path, tuple(notes))
-    raise UnsupportedFormatError(path, f"no checkpoint found in this directory; {EXPECTED}")
+    why = "".join(f"; {n}" for n in notes)
+    raise UnsupportedFormatError(path, f"no checkpoint found in this directory{why}; {EXPECTED}")
 
 
 def resolve(path: Path) -> Resolved:

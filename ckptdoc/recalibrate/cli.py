@@ -9,6 +9,7 @@ new file still finds errors) unless --force; 2 a user mistake (bad file, --data,
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from enum import Enum
@@ -232,9 +233,43 @@ def _import_framework(kind: str) -> None:
         ) from None
 
 
+# Failures that are the machine's, not the data's: named as what they are.
+_DISK_FULL = {errno.ENOSPC: "the disk is full", errno.EFBIG: "the file is too large for the "
+              "file system", errno.EDQUOT: "the disk quota is exceeded",
+              errno.EROFS: "the file system is read-only"}
+_OUT_OF_MEMORY = ("ResourceExhaustedError", "OutOfMemoryError", "XlaRuntimeError")
+
+
+def _machine_failure(exc: BaseException) -> str | None:
+    """Out of memory or out of disk anywhere in the exception's chain, as one line with
+    the next step; None when the failure is something else."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, OSError) and cause.errno in _DISK_FULL:
+            where = f" ({cause.filename})" if cause.filename else ""
+            return (f"could not write{where}: {_DISK_FULL[cause.errno]}. Free space, or "
+                    "write elsewhere with --output; the input is unchanged")
+        text = str(cause)
+        if isinstance(cause, MemoryError) or (
+                type(cause).__name__ in _OUT_OF_MEMORY
+                and ("OOM" in text or "out of memory" in text.lower()
+                     or type(cause).__name__ != "XlaRuntimeError")):
+            return ("ran out of memory while running the model "
+                    f"({type(cause).__name__}). Lower --batch-size (or --samples); the "
+                    "input is unchanged")
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _run_failure(exc: BaseException) -> str:
     """One line for a model that could not run on the data (wrong shape, rank, dtype, an
-    unbatched dataset): what TensorFlow / Keras said, without the traceback."""
+    unbatched dataset): what TensorFlow / Keras said, without the traceback. A full disk or
+    memory is named as such."""
+    machine = _machine_failure(exc)
+    if machine is not None:
+        return machine
     text = getattr(exc, "message", None) or str(exc)
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     first = next((line for line in lines if "rror" in line or "expected" in line.lower()),
