@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,6 +188,38 @@ def audit(
     isolated: Annotated[
         bool, typer.Option("--isolated", help="Ignore every configuration file.")
     ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d",
+            help="Also compare each model's stored statistics with this data's (BN012): the "
+            "model runs in inference mode over it, nothing is written. Same data as "
+            "recalibrate: `.npz` / `.npy`, an image folder, or `module:function` (your code: "
+            "it runs as given). Needs TensorFlow or Keras, like recalibrate.",
+            rich_help_panel="Data (audit --data)",
+        ),
+    ] = None,
+    samples: Annotated[
+        int | None,
+        typer.Option(help="--data: at most this many samples. [default: 4096]",
+                     show_default=False, min=1, rich_help_panel="Data (audit --data)"),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="--data: samples per forward pass. [default: recalibrate's]",
+                     show_default=False, min=1, rich_help_panel="Data (audit --data)"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="--data: `module:function` building the model, for weights-only "
+                     "files and TF2 checkpoints (your code: it runs as given).",
+                     rich_help_panel="Data (audit --data)"),
+    ] = None,
+    imports: Annotated[
+        list[str] | None,
+        typer.Option("--import", help="--data: import this module first (custom layers; "
+                     "your code). Repeatable.", rich_help_panel="Data (audit --data)"),
+    ] = None,
 ) -> None:
     """Audit checkpoints for broken batch-norm statistics.
 
@@ -221,7 +254,8 @@ def audit(
     try:
         report = gate(found, config, selection, jobs=jobs, fail_on=threshold,
                       baseline=None if write_baseline is not None
-                      else baseline or config.baseline, run=_with_progress)
+                      else baseline or config.baseline,
+                      run=_with_data(data, samples, batch_size, model, imports or []))
     except baselines.BaselineError as exc:
         raise usage_error(str(exc)) from None
     if write_baseline is not None:
@@ -241,6 +275,34 @@ def audit(
         # the audit found, not that a pipe closed.
         silence_stdout()
     raise typer.Exit(code)
+
+
+def _with_data(data: str | None, samples: int | None, batch_size: int | None,
+               model: str | None, imports: list[str]) -> Any:
+    """The audit run: with `--data`, each file then compared with the data."""
+    if data is None:
+        if samples or batch_size or model or imports:
+            raise usage_error("--samples, --batch-size, --model and --import go with --data")
+        return _with_progress
+    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.observe import with_data
+    from ckptdoc.recalibrate.options import Options
+    from ckptdoc.recalibrate.quiet import import_user_module
+
+    for module in imports:
+        try:
+            import_user_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's code: report, do not crash
+            raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
+    try:
+        options = Options(data=data, model_spec=model)
+        if samples is not None:
+            options = dataclasses.replace(options, samples=samples)
+        if batch_size is not None:
+            options = dataclasses.replace(options, batch_size=batch_size)
+    except RecalibrationError as exc:
+        raise usage_error(str(exc)) from None
+    return with_data(_with_progress, options)
 
 
 def _with_progress(files: list[Path | str], selection: Any, jobs: int) -> list[Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +20,6 @@ from rich.markup import escape
 
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
-from ckptdoc.install_hint import install_hint
 from ckptdoc.recalibrate import RecalibrationError, pipeline
 from ckptdoc.recalibrate.options import DEFAULT, DEFAULT_SAMPLES, Options
 from ckptdoc.recalibrate.pipeline import Outcome
@@ -217,21 +215,12 @@ def parse_pairs(items: list[str], option: str) -> dict[str, str]:
 
 
 def _import_framework(kind: str) -> None:
-    """TensorFlow, imported without its start-up chatter, where the run needs it: every TF
-    checkpoint, and Keras files on the TensorFlow backend."""
-    from ckptdoc.recalibrate.quiet import import_tensorflow_quietly
+    from ckptdoc.recalibrate.quiet import prepare_framework
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    if kind == "keras-file" and backend != "tensorflow":
-        return  # Keras and its backend load with the model (backends.current says what is missing)
     try:
-        import_tensorflow_quietly()
+        prepare_framework(kind)
     except ImportError as exc:
-        raise usage_error(
-            f"recalibration runs the model, so it needs TensorFlow ({exc}); "
-            f"install it with {install_hint('recalibrate')}"
-        ) from None
+        raise usage_error(str(exc)) from None
 
 
 # Failures that are the machine's, not the data's: named as what they are.
@@ -280,14 +269,10 @@ def _run_failure(exc: BaseException) -> str:
 
 
 def _import_user_module(module: str) -> None:
-    """`--import my_pkg.layers`: run before loading, so classes it registers with
-    `keras.saving.register_keras_serializable` resolve."""
-    import importlib
-    import sys
+    from ckptdoc.recalibrate.quiet import import_user_module
 
-    sys.path.insert(0, os.getcwd())  # as `python -m` would find the user's package
     try:
-        importlib.import_module(module)
+        import_user_module(module)
     except Exception as exc:  # noqa: BLE001 - the user's code: report, do not crash
         raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
 

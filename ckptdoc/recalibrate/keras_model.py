@@ -29,6 +29,7 @@ from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport, pass_report
 from ckptdoc.recalibrate.selfcheck import SelfCheck, compare
 from ckptdoc.recalibrate.stats import Moments
+from ckptdoc.rules.data import DataComparison, comparison_of
 
 VARIANCE_CONVENTION = "population (biased) variance, as Keras 3 BatchNormalization reads it"
 
@@ -164,14 +165,15 @@ class Head:
 
 
 def _inference_moments(model: Any, capture: Capture, layers: list[BNLayer],
-                       batches: Any) -> tuple[dict[int, Moments], int]:
-    """Each BN layer's input moments with the model in inference mode, new statistics in
-    place."""
+                       batches: Any, progress: Callable[[int], None] | None = None,
+                       ) -> tuple[dict[int, Moments], int]:
+    """Each BN layer's input moments with the model in inference mode, the statistics in
+    place (new ones for the self-check, the stored ones for `observe`)."""
     saved = dict(capture.state)
     for i in range(len(layers)):
         capture.state[i] = "check"
     try:
-        result = run_pass(model, capture, batches)
+        result = run_pass(model, capture, batches, progress)
     finally:
         capture.state.clear()
         capture.state.update(saved)
@@ -259,3 +261,37 @@ def _sequential(
         head.batches = result.head_batches
         _apply(layers, moments, notes, only=level)
     return moments, passes, head
+
+
+def observe(model: Any, options: Options,
+            progress: Callable[[int], None] | None = None) -> DataComparison:
+    """`audit --data`: the model in inference mode over the data with its stored statistics,
+    each BN layer's input moments against the statistics it normalizes with. One inference
+    pass; nothing is changed."""
+    backend = backends.current()
+    layers = find_bn_layers(model)
+    if not layers:
+        raise RecalibrationError("the model has no BatchNormalization layer: nothing to compare")
+    source = options.source()
+    consumed = Consumed()
+    capture = Capture(layers, backend)
+    with capture.installed():
+        seen, _ = _inference_moments(
+            model, capture, layers,
+            source.budgeted(options.batch_size, options.budget, consumed), progress)
+    if consumed.samples == 0:
+        raise RecalibrationError(f"--data {source.description}: no samples")
+    rows = []
+    unreached = []
+    for i, bn in enumerate(layers):
+        if i not in seen or seen[i].total == 0:
+            unreached.append(bn.path)
+            continue
+        stored, got = snapshot(bn), bn.new_values(seen[i])
+        rows.append((bn.path, stored["moving_mean"], stored["moving_variance"],
+                     float(bn.layer.epsilon), got["moving_mean"], got["moving_variance"]))
+    notes = list(source.notes)
+    if unreached:
+        notes.append(f"not reached by inference over the data, not compared: "
+                     f"{', '.join(unreached)}")
+    return comparison_of(rows, consumed.samples, source.description, notes)

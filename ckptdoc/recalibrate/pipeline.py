@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import WORSE_CAUSES, EvalResult, RecalibrationReport
 from ckptdoc.recalibrate.targets.base import Fix, Progress, Target, non_finite
@@ -93,7 +94,14 @@ def run(
     target.check_output(dest, in_place)
     measured = target.measure(options, progress)
     report = measured.report
+    mismatch, agreed = data_check(target, options)
+    if agreed:
+        report = dataclasses.replace(report, notes=(*report.notes, agreed))
+    if mismatch and not options.force:
+        return Outcome(target.path, report, refused=mismatch + ". Nothing written")
     refused, worse = judge(report, measured.new_values, options.force)
+    if mismatch:
+        worse = mismatch if worse is None else f"{mismatch}; {worse}"
     if refused:
         refused += ". Nothing written"
         if report.got_worse:
@@ -111,6 +119,44 @@ def run(
         report = dataclasses.replace(report, notes=(*report.notes, *notes))
     return Outcome(target.path, report, output=dest, audit=audit.summary,
                    warning=None if worse is None else worse + "; --force: written anyway")
+
+
+#: The data check before writing compares over at most this many samples (one inference
+#: pass over them): the stored statistics against the data's.
+DATA_CHECK_SAMPLES = 1024
+
+
+def data_check(target: Target, options: Options) -> tuple[str | None, str | None]:
+    """(why healthy statistics must not be overwritten with this data, or None; a note that
+    the stored statistics already agreed with it, or None). Statistics the audit finds broken
+    are recalibrated whatever the data looks like: against them any data disagrees."""
+    from ckptdoc.rules.data import MISMATCH_RATIO, MISMATCH_SHIFT
+
+    if audit_copy(target.path)["errors"]:
+        return None, None
+    samples = options.budget.samples
+    head = dataclasses.replace(options, batches=None, samples=min(
+        samples if samples is not None else DATA_CHECK_SAMPLES, DATA_CHECK_SAMPLES))
+    try:
+        comparison = target.observe(head, None)
+    except RecalibrationError as exc:  # e.g. data that can be read only once
+        return None, f"the data check before writing could not run: {exc}"
+    if comparison.worst == "mismatch":
+        bad = [f"{layer.layer} ({layer.describe()})" for layer in comparison.disagreeing
+               if layer.verdict == "mismatch"]
+        hint = comparison.preprocessing()
+        return ("the audit finds the stored statistics healthy, and the data disagrees with "
+                f"them past BN012's error threshold (means off by over {MISMATCH_SHIFT:g} sd, "
+                f"or variance off x{MISMATCH_RATIO:g}): {', '.join(bad[:4])}"
+                f"{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}"
+                f"{f'; {hint}' if hint else ''}. Does the data match the model's "
+                "preprocessing? `ckptdoc audit MODEL --data DATA -v` shows the comparison; "
+                "--force writes anyway"), None
+    if comparison.worst == "agrees" and comparison.layers:
+        worst = max(comparison.layers, key=lambda layer: layer.shift)
+        return None, (f"the stored statistics already agreed with the data (largest gap: "
+                      f"{worst.layer}, {worst.describe()}): recalibration changed them little")
+    return None, None
 
 
 def accept_hint(path: Path) -> str:

@@ -34,6 +34,8 @@ def file_to_dict(file: FileReport) -> dict[str, Any]:
         out["skipped"] = file.skipped
     if file.notes:
         out["notes"] = list(file.notes)
+    if file.data is not None:
+        out["data"] = dict(file.data)
     if file.ledger is not None:
         out["ledger"] = {"counts": dict(file.ledger["counts"]),
                          "unexplained": [dict(u) for u in file.ledger["unexplained"]]}

@@ -39,6 +39,9 @@ class FileReport:
     #: Why the file was not audited although it was read (an HDF5 file that holds no model):
     #: not a failure of the gate.
     skipped: str | None = None
+    #: `audit --data`: the stored statistics against the data's, per layer
+    #: (`rules.data.DataComparison.as_dict()`).
+    data: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

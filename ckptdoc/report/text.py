@@ -9,8 +9,10 @@ shown through `printable` (no escape sequence reaches the terminal)."""
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -45,6 +47,8 @@ FIX_HINTS = {
     "BN009": "Harmless if inference does not use the layer.",
     "BN010": "Check what the listed tensors are; `--format json` lists them all.",
     "BN011": "Keep moving averages and use them at inference; then run `ckptdoc recalibrate`.",
+    "BN012": "Make the data match the model's preprocessing first; if it does, "
+             "`ckptdoc recalibrate` with this data.",
     "CK001": "Load this file only from a source you trust.",
 }
 
@@ -97,8 +101,27 @@ def _render_file(file: FileReport, console: Console, detail: Detail) -> None:
             console.print(Text(f"  {hidden} other BN layer{'s' * (hidden != 1)} ok", style="dim"))
     else:
         console.print(heading + Text(": no batch-norm layers found"), soft_wrap=True)
+    if file.data is not None and detail is Detail.full:
+        console.print(_data_table(file.data))
     _render_findings(file.findings, console, file.path)
     console.print()
+
+
+def _data_table(data: Mapping[str, Any]) -> Table:
+    """`audit --data -v`: each layer's stored statistics against the data's."""
+    table = Table(title=Text(f"against {printable(str(data.get('data', '')))} "
+                             f"({data.get('samples', 0)} samples)", style="dim"),
+                  title_justify="left")
+    for name, justify in (("BN layer", "left"), ("mean off (sd)", "right"),
+                          ("± sampling", "right"), ("variance ×", "right"), ("verdict", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    style = {"agrees": "green", "drift": "yellow", "mismatch": "bold red"}
+    for row in data.get("layers", []):
+        verdict = str(row["verdict"])
+        table.add_row(Text(printable(str(row["layer"]))), f"{row['abs_mean_shift_sd']:.2g}",
+                      f"{row['mean_shift_error']:.1g}", f"{row['variance_ratio']:.3g}",
+                      Text(verdict, style=style.get(verdict, "")))
+    return table
 
 
 def _group_table(file: FileReport, detail: Detail) -> Table:

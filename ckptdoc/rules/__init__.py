@@ -12,6 +12,7 @@ from ckptdoc.rules.accounting import ledger_findings  # registers BN010 (file-le
 from ckptdoc.rules.base import Finding, GroupValues, Rule, Severity, Tolerances
 from ckptdoc.rules.checks import RULES
 from ckptdoc.rules.code import code_findings  # registers CK001 (file-level)
+from ckptdoc.rules.data import data_findings  # registers BN012 (audit --data)
 from ckptdoc.rules.model import untrained_findings  # registers BN008, BN009 (model-level)
 
 # Code order whatever the order modules registered in: listings, SARIF rule tables, ties.
@@ -28,6 +29,7 @@ __all__ = [
     "Tolerances",
     "check_group",
     "code_findings",
+    "data_findings",
     "ledger_findings",
     "model_findings",
     "unknown_codes",

@@ -17,6 +17,7 @@ import numpy as np
 
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import RecalibrationReport
+from ckptdoc.rules.data import DataComparison
 
 Progress = Callable[[int], None]
 
@@ -67,6 +68,11 @@ class Target(Protocol):
 
     def measure(self, options: Options, progress: Progress | None) -> Measured:
         """Load, find the BN layers, measure them over the data."""
+        ...
+
+    def observe(self, options: Options, progress: Progress | None) -> DataComparison:
+        """Load, run inference over the data with the stored statistics, compare each BN
+        layer's inputs with them (`audit --data`). Changes nothing."""
         ...
 
 

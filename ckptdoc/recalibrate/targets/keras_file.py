@@ -14,6 +14,7 @@ from pathlib import Path
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.targets.base import Measured, Progress
+from ckptdoc.rules.data import DataComparison
 
 _EXTENSIONS = (".weights.h5", ".keras", ".hdf5", ".h5")
 
@@ -70,6 +71,15 @@ class KerasFile:
             {bn.path: tuple(snapshot(bn).values()) for bn in layers},
             writes=backend.writes(loaded.model),
         )
+
+
+    def observe(self, options: Options, progress: Progress | None) -> DataComparison:
+        from ckptdoc.recalibrate import backends, keras_model, model_io
+
+        with backends.current().distributed(options.devices):
+            loaded = model_io.load(self.path, model_spec=options.model_spec,
+                                   allow_unsafe=options.allow_unsafe_code)
+            return keras_model.observe(loaded.model, options, progress)
 
 
 def default_output(path: Path) -> Path:

@@ -25,6 +25,7 @@ from ckptdoc.recalibrate.report import EvalResult, LayerChange, pass_report
 from ckptdoc.recalibrate.selfcheck import MAX_SETTLE_PASSES, SelfCheck, compare
 from ckptdoc.recalibrate.targets.base import Measured, Progress
 from ckptdoc.recalibrate.targets.bundle import BundleOutput
+from ckptdoc.rules.data import DataComparison, comparison_of
 
 
 @dataclass(frozen=True)
@@ -46,32 +47,29 @@ class TF1GraphCheckpoint(BundleOutput):
                 raise RecalibrationError(f"{self.path}: no batch-norm layer in the checkpoint")
             return _measure(self.path, ck, groups, options, progress)
 
+    def observe(self, options: Options, progress: Progress | None) -> DataComparison:
+        from ckptdoc.auditor import evidence_groups
+        from ckptdoc.formats import open_checkpoint
+
+        with open_checkpoint(self.path) as ck:
+            groups = evidence_groups(ck)
+            if not groups:
+                raise RecalibrationError(f"{self.path}: no batch-norm layer in the checkpoint")
+            return _observe(self.path, ck, groups, options, progress)
+
 
 def _measure(
     prefix: Path, ck: Any, groups: Sequence[Any], options: Options, progress: Progress | None
 ) -> Measured:
-    from ckptdoc.formats.resolve import bundle_file
     from ckptdoc.recalibrate import tf1
     from ckptdoc.recalibrate.bundle_writer import BundleFix
 
     started = time.perf_counter()
     batch_size, budget = options.batch_size, options.budget
-    meta = bundle_file(prefix, ".meta")
-    gm = tf1.open_graph(
-        prefix,
-        meta=meta if meta.is_file() and options.model_spec is None else None,
-        model_spec=options.model_spec,
-        feeds=options.feeds,
-        sets=options.sets,
-        predictions=options.predictions,
-        allow_unsafe=options.allow_unsafe_code,
-    )
+    gm = _open_graph(prefix, options)
     expected, inputs = _graph_names(ck)
     try:
-        plans, problems = tf1.plan_layers(gm, groups, expected, inputs)
-        problems += tf1.unfed_placeholders(gm, plans)
-        if problems:
-            raise RecalibrationError("cannot recalibrate: " + "; ".join(problems))
+        plans = _plans(gm, groups, expected, inputs)
         keys = set(gm.feeds)
         source = options.feed_source(keys)
         eval_source = options.feed_source(keys, held_out=True)
@@ -202,6 +200,67 @@ def _measure(
         eval_after=after, notes=notes, self_check=check,
     )
     return Measured(report, BundleFix(prefix, replacements, additions), new_values)
+
+
+def _open_graph(prefix: Path, options: Options) -> Any:
+    from ckptdoc.formats.resolve import bundle_file
+    from ckptdoc.recalibrate import tf1
+
+    meta = bundle_file(prefix, ".meta")
+    return tf1.open_graph(
+        prefix,
+        meta=meta if meta.is_file() and options.model_spec is None else None,
+        model_spec=options.model_spec,
+        feeds=options.feeds,
+        sets=options.sets,
+        predictions=options.predictions,
+        allow_unsafe=options.allow_unsafe_code,
+    )
+
+
+def _plans(gm: Any, groups: Sequence[Any], expected: Mapping[str, Mapping[str, str]],
+           inputs: Mapping[str, Sequence[str]]) -> list[Any]:
+    from ckptdoc.recalibrate import tf1
+
+    plans, problems = tf1.plan_layers(gm, groups, expected, inputs)
+    problems += tf1.unfed_placeholders(gm, plans)
+    if problems:
+        raise RecalibrationError("cannot run the graph: " + "; ".join(problems))
+    return plans
+
+
+def _observe(prefix: Path, ck: Any, groups: Sequence[Any], options: Options,
+             progress: Progress | None) -> DataComparison:
+    """Inference mode (training switches False) over the data with the stored statistics:
+    each layer's input moments against them."""
+    from ckptdoc.recalibrate import tf1
+
+    gm = _open_graph(prefix, options)
+    expected, inputs = _graph_names(ck)
+    try:
+        plans = _plans(gm, groups, expected, inputs)
+        source = options.feed_source(set(gm.feeds))
+        assert source is not None
+        consumed = Consumed()
+        moments = tf1.run_pass(gm, plans, source.budgeted(options.batch_size, options.budget,
+                                                          consumed), progress, training=False)
+    finally:
+        gm.close()
+    if consumed.samples == 0:
+        raise RecalibrationError(f"--data {source.description}: no samples")
+    rows = []
+    for p in plans:
+        m = moments.get(p.group.name)
+        if m is None or m.total == 0:
+            continue
+        _, mean = _stored(ck, p.group, expected, "moving_mean", m.mean.size)
+        _, var = _stored(ck, p.group, expected, "moving_variance", m.mean.size)
+        rows.append((p.group.name, mean.reshape(-1), var.reshape(-1), _EPSILON, m.mean,
+                     m.variance))
+    notes = [*gm.notes, *source.notes]
+    if not gm.switches:
+        notes.append("no training switch found: the graph ran as it is")
+    return comparison_of(rows, consumed.samples, source.description, notes)
 
 
 # A TF1 layer's epsilon is not in the checkpoint; 1e-3 is TF1's default, and only keeps a

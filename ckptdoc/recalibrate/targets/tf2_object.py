@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -14,19 +15,29 @@ from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.targets.base import Measured, Progress
 from ckptdoc.recalibrate.targets.bundle import BundleOutput
+from ckptdoc.rules.data import DataComparison
 
 
 @dataclass(frozen=True)
 class TF2ObjectCheckpoint(BundleOutput):
     kind: str = "tf2-object"
 
-    def measure(self, options: Options, progress: Progress | None) -> Measured:
+    def observe(self, options: Options, progress: Progress | None) -> DataComparison:
         from ckptdoc.formats import open_checkpoint
-        from ckptdoc.recalibrate import backends, keras_model
+        from ckptdoc.recalibrate import keras_model
         from ckptdoc.recalibrate import tf2_checkpoint as t2
-        from ckptdoc.recalibrate.bundle_writer import BundleFix
-        from ckptdoc.recalibrate.engine import find_bn_layers
         from ckptdoc.recalibrate.model_io import build_model
+
+        backend, spec = self._backend(options)
+        with backend.distributed(options.devices):
+            model = build_model(spec)
+            with open_checkpoint(self.path) as ck:
+                t2.restore(model, self.path, ck)
+            return keras_model.observe(model, options, progress)
+
+    def _backend(self, options: Options) -> tuple[Any, str]:
+        """The Keras backend (TensorFlow) and the --model spec, or a clear refusal."""
+        from ckptdoc.recalibrate import backends
 
         if options.model_spec is None:
             raise RecalibrationError(
@@ -42,8 +53,19 @@ class TF2ObjectCheckpoint(BundleOutput):
                 f"model, which the Keras {backend.name!r} backend cannot hold; run with "
                 "KERAS_BACKEND=tensorflow"
             )
+        return backend, options.model_spec
+
+    def measure(self, options: Options, progress: Progress | None) -> Measured:
+        from ckptdoc.formats import open_checkpoint
+        from ckptdoc.recalibrate import keras_model
+        from ckptdoc.recalibrate import tf2_checkpoint as t2
+        from ckptdoc.recalibrate.bundle_writer import BundleFix
+        from ckptdoc.recalibrate.engine import find_bn_layers
+        from ckptdoc.recalibrate.model_io import build_model
+
+        backend, spec = self._backend(options)
         with backend.distributed(options.devices):
-            model = build_model(options.model_spec)
+            model = build_model(spec)
             with open_checkpoint(self.path) as ck:
                 root = t2.restore(model, self.path, ck)
                 layers = find_bn_layers(model)
