@@ -15,6 +15,7 @@ from ckptdoc._lazy import lazy_getattr
 from ckptdoc.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from ckptdoc.api import audit
     from ckptdoc.auditor import audit_file, audit_paths
     from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
     from ckptdoc.formats import open_checkpoint
@@ -46,7 +47,7 @@ __all__ = [
 # The API loads on first use (PEP 562): `ckptdoc --version`, `--help` or `rule`, and the CLI
 # before it has parsed its arguments, need none of it (NumPy alone is ~0.1 s to import).
 _LAZY = {
-    "audit": "ckptdoc.auditor",
+    "audit": "ckptdoc.api",
     "AuditReport": "ckptdoc.report.model",
     "FileReport": "ckptdoc.report.model",
     "GroupResult": "ckptdoc.report.model",

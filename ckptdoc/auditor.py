@@ -293,6 +293,7 @@ def audit(
     baseline: bool | str | Path = True,
     jobs: int = 1,
     fail_on: Severity | str | None = None,
+    run: Callable[..., list[FileReport]] | None = None,
 ) -> AuditReport:
     """Audit checkpoints as `ckptdoc audit` does and return the report.
 
@@ -304,7 +305,8 @@ def audit(
     `report.to_dict()` is the `--format json` document; `report.exit_code()` the CLI's exit
     code, with `fail_on` (else the configuration's `fail-on`, else error) as its threshold.
     Raises ValueError (unknown codes, nothing to audit), `ConfigError`, `BaselineError`; an
-    unreadable checkpoint is a file report with `error` set, never an exception.
+    unreadable checkpoint is a file report with `error` set, never an exception. `run`: the
+    audit of the files (default `audit_files`), e.g. followed by a data check (`api.audit`).
     """
     from ckptdoc.config import discover, load_config
 
@@ -318,7 +320,8 @@ def audit(
         raise ValueError("no checkpoints found under " + ", ".join(map(str, paths)))
     baseline_file = cfg.baseline if baseline is True else None if baseline is False else baseline
     threshold = Severity(fail_on) if fail_on is not None else None
-    return gate(found, cfg, selection, jobs=jobs, baseline=baseline_file, fail_on=threshold)
+    return gate(found, cfg, selection, jobs=jobs, baseline=baseline_file, fail_on=threshold,
+                run=run)
 
 
 def gate(

@@ -121,6 +121,10 @@ def test_x255_data_is_a_mismatch_naming_the_scale(variants: dict[str, Path]) -> 
     assert first["severity"] == "error" and first["group"] == "bn_conv1"
     assert "0-255 pixels" in first["message"], first["message"]
     assert file["data"]["verdict"] == "mismatch"
+    import jsonschema
+
+    from tests.test_api import _schema
+    jsonschema.validate(report, _schema())
 
 
 def test_shifted_data_is_drift(variants: dict[str, Path]) -> None:
@@ -188,3 +192,16 @@ def test_recalibrate_refuses_to_overwrite_healthy_statistics_with_mismatched_dat
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "already agreed with the data" in result.output and out.exists()
+
+
+def test_python_api_takes_data_and_gives_the_per_layer_comparison() -> None:
+    import ckptdoc
+
+    with np.load(CALIB) as z:
+        x = z["x"]
+    report = ckptdoc.audit(SAMPLES / "keras3_healthy.keras", config=False, data=x * 255)
+    (file,) = report.files
+    assert file.data is not None and file.data["verdict"] == "mismatch"
+    assert [row["layer"] for row in file.data["layers"]] == ["bn_conv1", "bn_conv2", "bn_head"]
+    assert report.exit_code() == 1
+    assert ckptdoc.audit(SAMPLES / "keras3_healthy.keras", config=False).files[0].data is None

@@ -117,10 +117,16 @@ class LayerData:
                 f"{self.shift_error:.1g}), variance x{self.ratio:.3g}")
 
     def as_dict(self) -> dict[str, Any]:
+        """Plain data; a value NaN / Inf data made infinite is null (JSON has no Infinity)."""
         return {"layer": self.layer, "samples": self.samples, "verdict": self.verdict,
-                "mean_shift_sd": self.signed_shift, "abs_mean_shift_sd": self.shift,
-                "mean_shift_error": self.shift_error, "variance_ratio": self.ratio,
-                "log_variance_ratio_error": self.log_ratio_error}
+                "mean_shift_sd": _json(self.signed_shift), "abs_mean_shift_sd": _json(self.shift),
+                "mean_shift_error": _json(self.shift_error),
+                "variance_ratio": _json(self.ratio),
+                "log_variance_ratio_error": _json(self.log_ratio_error)}
+
+
+def _json(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def compare_layer(layer: str, stored_mean: np.ndarray, stored_var: np.ndarray, eps: float,
