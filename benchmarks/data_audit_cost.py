@@ -56,7 +56,7 @@ def main() -> None:
 
     runs = {"predict": predict, "audit --data": compare, "recalibrate": recalibrate}
     times: dict[str, list[float]] = {k: [] for k in runs}
-    for name, fn in runs.items():  # warm-up: tracing
+    for fn in runs.values():  # warm-up: tracing
         fn()
     for _ in range(args.repeat):
         for name, fn in runs.items():

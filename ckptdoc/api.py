@@ -32,6 +32,7 @@ def audit(
     samples: int | None = None,
     batch_size: int | None = None,
     model: str | None = None,
+    respect_gitignore: bool = True,
 ) -> AuditReport:
     """Audit checkpoints as `ckptdoc audit` does and return the report (see
     `auditor.audit` for every argument but the data ones).
@@ -53,4 +54,5 @@ def audit(
             options = dataclasses.replace(options, batch_size=batch_size)
         run = with_data(audit_files, options)
     return _audit(paths, select=select, ignore=ignore, tolerances=tolerances, config=config,
-                  baseline=baseline, jobs=jobs, fail_on=fail_on, run=run)
+                  baseline=baseline, jobs=jobs, fail_on=fail_on, run=run,
+                  respect_gitignore=respect_gitignore)

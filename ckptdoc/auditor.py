@@ -13,6 +13,7 @@ from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError, NotAModelError
 from ckptdoc.evidence import check_steps, with_training
 from ckptdoc.formats import open_checkpoint
+from ckptdoc.formats.foreign import foreign_format
 from ckptdoc.formats.remote import find_remote_checkpoints, is_url
 from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
 from ckptdoc.graph_bn import analyze
@@ -36,6 +37,9 @@ from ckptdoc.rules import (
 def audit_file(path: str | Path, selection: RuleSelection | None = None) -> FileReport:
     """Audit one checkpoint. A file that cannot be read gives a report with `error` set."""
     selection = selection or RuleSelection()
+    if not is_url(path) and (kind := foreign_format(Path(path))) is not None:
+        return FileReport(str(path), None, skipped=f"{kind}; ckptdoc audits TensorFlow and "
+                          "Keras files")
     try:
         with open_checkpoint(path) as ckpt:
             read = _read_once(ckpt)
@@ -144,12 +148,13 @@ def canonical_path(path: Path) -> Path:
     return path
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path | str]:
+def expand_paths(paths: Iterable[str | Path], respect_gitignore: bool = True) -> list[Path | str]:
     """Files and prefixes as given; directories searched for checkpoints. Each checkpoint once,
     in the order given.
 
     A SavedModel or checkpoint directory is one checkpoint; any other directory is searched
-    recursively for every supported format.
+    recursively for every supported format, skipping what `.gitignore` / `.ignore` exclude
+    unless `respect_gitignore` is False.
     """
     out: dict[Path | str, None] = {}
     for raw in paths:
@@ -161,7 +166,7 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path | str]:
             continue
         path = Path(raw)
         if path.is_dir() and not is_savedmodel_dir(path):
-            out.update(dict.fromkeys(find_checkpoints(path)))
+            out.update(dict.fromkeys(find_checkpoints(path, respect_gitignore)))
         else:
             out[canonical_path(path)] = None
     return list(out)
@@ -294,6 +299,7 @@ def audit(
     jobs: int = 1,
     fail_on: Severity | str | None = None,
     run: Callable[..., list[FileReport]] | None = None,
+    respect_gitignore: bool = True,
 ) -> AuditReport:
     """Audit checkpoints as `ckptdoc audit` does and return the report.
 
@@ -315,7 +321,7 @@ def audit(
     cfg = (discover() if config is True else Config() if config is False
            else load_config(config))
     selection = selection_from(cfg, select, ignore, tolerances)
-    found = expand_paths(paths)
+    found = expand_paths(paths, respect_gitignore)
     if not found:
         raise ValueError("no checkpoints found under " + ", ".join(map(str, paths)))
     baseline_file = cfg.baseline if baseline is True else None if baseline is False else baseline

@@ -188,6 +188,12 @@ def audit(
     isolated: Annotated[
         bool, typer.Option("--isolated", help="Ignore every configuration file.")
     ] = False,
+    respect_gitignore: Annotated[
+        bool,
+        typer.Option("--respect-gitignore/--no-respect-gitignore",
+                     help="Folder scans skip what .gitignore / .ignore files exclude (as git "
+                     "does). Paths given explicitly are always audited."),
+    ] = True,
     data: Annotated[
         str | None,
         typer.Option(
@@ -239,7 +245,7 @@ def audit(
     selection = _selection(config, select, ignore, barely_moved, dead_variance)
     threshold = fail_on or config.fail_on or Severity.ERROR
 
-    found = expand_paths(paths)
+    found = expand_paths(paths, respect_gitignore)
     if not found:
         raise usage_error(f"no checkpoints found under {', '.join(map(str, paths))}")
     files = [f for f in found if not config.is_excluded(f)]

@@ -177,6 +177,7 @@ def resolve(path: Path) -> Resolved:
         return _resolve_dir(path)
     name = path.name
     if path.is_file():
+        _refuse_foreign(path)
         if name.endswith(".index"):
             return Resolved("bundle", _prefix_path(path, _strip(name, ".index")))
         m = DATA_SHARD_RE.match(name)
@@ -222,24 +223,51 @@ def resolve(path: Path) -> Resolved:
     raise NotFoundError(path, "no such file, directory or checkpoint prefix")
 
 
+def _refuse_foreign(path: Path) -> None:
+    """A Git LFS pointer or another framework's model file, said as what it is (not
+    "unrecognised", not a damaged Keras archive)."""
+    from ckptdoc.formats.foreign import foreign_format, lfs_pointer
+
+    if lfs_pointer(path):
+        raise UnsupportedFormatError(path, "a Git LFS pointer, not the file itself: fetch it "
+                                     "with `git lfs pull` (in CI: check out with lfs: true)")
+    kind = foreign_format(path)
+    if kind is not None:
+        raise UnsupportedFormatError(path, f"{kind}; ckptdoc reads TensorFlow and Keras files")
+
+
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def find_checkpoints(root: Path) -> list[Path]:
+def find_checkpoints(root: Path, respect_gitignore: bool = True) -> list[Path]:
     """Every checkpoint under `root`, each once: bundle prefixes (not shards), SavedModel
     directories, Keras .h5/.hdf5/.keras files, and HDF5 / Keras zip files recognised by their
-    first bytes whatever their name. Symlinked folders are not followed."""
+    first bytes whatever their name; other frameworks' model files too (reported as skipped).
+    Symlinked folders are not followed; what `.gitignore` / `.ignore` exclude is not visited
+    unless `respect_gitignore` is False."""
+    from ckptdoc.formats.foreign import FOREIGN_SUFFIXES, foreign_format
+    from ckptdoc.formats.ignore import Ignores
+
     root = Path(root)
     if not root.is_dir():
         return [root]
     found: set[Path] = set()
+    ignores: dict[Path, Ignores] = {root: Ignores.above(root)} if respect_gitignore else {}
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
+        here = ignores.pop(d, None)
+        here = here.entering(d) if here is not None else None
         # Not the user's models: version control, environments, caches, installed packages
-        # (h5py's own test files in a .venv used to fail the gate). A folder given
-        # explicitly is still searched: only what the walk finds below it is skipped.
-        dirnames[:] = [n for n in dirnames if not skipped_folder(d / n)]
+        # (h5py's own test files in a .venv used to fail the gate), and what the repository
+        # ignores. A folder given explicitly is still searched: only what the walk finds
+        # below it is skipped.
+        dirnames[:] = [n for n in dirnames if not skipped_folder(d / n)
+                       and not (here is not None and here.ignored(d / n, is_dir=True))]
+        if here is not None:
+            ignores.update(dict.fromkeys((d / n for n in dirnames), here))
+        if here is not None:
+            filenames = [f for f in filenames if not here.ignored(d / f, is_dir=False)]
         if is_savedmodel_dir(d):
             found.add(d)
             # The variables bundle belongs to the SavedModel: do not list it again.
@@ -253,6 +281,8 @@ def find_checkpoints(root: Path) -> list[Path]:
                 found.add(d / f[: -len(".index")])
             elif lower.endswith((".h5", ".hdf5", ".keras")):
                 found.add(d / f)
+            elif lower.endswith(FOREIGN_SUFFIXES) and foreign_format(d / f) is not None:
+                found.add(d / f)  # listed, then reported as skipped with what it is
             elif not DATA_SHARD_RE.match(f) and not f.endswith(".meta") and _is_keras_file(d / f):
                 found.add(d / f)  # named without an extension: known by its first bytes
         dirnames.sort()

@@ -109,8 +109,16 @@ def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[s
         path = relative_posix(artifact_path(file.path), options.root)
         if file.error is not None:
             notifications.append(_notification(file, path))
+        elif file.skipped is not None:  # listed, so a scan says what it did not audit
+            notifications.append({
+                "level": "note",
+                "message": {"text": f"{path}: skipped, {file.skipped}"},
+                "locations": [_location(path)],
+                "descriptor": {"id": "skipped"},
+            })
         results.extend(_result(f, path, rule_index) for f in file.findings)
-    invocation: dict[str, Any] = {"executionSuccessful": not notifications}
+    invocation: dict[str, Any] = {
+        "executionSuccessful": not any(n["level"] == "error" for n in notifications)}
     if notifications:
         invocation["toolExecutionNotifications"] = notifications
     return {
