@@ -173,6 +173,7 @@ def test_a_model_that_cannot_run_is_a_finding_not_a_pass(tmp_path: Path) -> None
     assert code == 1
     (finding,) = [f for f in file["findings"] if f["rule"] == "BN012"]
     assert finding["group"] == "(data)" and "could not compare" in finding["message"]
+    assert "expects inputs of shape (None, 8, 8, 1)" in finding["message"]
 
 
 def test_recalibrate_refuses_to_overwrite_healthy_statistics_with_mismatched_data(
@@ -205,3 +206,17 @@ def test_python_api_takes_data_and_gives_the_per_layer_comparison() -> None:
     assert [row["layer"] for row in file.data["layers"]] == ["bn_conv1", "bn_conv2", "bn_head"]
     assert report.exit_code() == 1
     assert ckptdoc.audit(SAMPLES / "keras3_healthy.keras", config=False).files[0].data is None
+
+
+def test_wrong_data_shape_names_both_shapes(tmp_path: Path) -> None:
+    # Issue 25: this read `ValueError: File ".../traceback_utils.py", line 122, in
+    # error_handler **`, the first line of Keras's traceback containing "rror".
+    from ckptdoc.cli import app
+
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((64, 3), np.float32))
+    result = CliRunner().invoke(app, ["recalibrate", str(SAMPLES / "keras3_healthy.keras"),
+                                      "--data", str(bad), "-o", str(tmp_path / "o.keras")])
+    assert result.exit_code == 2
+    assert "expects inputs of shape (None, 8, 8, 1)" in result.output
+    assert "gives batches of shape (64, 3)" in result.output

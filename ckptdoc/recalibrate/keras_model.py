@@ -56,6 +56,7 @@ def measure(
         raise RecalibrationError("the model has no BatchNormalization layer: nothing to do")
     mode, batch_size, budget = options.mode, options.batch_size, options.budget
     source = options.source()
+    check_inputs(model, source, batch_size)
     eval_source = options.eval_source()
     eval_label = "" if eval_source is None else f"eval data {eval_source.description}"
     notes: list[str] = list(source.notes)
@@ -196,6 +197,29 @@ def head_check(model: Any, capture: Capture, layers: list[BNLayer], batches: Any
     return replace(compare(measured, inferred, samples), basis="head")
 
 
+def check_inputs(model: Any, source: DataSource, batch_size: int) -> None:
+    """The data's shape against the model's inputs, before any pass: a clear refusal instead
+    of the first line of a Keras traceback. Only single-array inputs of a model with known
+    input shapes are checked (dicts, lists and subclassed models go to the model as they are)."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        return
+    expected = tuple(inputs[0].shape)
+    for batch in source.batches(batch_size):
+        shape = getattr(batch.x, "shape", None)
+        if shape is None or isinstance(batch.x, (dict, list, tuple)):
+            return
+        got = tuple(int(d) for d in shape)
+        if len(got) != len(expected) or any(
+                e is not None and e != g for e, g in zip(expected[1:], got[1:], strict=False)):
+            want = "(" + ", ".join("None" if e is None else str(e) for e in expected) + ")"
+            raise RecalibrationError(
+                f"the model expects inputs of shape {want}, the data gives batches of shape "
+                f"{got}: check --data (for .npz, --x-key names the inputs' array) and the "
+                "preprocessing (channels, image size)")
+        return
+
+
 def _has_labels(source: DataSource, batch_size: int) -> bool:
     for b in source.batches(batch_size):
         return b.y is not None
@@ -273,6 +297,7 @@ def observe(model: Any, options: Options,
     if not layers:
         raise RecalibrationError("the model has no BatchNormalization layer: nothing to compare")
     source = options.source()
+    check_inputs(model, source, options.batch_size)
     consumed = Consumed()
     capture = Capture(layers, backend)
     with capture.installed():
