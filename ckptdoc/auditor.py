@@ -254,13 +254,16 @@ def selection_from(
     select: Sequence[str] | None = None,
     ignore: Sequence[str] = (),
     tolerances: Mapping[str, float] | None = None,
+    extend_select: Sequence[str] = (),
 ) -> RuleSelection:
     """Rules and tolerances as `ckptdoc audit` combines them: `select` replaces the
-    configuration's select and ignore, `ignore` adds to its ignore, `tolerances` (field names
-    of `Tolerances`) win over the file's. Unknown codes raise ValueError."""
+    configuration's select and ignore, `extend_select` adds to the select in force (as
+    ruff's), `ignore` adds to its ignore, `tolerances` (field names of `Tolerances`) win over
+    the file's. Unknown codes raise ValueError."""
     selected = [c.strip().upper() for c in select or () if c.strip()]
+    extended = [c.strip().upper() for c in extend_select if c.strip()]
     ignored = [c.strip().upper() for c in ignore if c.strip()]
-    bad = unknown_codes(selected + ignored)
+    bad = unknown_codes(selected + extended + ignored)
     if bad:
         raise ValueError(f"unknown rule code(s): {', '.join(bad)} (see `ckptdoc rule`)")
     if select is not None:
@@ -268,6 +271,10 @@ def selection_from(
     else:
         final_select = frozenset(config.select or ())
         final_ignore = frozenset(config.ignore) | frozenset(ignored)
+    if final_select and extended:  # an empty select is every rule already
+        final_select |= frozenset(extended)
+    # A code asked for explicitly is not ignored by a broader ignore of the configuration.
+    final_ignore = frozenset(i for i in final_ignore if i not in extended)
     merged = {**dict(config.tolerances), **dict(tolerances or {})}
     return RuleSelection(final_select, final_ignore, dict(config.severity),
                          tolerances=Tolerances(**merged))

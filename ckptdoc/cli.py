@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from enum import Enum
 from typing import Annotated, Any
 
 import typer
@@ -38,13 +39,27 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+class Color(str, Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
 def _root(
     version: Annotated[
         bool,
         typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version."),
     ] = False,
+    color: Annotated[
+        Color,
+        typer.Option("--color", help="Colour the output: auto (a terminal, unless NO_COLOR), "
+                     "always (e.g. a CI log that shows colours), never."),
+    ] = Color.auto,
 ) -> None:
     """Find and fix broken batch-norm statistics in TensorFlow and Keras checkpoints."""
+    from ckptdoc.commands.common import set_color
+
+    set_color(color.value)
 
 
 def build_app(only: str | None = None) -> typer.Typer:

@@ -347,3 +347,35 @@ def test_an_hdf5_dataset_is_skipped_not_a_failure(tmp_path: Path) -> None:
     # a damaged HDF5 file is still a failure
     (tmp_path / "broken.h5").write_bytes((tmp_path / "net.h5").read_bytes()[:900])
     assert runner.invoke(app, ["audit", str(tmp_path / "broken.h5")]).exit_code == 2
+
+
+def test_color_option_always_and_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue 25: colours were set only through environment variables.
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    broken = str(Path(__file__).resolve().parent.parent / "sample_ckpts" / "keras3_broken.keras")
+    always = CliRunner().invoke(app, ["--color", "always", "audit", broken])
+    assert "\x1b[" in always.stdout
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    never = CliRunner().invoke(app, ["--color", "never", "audit", broken])
+    assert "\x1b[" not in never.stdout and "BN002" in never.stdout
+    monkeypatch.delenv("FORCE_COLOR")
+    auto = CliRunner().invoke(app, ["audit", broken])  # a pipe: plain, the setting not kept
+    assert "\x1b[" not in auto.stdout
+
+
+def test_extend_select_adds_to_the_configured_select(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    broken = str(Path(__file__).resolve().parent.parent / "sample_ckpts" / "keras3_broken.keras")
+    config = tmp_path / "ckptdoc.toml"
+    config.write_text('select = ["BN001"]\n')
+    only = CliRunner().invoke(app, ["audit", broken, "--config", str(config)])
+    assert only.exit_code == 0 and "BN002" not in only.stdout
+    more = CliRunner().invoke(app, ["audit", broken, "--config", str(config),
+                                    "--extend-select", "BN002"])
+    assert more.exit_code == 1 and "BN002" in more.stdout

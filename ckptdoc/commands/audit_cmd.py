@@ -136,6 +136,11 @@ def audit(
         list[str] | None,
         typer.Option(help="Skip these rule codes, in addition to the configuration's ignore."),
     ] = None,
+    extend_select: Annotated[
+        list[str] | None,
+        typer.Option(help="Add these rule codes to the configuration's select (and take them "
+                     "out of its ignore)."),
+    ] = None,
     barely_moved: Annotated[
         float | None,
         typer.Option(
@@ -242,7 +247,8 @@ def audit(
     """
     config = _load_config(config_file, isolated)
     specs = [ReportSpec(output_format, output)] + [_report_spec(r) for r in reports or []]
-    selection = _selection(config, select, ignore, barely_moved, dead_variance)
+    selection = _selection(config, select, ignore, barely_moved, dead_variance,
+                           extend_select)
     threshold = fail_on or config.fail_on or Severity.ERROR
 
     found = expand_paths(paths, respect_gitignore)
@@ -330,12 +336,13 @@ def _selection(
     ignore: list[str] | None,
     barely_moved: float | None,
     dead_variance: float | None,
+    extend_select: list[str] | None = None,
 ) -> RuleSelection:
     overrides = {k: v for k, v in (("barely_moved", barely_moved),
                                    ("dead_variance", dead_variance)) if v is not None}
     try:
         return selection_from(config, _codes(select) if select is not None else None,
-                              _codes(ignore), overrides)
+                              _codes(ignore), overrides, _codes(extend_select))
     except ValueError as exc:
         raise usage_error(str(exc)) from None
 

@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from rich.color import ColorSystem
 from rich.console import Console
 from rich.markup import escape
 
@@ -48,6 +49,30 @@ def silence_stdout() -> None:
 # `ckptdoc audit --format json > report.json` stays clean.
 stdout = _Console(highlight=False, width=_width(sys.stdout))
 stderr = _Console(stderr=True, highlight=False, width=_width(sys.stderr))
+
+
+def set_color(mode: str) -> None:
+    """`--color auto|always|never` on both consoles: auto follows the terminal and NO_COLOR /
+    FORCE_COLOR; always colours a CI log; never writes plain text to a terminal. Rich has no
+    public setter for a console created already, hence its private fields here."""
+    for console in (stdout, stderr):
+        # Each run starts from the console's own detection (one process may run several
+        # commands: tests, embedding).
+        saved = _DEFAULTS.setdefault(id(console), (
+            console.no_color, console._force_terminal, console._color_system))  # noqa: SLF001
+        console.no_color = saved[0]
+        console._force_terminal = saved[1]  # noqa: SLF001
+        console._color_system = saved[2]  # noqa: SLF001
+        if mode == "never":
+            console.no_color = True
+        elif mode == "always":
+            console.no_color = False
+            console._force_terminal = True  # noqa: SLF001
+            if console._color_system is None:  # noqa: SLF001
+                console._color_system = ColorSystem.STANDARD  # noqa: SLF001
+
+
+_DEFAULTS: dict[int, tuple[bool, bool | None, ColorSystem | None]] = {}
 
 
 def usage_error(message: str) -> typer.Exit:
