@@ -112,6 +112,7 @@ OPTIONS = RenderOptions(root=Path.cwd())
         (ReportFormat.markdown, "report.baseline.md", True),
         (ReportFormat.json, "report.json", False),
         (ReportFormat.json, "report.baseline.json", True),
+        (ReportFormat.gitlab, "report.gitlab.json", False),
     ],
 )
 def test_golden(fmt: ReportFormat, golden: str, baseline: bool) -> None:
@@ -313,3 +314,18 @@ def test_text_report_golden_from_real_rule_output(
     text.render(report, Console(file=buf, width=160, no_color=True, highlight=False),
                 text.Detail(detail))
     check_golden(golden, buf.getvalue())
+
+
+def test_gitlab_code_quality_fields() -> None:
+    # GitLab's documented minimum: description, check_name, fingerprint, severity,
+    # location.path, location.lines.begin; one issue per finding and per unreadable file.
+    from ckptdoc.report import gitlab
+
+    report = sample_report()
+    issues = gitlab.to_list(report, OPTIONS)
+    assert len(issues) == sum(len(f.findings) + (f.error is not None) for f in report.files)
+    for issue in issues:
+        assert {"description", "check_name", "fingerprint", "severity", "location"} <= set(issue)
+        assert issue["severity"] in {"info", "minor", "major", "critical", "blocker"}
+        assert issue["location"]["lines"]["begin"] == 1 and issue["location"]["path"]
+    assert len({i["fingerprint"] for i in issues}) == len(issues)

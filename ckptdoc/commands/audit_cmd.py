@@ -93,7 +93,7 @@ def audit(
             "-f",
             help="Report format: text (tables, the default), json, sarif (GitHub code "
             "scanning), junit (GitLab / Jenkins test reports), github (workflow annotations), "
-            "markdown (a step summary).",
+            "markdown (a step summary), gitlab (GitLab Code Quality).",
         ),
     ] = ReportFormat.text,
     output: Annotated[

@@ -20,6 +20,7 @@ class ReportFormat(str, Enum):
     junit = "junit"
     github = "github"
     markdown = "markdown"
+    gitlab = "gitlab"
 
 
 def _text(report: AuditReport, options: RenderOptions) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -176,3 +177,9 @@ def artifact_path(path: str | Path) -> str:
         return str(path)
     index = p.with_name(p.name + ".index")
     return str(index) if index.is_file() else str(path)
+
+
+def fingerprint(rule: str, path: str, group: str) -> str:
+    """Stable identity of a finding: rule + relative posix path + BN group, never offsets or
+    messages (SARIF's partialFingerprints, GitLab Code Quality's fingerprint)."""
+    return hashlib.sha256(f"{rule}\0{path}\0{group}".encode()).hexdigest()

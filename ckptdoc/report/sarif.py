@@ -10,7 +10,6 @@ path + group, so an alert keeps its identity across runs and rewrites of the fil
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Any
@@ -21,6 +20,7 @@ from ckptdoc.report.model import (
     FileReport,
     RenderOptions,
     artifact_path,
+    fingerprint,
     relative_posix,
 )
 from ckptdoc.rules import RULES, Finding, Rule, Severity
@@ -32,11 +32,6 @@ FINGERPRINT = "ckptdocFinding/v1"
 SRCROOT = "%SRCROOT%"
 
 LEVEL = {Severity.ERROR: "error", Severity.WARNING: "warning", Severity.INFO: "note"}
-
-
-def fingerprint(rule: str, path: str, group: str) -> str:
-    """Stable identity of a finding: rule + relative posix path + BN group, never offsets."""
-    return hashlib.sha256(f"{rule}\0{path}\0{group}".encode()).hexdigest()
 
 
 def _rule_name(rule: Rule) -> str:
