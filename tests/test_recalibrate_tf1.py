@@ -542,3 +542,19 @@ def test_a_graph_that_would_write_a_file_is_refused(npz: dict[str, Path],
     # The opt-in is what it says: the graph runs as it is, WriteFile included.
     res = _cli(*args, "--allow-unsafe-code")
     assert target.read_bytes() == b"pwned"
+
+
+def test_two_placeholders_may_take_the_same_data_key() -> None:
+    # Issue 25: feeds were a dict keyed by the data key, so `--feed a:0=x --feed b:0=x` kept
+    # one of the two and TensorFlow then failed on the other.
+    from ckptdoc.recalibrate.data import Batch
+    from ckptdoc.recalibrate.tf1 import GraphModel
+
+    g = tf.Graph()
+    with g.as_default():
+        a = v1.placeholder(tf.float32, (None, 2), name="a")
+        b = v1.placeholder(tf.float32, (None, 2), name="b")
+    gm = GraphModel(g, None, {a: "x", b: "x"}, {}, [], None)
+    x = np.ones((3, 2), np.float32)
+    fd = gm.feed_dict(Batch({"x": x}), training=True)
+    assert set(fd) == {a, b} and all(np.array_equal(v, x) for v in fd.values())

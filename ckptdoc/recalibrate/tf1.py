@@ -346,7 +346,8 @@ class GraphModel:
 
     graph: Any
     session: Any
-    feeds: dict[str, Any]  # data key -> placeholder tensor
+    #: placeholder tensor -> data key (two placeholders may take the same key)
+    feeds: dict[Any, str]
     sets: dict[Any, np.ndarray]  # placeholder tensor -> fixed value (calibration pass)
     switches: list[Any]  # training switches: True for the pass, False for evaluation
     predictions: Any | None
@@ -401,7 +402,7 @@ class GraphModel:
         fd: dict[Any, Any] = {}
         x = batch.x
         if isinstance(x, Mapping):
-            for key, ph in self.feeds.items():
+            for ph, key in self.feeds.items():
                 if key not in x:
                     raise RecalibrationError(
                         f"--feed {ph.name}={key}: the data has no {key!r} (it has: "
@@ -414,7 +415,7 @@ class GraphModel:
                     "the data yields plain arrays but several --feed placeholders are given; "
                     "use .npz keys or dict batches"
                 )
-            fd[next(iter(self.feeds.values()))] = np.asarray(x)
+            fd[next(iter(self.feeds))] = np.asarray(x)
         for ph, value in self.sets.items():
             fd[ph] = value
         for ph in self.switches:
@@ -524,9 +525,9 @@ def open_graph(
                 f"{ph.name} (set true) is the training switch: True during calibration, False "
                 "for evaluation"
             )
-    feed_tensors: dict[str, Any] = {}
+    feed_tensors: dict[Any, str] = {}
     for name, key in feeds.items():
-        feed_tensors[key] = _tensor(graph, name, "--feed")
+        feed_tensors[_tensor(graph, name, "--feed")] = key
     if not feed_tensors:
         inputs = [
             op.outputs[0]
@@ -540,7 +541,7 @@ def open_graph(
                 "give --feed PLACEHOLDER=KEY for the graph's inputs (float placeholders: "
                 f"{', '.join(t.name for t in inputs) or 'none'})"
             )
-        feed_tensors["x"] = inputs[0]
+        feed_tensors[inputs[0]] = "x"
         notes.append(
             f"no --feed given: the data's inputs are fed to {inputs[0].name}, the "
             "graph's only float placeholder"
@@ -651,7 +652,7 @@ def unfed_placeholders(gm: GraphModel, plans: Sequence[LayerPlan]) -> list[str]:
     switch under a name no convention knows."""
     import tensorflow as tf
 
-    given = {t.op for t in [*gm.feeds.values(), *gm.sets, *gm.switches]}
+    given = {t.op for t in [*gm.feeds, *gm.sets, *gm.switches]}
     stack = [s.x.op for p in plans for s in p.sites]
     seen: set[Any] = set()
     problems = []

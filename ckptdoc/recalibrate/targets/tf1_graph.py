@@ -70,7 +70,7 @@ def _measure(
     expected, inputs = _graph_names(ck)
     try:
         plans = _plans(gm, groups, expected, inputs)
-        keys = set(gm.feeds)
+        keys = set(gm.feeds.values())
         source = options.feed_source(keys)
         eval_source = options.feed_source(keys, held_out=True)
         assert source is not None
@@ -239,7 +239,7 @@ def _observe(prefix: Path, ck: Any, groups: Sequence[Any], options: Options,
     expected, inputs = _graph_names(ck)
     try:
         plans = _plans(gm, groups, expected, inputs)
-        source = options.feed_source(set(gm.feeds))
+        source = options.feed_source(set(gm.feeds.values()))
         assert source is not None
         consumed = Consumed()
         moments = tf1.run_pass(gm, plans, source.budgeted(options.batch_size, options.budget,
