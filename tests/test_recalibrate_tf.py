@@ -712,3 +712,24 @@ def test_in_memory_recalibrate_refuses_non_finite_statistics(files, data) -> Non
     for name, values in before.items():
         for a, b in zip(values, bn_stats(model)[name], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_keras_file_from_a_newer_keras_says_so(tmp_path: Path) -> None:
+    # Issue 25: ~25 lines of Keras errors, never the saved keras_version against the installed.
+    src = Path(__file__).resolve().parent.parent / "sample_ckpts" / "keras3_healthy.keras"
+    dst = tmp_path / "future.keras"
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename == "metadata.json":
+                meta = json.loads(data)
+                meta["keras_version"] = "9.1.0"
+                data = json.dumps(meta).encode()
+            elif item.filename == "config.json":  # a config only a future Keras reads
+                data = data.replace(b'"class_name": "BatchNormalization"',
+                                    b'"class_name": "BatchNormalizationV9"', 1)
+            zout.writestr(item, data)
+    np.save(tmp_path / "x.npy", np.zeros((8, 8, 8, 1), np.float32))
+    res = cli(str(dst), "--data", str(tmp_path / "x.npy"))
+    assert res.exit_code == 2
+    assert "saved by Keras 9.1.0" in res.output and "pip install -U keras" in res.output

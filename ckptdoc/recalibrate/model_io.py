@@ -169,14 +169,49 @@ def load(
                 custom_objects=_legacy_custom_objects() if kind == "legacy-h5-full" else None,
             )
     except Exception as exc:
+        newer = _saved_by_newer_keras(path, kind, keras.__version__)
+        if newer is not None:  # Keras's own error is ~25 lines about the config
+            raise CheckpointError(path, newer) from exc
         hint = ""
         if "locate class" in str(exc) or "Unknown layer" in str(exc):
             hint = (" (a custom class from your code: pass --import MODULE, the module that "
                     "defines and registers it with keras.saving.register_keras_serializable)")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
-            path, f"Keras could not load the model: {type(exc).__name__}: {exc}{hint}"
+            path, f"Keras could not load the model: {type(exc).__name__}: {first}{hint}"
         ) from exc
     return ModelFile(path, kind, model)
+
+
+def _saved_by_newer_keras(path: Path, kind: str, installed: str) -> str | None:
+    """"saved by Keras X, installed Y" when a `.keras` file's metadata says it comes from a
+    newer Keras than the one installed, else None."""
+    if kind != "keras-zip":
+        return None
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("metadata.json")
+            if info.file_size > 1 << 20:
+                return None
+            saved = str(json.loads(zf.read(info)).get("keras_version", ""))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, AttributeError):
+        return None
+    if _version(saved) > _version(installed):
+        return (f"saved by Keras {saved}, and Keras {installed} is installed: a newer Keras "
+                "writes configs an older one cannot read. Upgrade it (`pip install -U keras`) "
+                "and run again")
+    return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(c for c in piece if c.isdigit()) or "0"
+        parts.append(int(digits))
+    return tuple(parts)
 
 
 def _legacy_custom_objects() -> dict[str, Any]:
