@@ -73,6 +73,7 @@ def audit(
             "checkpoint folders, or any folder (searched recursively for every format); "
             "local paths or URLs (s3://, gs://, https://, with `ckptdoc[remote]`).",
             show_default=False,
+            metavar="PATHS...",
         ),
     ],
     verbose: Annotated[

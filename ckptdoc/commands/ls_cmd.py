@@ -32,7 +32,8 @@ def ls(
         str,
         typer.Argument(
             help="A checkpoint prefix, .index, directory, SavedModel or Keras file; or a URL "
-            "(s3://, gs://, https://, with `ckptdoc[remote]`)."
+            "(s3://, gs://, https://, with `ckptdoc[remote]`).",
+            metavar="PATH",
         ),
     ],
     all_variables: Annotated[
@@ -42,7 +43,10 @@ def ls(
         LsFormat, typer.Option("--format", help="text (a table) or json.")
     ] = LsFormat.text,
 ) -> None:
-    """List the batch-norm layers in a checkpoint: members, channels, dtype and statistics."""
+    """List the batch-norm layers in a checkpoint: members, channels, dtype and statistics.
+
+    Exit codes: **0** listed; **2** the file could not be read, or a usage error.
+    """
     try:
         with open_checkpoint(path) as ckpt:
             groups = evidence_groups(ckpt)

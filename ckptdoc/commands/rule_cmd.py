@@ -12,10 +12,14 @@ from ckptdoc.rules import RULES
 
 
 def rule(
-    code: Annotated[str | None, typer.Argument(help="A rule code such as BN002.")] = None,
+    code: Annotated[str | None, typer.Argument(help="A rule code such as BN002.",
+                                               metavar="[CODE]")] = None,
 ) -> None:
     """Explain a rule: what it flags, why it happens, and how to fix it. Without a code, list
-    every rule."""
+    every rule.
+
+    Exit codes: **0** explained or listed; **2** no such rule.
+    """
     if code is None:
         table = Table(title="ckptdoc rules")
         table.add_column("code")

@@ -51,7 +51,8 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def command(
     model_path: Annotated[Path, typer.Argument(help="`.keras`, full-model `.h5`, weights file, "
-                                               "or TF checkpoint (prefix, .index, folder).")],
+                                               "or TF checkpoint (prefix, .index, folder).",
+                                               metavar="MODEL")],
     data: Annotated[
         str,
         typer.Option(
