@@ -126,3 +126,14 @@ def test_unknown_codes():
 def test_every_rule_is_explained(code):
     rule = RULES[code]
     assert rule.title and len(rule.explanation) > 100
+
+
+def test_every_rule_declares_its_fix_and_scope() -> None:
+    # Issue 24: fix hints lived in the text report's own table, and scope in hand-wiring.
+    from ckptdoc.rules import RULES
+
+    for code, r in RULES.items():
+        assert r.fix and r.fix.endswith("."), code
+        assert r.scope in {"layer", "model", "file"}, code
+    assert {c for c, r in RULES.items() if r.scope != "layer"} == {
+        "BN008", "BN009", "BN010", "BN012", "CK001"}

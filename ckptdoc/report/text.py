@@ -32,27 +32,6 @@ class Detail(str, Enum):
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 _SHORT_ROLE = {"moving_mean": "mean", "moving_variance": "var"}
 
-# One line on the fix, per rule; `ckptdoc rule CODE` has the whole story.
-FIX_HINTS = {
-    "BN001": "Save all variables, not only trainable ones; or run `ckptdoc recalibrate`.",
-    "BN002": "TF1: make the train op depend on UPDATE_OPS; TF2: call the model with "
-    "training=True. Then retrain, or run `ckptdoc recalibrate`, which checks on held-out "
-    "data that the model really was broken.",
-    "BN003": "Restore a checkpoint from before training diverged.",
-    "BN004": "A variance cannot be negative: check conversion or custom update code.",
-    "BN005": "Lower the BN decay / momentum, train longer, or run `ckptdoc recalibrate`.",
-    "BN006": "Usually harmless: dead units upstream.",
-    "BN007": "Check the code that wrote or converted this checkpoint.",
-    "BN008": "Check that the trained model, not a fresh one, was saved.",
-    "BN009": "Harmless if inference does not use the layer.",
-    "BN010": "Check what the listed tensors are; `--format json` lists them all.",
-    "BN011": "Keep moving averages and use them at inference; then run `ckptdoc recalibrate`.",
-    "BN012": "Make the data match the model's preprocessing first; if it does, "
-             "`ckptdoc recalibrate` with this data.",
-    "CK001": "Load this file only from a source you trust.",
-}
-
-
 def render(report: AuditReport, console: Console, detail: Detail = Detail.concise) -> None:
     for file in report.files:
         if detail is Detail.quiet:
@@ -164,12 +143,13 @@ def _render_findings(findings: tuple[Finding, ...], console: Console, path: str 
         head = Text.assemble(
             ("  " + code, _STYLE[severity]), f" {severity.value}: {title} ({len(found)}x). "
         )
-        head.append(f"{FIX_HINTS.get(code, '')} See `ckptdoc rule {code}`.", style="dim")
+        fix = f"{rule.fix} " if rule and rule.fix else ""
+        head.append(f"{fix}See `ckptdoc rule {code}`.", style="dim")
         console.print(head, soft_wrap=True)
         messages: dict[str, list[str]] = defaultdict(list)
         for f in found:
             # "evidence: cause" messages show their cause; any other shows whole.
-            cause = (f.message[len(f.evidence) :].lstrip(": ")
+            cause = (f.message[len(f.evidence) :].removeprefix(":").strip()
                      if f.evidence and f.message.startswith(f.evidence) else f.message)
             messages[cause].append(f.group)
         for cause, groups in messages.items():

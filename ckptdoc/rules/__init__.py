@@ -73,6 +73,8 @@ def check_group(
     values = GroupValues(group, read)
     findings = []
     for rule in selection.active():
+        if rule.scope != "layer":
+            continue
         result = rule.check(values, selection.tolerances)
         if result is None:
             continue

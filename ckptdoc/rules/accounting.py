@@ -30,6 +30,8 @@ Fix: check what these tensors are. If they are BN statistics, pass the graph tha
 state), ignore BN010 for this file (`per-file-ignores`) once you have looked. `--format json`
 lists every tensor under `ledger.unexplained`.
 """,
+    fix="Check what the listed tensors are; `--format json` lists them all.",
+    scope="file",
 )
 def _file_level(values: Any, tol: Any) -> None:
     """Group-level no-op: BN010 is found by `ledger_findings` over the whole file."""

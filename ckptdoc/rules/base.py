@@ -106,10 +106,16 @@ Check = Callable[[GroupValues, Tolerances], "Tripped | None"]
 
 @dataclass(frozen=True)
 class Rule:
-    """A rule: fixed code, default severity, a one-line title, and the long explanation."""
+    """A rule: fixed code, default severity, a one-line title, the long explanation, the
+    one-line fix reports print beside it, and its scope: "layer" rules run per BN layer
+    (`check`); "model" and "file" rules have their own finder over the whole file (their
+    `check` is never run) and are declared here so selection, severities and docs treat
+    every rule alike."""
 
     code: str
     severity: Severity
     title: str
     explanation: str
     check: Check
+    fix: str = ""
+    scope: str = "layer"

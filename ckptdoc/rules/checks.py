@@ -30,11 +30,13 @@ _FIX_RECALIBRATE = (
 )
 
 
-def rule(code: str, severity: Severity, title: str, explanation: str):  # type: ignore[no-untyped-def]
-    """Register a check under its code, bandit-style: the id sits next to the code."""
+def rule(code: str, severity: Severity, title: str, explanation: str, *, fix: str,  # type: ignore[no-untyped-def]
+         scope: str = "layer"):
+    """Register a check under its code, bandit-style: the id sits next to the code, with its
+    one-line fix and scope (see `Rule`)."""
 
     def register(check):  # type: ignore[no-untyped-def]
-        RULES[code] = Rule(code, severity, title, explanation.strip(), check)
+        RULES[code] = Rule(code, severity, title, explanation.strip(), check, fix, scope)
         return check
 
     return register
@@ -61,6 +63,7 @@ Fix: save with `Saver()` (all global variables) or add
 `tf.compat.v1.global_variables()` / the `moving_*` variables to the var_list. If the training
 run is gone, {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
 """,
+    fix="Save all variables, not only trainable ones; or run `ckptdoc recalibrate`.",
 )
 def missing_stats(values: GroupValues, tol: Tolerances) -> Result:
     members = values.group.members
@@ -109,6 +112,9 @@ before it writes and refuses to make held-out results worse.
 
 {_FIX_RECALIBRATE}
 """,
+    fix="TF1: make the train op depend on UPDATE_OPS; TF2: call the model with "
+        "training=True. Then retrain, or run `ckptdoc recalibrate`, which checks on "
+        "held-out data that the model really was broken.",
 )
 def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
@@ -182,6 +188,7 @@ a division by a zero variance in custom code, or a corrupted conversion.
 Fix: restore an earlier checkpoint from before the divergence. If only the moving statistics
 are affected, {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
 """,
+    fix="Restore a checkpoint from before training diverged.",
 )
 def not_finite(values: GroupValues, tol: Tolerances) -> Result:
     bad = {}
@@ -209,6 +216,7 @@ corruption.
 Fix: find the conversion or custom update at fault;
 {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
 """,
+    fix="A variance cannot be negative: check conversion or custom update code.",
 )
 def negative_variance(values: GroupValues, tol: Tolerances) -> Result:
     var = values.as_float("moving_variance")
@@ -252,6 +260,7 @@ says so, and the statistics may well be fine).
 Fix: lower the decay (momentum 0.9-0.99 for short runs), train longer, or
 {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]} The tolerance is `barely_moved`.
 """,
+    fix="Lower the BN decay / momentum, train longer, or run `ckptdoc recalibrate`.",
 )
 def barely_moved(values: GroupValues, tol: Tolerances) -> Result:
     mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
@@ -309,6 +318,7 @@ them outputs a constant: a dead ReLU, a pruned filter, or zero padding upstream.
 healthy trained models (real models carry channels at 1e-36), so this is information, not an
 error; many such channels may point at a learning-rate or initialisation problem.
 """,
+    fix="Usually harmless: dead units upstream.",
 )
 def dead_channels(values: GroupValues, tol: Tolerances) -> Result:
     var = values.as_float("moving_variance")
@@ -341,6 +351,7 @@ checkpoint will not restore into the model, or was assembled from two different 
 Fix: check the code that wrote or converted the checkpoint; a checkpoint written by
 `Saver` / `save_weights` from one model never has this.
 """,
+    fix="Check the code that wrote or converted this checkpoint.",
 )
 def shape_mismatch(values: GroupValues, tol: Tolerances) -> Result:
     shapes = {
@@ -374,6 +385,8 @@ Fix: keep moving averages and use them at inference, e.g. `tf.keras.layers.Batch
 step, selected by a training switch. Then measure population statistics once:
 {_FIX_RECALIBRATE[0].lower()}{_FIX_RECALIBRATE[1:]}
 """,
+    fix="Keep moving averages and use them at inference; then run `ckptdoc "
+        "recalibrate`.",
 )
 def batch_stats_only(values: GroupValues, tol: Tolerances) -> Result:
     if not values.group.evidence.batch_stats_only:

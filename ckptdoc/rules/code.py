@@ -37,6 +37,8 @@ small registered custom layer (`@keras.saving.register_keras_serializable`) whos
 your repository, not in the model file. `ckptdoc recalibrate` refuses these files unless given
 `--allow-unsafe-code`.
 """,
+    fix="Load this file only from a source you trust.",
+    scope="file",
 )
 def _file_level(values: Any, tol: Any) -> None:
     """Group-level no-op: CK001 is found by `code_findings` on the whole model config."""

@@ -73,6 +73,9 @@ Fix: first make the data match the model's preprocessing. If it does and the mod
 this data, `ckptdoc recalibrate MODEL --data DATA` measures statistics for it (it refuses to
 overwrite healthy statistics with data that disagrees this much unless --force).
 """,
+    fix="Make the data match the model's preprocessing first; if it does, `ckptdoc "
+        "recalibrate` with this data.",
+    scope="file",
 )
 def _file_level(values: Any, tol: Any) -> None:
     """Group-level no-op: BN012 comes from the data comparison (`data_findings`)."""

@@ -32,6 +32,8 @@ Fix: check which model object was saved (e.g. `model.save()` called on a newly b
 an early-save callback), and that the path points at the final checkpoint. If the model is
 meant to be untrained (a template, an architecture file), ignore this rule for that file.
 """,
+    fix="Check that the trained model, not a fresh one, was saved.",
+    scope="model",
 )
 def _model_level_untrained(values: GroupValues, tol: Tolerances) -> None:
     """Group-level no-op: found by `untrained_findings` over all groups."""
@@ -48,6 +50,8 @@ variance 1) while other layers of the model were trained. Training never used it
 forward pass skips, a head left from another task, or a layer created but never called. Harmless
 if inference does not use it either; if it does, it does not normalize at all.
 """,
+    fix="Harmless if inference does not use the layer.",
+    scope="model",
 )
 def _layer_level_untrained(values: GroupValues, tol: Tolerances) -> None:
     """Group-level no-op: found by `untrained_findings` over all groups."""
