@@ -26,12 +26,15 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditReport",
     "BNGroup",
+    "BaselineError",
     "Checkpoint",
     "CheckpointError",
+    "ConfigError",
     "FileReport",
     "Finding",
     "GroupResult",
     "LayerNode",
+    "RecalibrationError",
     "Severity",
     "TensorInfo",
     "__version__",
@@ -61,6 +64,10 @@ _LAZY = {
     "open_checkpoint": "ckptdoc.formats",
     "BNGroup": "ckptdoc.groups",
     "find_groups": "ckptdoc.groups",
+    # Raised by the API (documented in each function): importable from the package.
+    "ConfigError": "ckptdoc.config",
+    "BaselineError": "ckptdoc.baseline",
+    "RecalibrationError": "ckptdoc.recalibrate",
 }
 
 

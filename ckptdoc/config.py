@@ -35,8 +35,6 @@ from typing import Any
 
 from ckptdoc.rules import RULES, Severity, unknown_codes
 
-CONFIG_NAMES = ("ckptdoc.toml", "pyproject.toml")
-
 KEYS = (
     "select",
     "ignore",

@@ -26,8 +26,6 @@ from ckptdoc.report.model import AuditReport, RenderOptions
 from ckptdoc.report.safe import shown
 from ckptdoc.rules import RuleSelection, Severity, Tolerances
 
-# Kept for callers that imported the old name.
-AuditFormat = ReportFormat
 FORMATS = ", ".join(f.value for f in ReportFormat)
 
 
@@ -390,4 +388,4 @@ def register(app: typer.Typer) -> None:
     app.command("audit")(audit)
 
 
-__all__ = ["AuditFormat", "ReportFormat", "audit", "register", "stderr"]
+__all__ = ["ReportFormat", "audit", "register", "stderr"]
