@@ -176,9 +176,8 @@ def load(
         if "locate class" in str(exc) or "Unknown layer" in str(exc):
             hint = (" (a custom class from your code: pass --import MODULE, the module that "
                     "defines and registers it with keras.saving.register_keras_serializable)")
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise CheckpointError(
-            path, f"Keras could not load the model: {type(exc).__name__}: {first}{hint}"
+            path, f"Keras could not load the model: {type(exc).__name__}: {exc}{hint}"
         ) from exc
     return ModelFile(path, kind, model)
 

@@ -20,7 +20,7 @@ from typing import Any
 from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import WORSE_CAUSES, EvalResult, RecalibrationReport
-from ckptdoc.recalibrate.targets.base import Fix, Progress, Target, non_finite
+from ckptdoc.recalibrate.targets.base import Fix, Progress, Target, non_finite, unaccepted
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ def run(
 ) -> Outcome:
     """Recalibrate `target` and, unless a check refuses, write the fixed copy to `dest`
     (default: `target.default_output()`) or over the input (`in_place`, keeping a backup)."""
+    refuse_unaccepted(target, options)
     dest = target.path if in_place else (dest or target.default_output())
     target.check_output(dest, in_place)
     measured = target.measure(options, progress)
@@ -119,6 +120,19 @@ def run(
         report = dataclasses.replace(report, notes=(*report.notes, *notes))
     return Outcome(target.path, report, output=dest, audit=audit.summary,
                    warning=None if worse is None else worse + "; --force: written anyway")
+
+
+def refuse_unaccepted(target: Target, options: Options) -> None:
+    """An option this kind of model does not take is refused, never silently ignored."""
+    flags = unaccepted(target, options)
+    if flags:
+        raise RecalibrationError(
+            f"{' and '.join(flags)} {'does' if len(flags) == 1 else 'do'} not apply to "
+            f"{target.path} (a {target.kind} model): "
+            + {"keras-file": "--feed / --set / --predictions are for TF1 graph checkpoints",
+               "tf2-object": "--feed / --set / --predictions are for TF1 graph checkpoints",
+               "tf1-graph": "a TF1 graph runs in one session on one device, in precise mode"
+               }.get(target.kind, "see ckptdoc recalibrate --help"))
 
 
 #: The data check before writing compares over at most this many samples (one inference

@@ -58,6 +58,11 @@ class Target(Protocol):
         """"keras-file", "tf1-graph" or "tf2-object"."""
         ...
 
+    @property
+    def accepts(self) -> frozenset[str]:
+        """The `TARGET_OPTIONS` fields this target takes."""
+        ...
+
     def default_output(self) -> Path:
         """Where the output goes when the user does not say."""
         ...
@@ -74,6 +79,20 @@ class Target(Protocol):
         """Load, run inference over the data with the stored statistics, compare each BN
         layer's inputs with them (`audit --data`). Changes nothing."""
         ...
+
+
+#: Options only some targets take (every other option applies to all): field -> the flag.
+#: A target names the ones it takes in `accepts`; the pipeline refuses the others when set,
+#: instead of a target ignoring them.
+TARGET_OPTIONS = {"feeds": "--feed", "sets": "--set", "predictions": "--predictions",
+                  "devices": "--devices", "mode": "--mode"}
+
+
+def unaccepted(target: Target, options: Options) -> list[str]:
+    """The target-specific options set away from their defaults that `target` does not take."""
+    defaults = Options(data=None)
+    return [flag for name, flag in TARGET_OPTIONS.items()
+            if name not in target.accepts and getattr(options, name) != getattr(defaults, name)]
 
 
 def non_finite(values: Mapping[str, Sequence[np.ndarray]]) -> list[str]:

@@ -23,6 +23,7 @@ _EXTENSIONS = (".weights.h5", ".keras", ".hdf5", ".h5")
 class KerasFile:
     path: Path
     kind: str = "keras-file"
+    accepts: frozenset[str] = frozenset({"devices", "mode"})
 
     def default_output(self) -> Path:
         """`m.keras` -> `m.recalibrated.keras`; `w.weights.h5` -> `w.recalibrated.weights.h5`."""

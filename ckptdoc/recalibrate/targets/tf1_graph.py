@@ -31,16 +31,13 @@ from ckptdoc.rules.data import DataComparison, comparison_of
 @dataclass(frozen=True)
 class TF1GraphCheckpoint(BundleOutput):
     kind: str = "tf1-graph"
+    # One session on one device, measured in precise mode (with settling passes).
+    accepts: frozenset[str] = frozenset({"feeds", "sets", "predictions"})
 
     def measure(self, options: Options, progress: Progress | None) -> Measured:
         from ckptdoc.auditor import evidence_groups
         from ckptdoc.formats import open_checkpoint
 
-        if options.mode != "precise":
-            raise RecalibrationError("TF1 graph checkpoints support --mode precise only")
-        if options.devices != 1:
-            raise RecalibrationError("--devices applies to Keras models; a TF1 graph runs in "
-                                     "one session on one device")
         with open_checkpoint(self.path) as ck:
             groups = evidence_groups(ck)
             if not groups:

@@ -21,6 +21,7 @@ from ckptdoc.rules.data import DataComparison
 @dataclass(frozen=True)
 class TF2ObjectCheckpoint(BundleOutput):
     kind: str = "tf2-object"
+    accepts: frozenset[str] = frozenset({"devices", "mode"})
 
     def observe(self, options: Options, progress: Progress | None) -> DataComparison:
         from ckptdoc.formats import open_checkpoint
@@ -44,8 +45,6 @@ class TF2ObjectCheckpoint(BundleOutput):
                 f"{self.path} is a TF2 object checkpoint: pass --model module:function (or "
                 "file.py:function) that builds the Keras model"
             )
-        if options.feeds or options.sets:
-            raise RecalibrationError("--feed / --set apply to TF1 graph checkpoints only")
         backend = backends.current()
         if backend.name != "tensorflow":
             raise RecalibrationError(
