@@ -28,18 +28,15 @@ moving_variance, then with renorm moving_stddev, renorm_mean, renorm_stddev. Wit
 an ambiguous slot (3 or 6 variables: gamma *or* beta) stays `vars/0`. Other layers keep
 `vars/<i>`.
 
-Security: only hard links are followed (a soft or external link on the way to a weight is
-refused), datasets with external storage or a virtual layout are refused, and a dataset whose
-declared size cannot fit in the file is refused before any read.
+Security: every HDF5 object and attribute is reached through `h5_safe.py` (hard links only,
+no external or virtual storage, declared sizes checked against the file before any read).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +48,26 @@ from ckptdoc.errors import (
     CheckpointError,
     CorruptCheckpointError,
     NotAModelError,
-    UnsafeCheckpointError,
     UnsupportedFormatError,
 )
 from ckptdoc.formats.h5_heaps import check_global_heaps, check_global_heaps_in_file
+from ckptdoc.formats.h5_safe import (
+    FetchingFile,
+    H5Var,
+    bfloat16_to_float32,
+    check_dataset,
+    describe_dataset,
+    gaps,
+    h5_attrs,
+    h5_text,
+    hard_child,
+    hard_items,
+    hard_resolve,
+    json_attr,
+    raw_data_extents,
+    split_attr,
+    walk_datasets,
+)
 from ckptdoc.formats.window import Window
 
 __all__ = ["open_hdf5", "KerasH5Checkpoint", "open_weights_h5_file"]
@@ -71,16 +84,6 @@ _UNIQUIFIED = re.compile(
 _KERAS1_INNER = re.compile(r"^(?P<layer>.+?)_(?P<leaf>gamma|beta|running_mean|running_std)$")
 _KERAS1_RENAME = {"running_mean": "moving_mean", "running_std": "moving_variance"}
 _OPTIMIZER_TOP = frozenset({"optimizer", "optimizer_weights"})
-# A compressed chunk can inflate ~1000x (zlib's limit); beyond that the size is a lie or a bomb.
-_MAX_COMPRESSION_RATIO = 1100
-_SLACK = 1 << 20
-
-
-@dataclass(frozen=True)
-class _Var:
-    info: TensorInfo
-    bfloat16: bool = False
-
 
 class KerasH5Checkpoint(Checkpoint):
     """An open Keras HDF5 file (or the weights file inside a `.keras` zip)."""
@@ -90,7 +93,7 @@ class KerasH5Checkpoint(Checkpoint):
         path: Path,
         h5: h5py.File,
         fmt: str,
-        variables: dict[str, _Var],
+        variables: dict[str, H5Var],
         layers: list[LayerNode],
         warnings: list[str],
         size_limit: int,
@@ -134,7 +137,7 @@ class KerasH5Checkpoint(Checkpoint):
             return None
         try:
             for key in _step_keys(self._h5):
-                dset = _resolve(self._h5, key, self.path)
+                dset = hard_resolve(self._h5, key, self.path)
                 if (isinstance(dset, h5py.Dataset) and dset.shape == ()
                         and dset.dtype.kind in "iu"):
                     return StepCount(int(dset[()]), key)
@@ -149,10 +152,10 @@ class KerasH5Checkpoint(Checkpoint):
         if self._h5 is None:
             raise CheckpointError(self.path, "file is closed")
         try:
-            dset = _resolve(self._h5, key, self.path)
+            dset = hard_resolve(self._h5, key, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise CorruptCheckpointError(self.path, f"{key!r} is not a dataset")
-            _check_dataset(dset, key, self.path, self._size_limit)
+            check_dataset(dset, key, self.path, self._size_limit)
             raw = dset[()]
         except CheckpointError:
             raise
@@ -160,7 +163,7 @@ class KerasH5Checkpoint(Checkpoint):
             raise CorruptCheckpointError(self.path, f"cannot read {key!r}: {exc}") from exc
         arr = np.asarray(raw)
         if var.bfloat16:
-            arr = _bfloat16_to_float32(arr)
+            arr = bfloat16_to_float32(arr)
         if tuple(arr.shape) != var.info.shape:
             raise CorruptCheckpointError(self.path, f"{key!r} changed shape while reading")
         return arr
@@ -181,81 +184,6 @@ _STEP_LEAVES = frozenset({"iter", "iteration", "iterations"})
 #: read), and the scan skips the raw data of big numeric datasets, which is most of a weights
 #: file's bytes: the scan then costs the metadata, not the file (docs/reliability.md).
 FULL_SCAN_BYTES = 64 << 20
-_MIN_SKIPPED_EXTENT = 1 << 20
-
-
-class _FetchingFile(io.RawIOBase):
-    """A local sparse mirror of a remote file, fetching each range before libhdf5 reads it."""
-
-    def __init__(self, path: Path, fetch: Callable[[Path, int, int], None]) -> None:
-        super().__init__()
-        self._path, self._fetch = path, fetch
-        self._f = open(path, "rb")  # noqa: SIM115 - closed with this object
-        self._size = path.stat().st_size
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        return self._f.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def readinto(self, buffer: Any) -> int:
-        pos = self._f.tell()
-        self._fetch(self._path, pos, min(len(buffer), max(0, self._size - pos)))
-        return self._f.readinto(buffer)
-
-    def close(self) -> None:
-        self._f.close()
-        super().close()
-
-
-def _gaps(skip: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:
-    """The byte ranges of [0, size) outside the sorted, disjoint `skip` ranges."""
-    out, pos = [], 0
-    for start, end in skip:
-        if start > pos:
-            out.append((pos, start))
-        pos = max(pos, end)
-    if pos < size:
-        out.append((pos, size))
-    return out
-
-
-def raw_data_extents(h5: h5py.File, path: Path, size: int) -> list[tuple[int, int]]:
-    """Sorted byte ranges holding the raw data of contiguous, unfiltered numeric datasets of
-    at least 1 MiB. Only layout information is read. Ranges that overlap each other or run
-    past the file are not skipped (a file lying about its layout gets the full scan there)."""
-    extents: list[tuple[int, int]] = []
-
-    def walk(group: h5py.Group, depth: int) -> None:
-        for _name, obj in _hard_items(group, path):
-            if isinstance(obj, h5py.Group) and depth < 64:
-                walk(obj, depth + 1)
-                continue
-            if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "biuf":
-                continue
-            dcpl = obj.id.get_create_plist()
-            if dcpl.get_layout() != h5py.h5d.CONTIGUOUS or dcpl.get_nfilters():
-                continue
-            offset, nbytes = obj.id.get_offset(), obj.id.get_storage_size()
-            if offset is not None and nbytes >= _MIN_SKIPPED_EXTENT and offset + nbytes <= size:
-                extents.append((offset, offset + nbytes))
-
-    try:
-        walk(h5, 0)
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
-        raise CorruptCheckpointError(path, f"damaged HDF5 structure: {exc}") from exc
-    extents.sort()
-    disjoint = [e for i, e in enumerate(extents)
-                if (i == 0 or extents[i - 1][1] <= e[0])
-                and (i + 1 == len(extents) or e[1] <= extents[i + 1][0])]
-    return disjoint
 
 
 def _step_keys(h5: h5py.File) -> list[str]:
@@ -264,7 +192,7 @@ def _step_keys(h5: h5py.File) -> list[str]:
     if "optimizer_weights" not in h5:
         return []
     keys: list[str] = []
-    group = _resolve(h5, "optimizer_weights", Path(h5.filename))
+    group = hard_resolve(h5, "optimizer_weights", Path(h5.filename))
     if not isinstance(group, h5py.Group):
         return []
 
@@ -294,7 +222,7 @@ def open_hdf5(
             if fetch is not None:
                 fetch(path, 0, size)  # the scan reads every byte
             check_global_heaps_in_file(path)  # before libhdf5 opens anything
-        h5 = h5py.File(_FetchingFile(path, fetch) if fetch else path, "r")
+        h5 = h5py.File(FetchingFile(path, fetch) if fetch else path, "r")
     except FileNotFoundError:
         raise
     except OSError as exc:
@@ -303,7 +231,7 @@ def open_hdf5(
         if size > FULL_SCAN_BYTES:  # before libhdf5 reads any string attribute
             skip = raw_data_extents(h5, path, size)
             if fetch is not None:
-                for start, end in _gaps(skip, size):
+                for start, end in gaps(skip, size):
                     fetch(path, start, end - start)
             check_global_heaps_in_file(path, skip)
         return _open(h5, path, size, config=None, fmt_override=None)
@@ -347,12 +275,13 @@ def _open(
 ) -> KerasH5Checkpoint:
     warnings: list[str] = []
     try:
-        attrs = _attrs(h5)
+        attrs = h5_attrs(h5)
         if "layer_names" in attrs or "layer_names0" in attrs:
             weights_root = h5
             fmt = "keras2-weights-h5"
-        elif "model_weights" in h5 and isinstance(_child(h5, "model_weights", path), h5py.Group):
-            weights_root = _child(h5, "model_weights", path)
+        elif "model_weights" in h5 and isinstance(hard_child(h5, "model_weights", path),
+                                                  h5py.Group):
+            weights_root = hard_child(h5, "model_weights", path)
             fmt = "keras2-h5"
         elif _is_v3_layout(h5):
             return _open_v3(h5, path, size, config, fmt_override or "keras3-weights-h5")
@@ -360,12 +289,12 @@ def _open(
             raise NotAModelError(
                 path, "HDF5 file is neither a Keras model nor a Keras weights file"
             )
-        version = _text(attrs.get("keras_version", b"")) or _text(
-            _attrs(weights_root).get("keras_version", b"")
+        version = h5_text(attrs.get("keras_version", b"")) or h5_text(
+            h5_attrs(weights_root).get("keras_version", b"")
         )
         if version.startswith("3."):
             fmt = "keras3-legacy-h5"
-        model_config = _json_attr(attrs, "model_config", path, warnings)
+        model_config = json_attr(attrs, "model_config", path, warnings)
         ckpt = _open_legacy(h5, weights_root, path, size, fmt, version, model_config, warnings)
         ckpt.keras_version = version or None
         ckpt.model_config = _top_entry(model_config)
@@ -399,34 +328,34 @@ def _open_legacy(
     warnings: list[str],
 ) -> KerasH5Checkpoint:
     prefix = "" if root is h5 else root.name.strip("/") + "/"
-    layer_names = _split_attr(root, "layer_names", path)
+    layer_names = split_attr(root, "layer_names", path)
     top = _top_entry(model_config)
     if "top_level_model_weights" in root and "top_level_model_weights" not in layer_names:
         layer_names.append("top_level_model_weights")
     keras1 = version.startswith("1.")
 
-    variables: dict[str, _Var] = {}
+    variables: dict[str, H5Var] = {}
     layers: list[LayerNode] = []
     used: set[str] = set()
     keras1_seen = False
     for lname in layer_names:
-        group = _child(root, lname, path)
+        group = hard_child(root, lname, path)
         if group is None:
             warnings.append(f"layer {lname!r} is listed in layer_names but has no group")
             continue
         if not isinstance(group, h5py.Group):
             raise CorruptCheckpointError(path, f"layer {lname!r} is not an HDF5 group")
-        if "weight_names" in _attrs(group) or "weight_names0" in _attrs(group):
-            wnames = _split_attr(group, "weight_names", path)
+        if "weight_names" in h5_attrs(group) or "weight_names0" in h5_attrs(group):
+            wnames = split_attr(group, "weight_names", path)
         else:  # very old files: no list, take the datasets as they are
-            wnames = [rel for rel, _ in _walk_datasets(group, path, "")]
+            wnames = [rel for rel, _ in walk_datasets(group, path, "")]
         scopes: dict[str, dict[str, str]] = {}
         for wname in wnames:
             key = f"{prefix}{lname}/{wname}"
-            dset = _resolve(h5, key, path)
+            dset = hard_resolve(h5, key, path)
             if not isinstance(dset, h5py.Dataset):
                 raise CorruptCheckpointError(path, f"weight {key!r} is missing or not a dataset")
-            var = _describe(dset, key, path, size, warnings)
+            var = describe_dataset(dset, key, path, size, warnings)
             if var is None:
                 continue
             variables[key] = var
@@ -496,18 +425,18 @@ def _open_v3(
     fmt: str,
 ) -> KerasH5Checkpoint:
     warnings: list[str] = []
-    variables: dict[str, _Var] = {}
+    variables: dict[str, H5Var] = {}
     ordered: list[tuple[tuple[int, tuple[Any, ...]], LayerNode]] = []
     used: set[str] = set()
     root_entry = _top_entry(config)
     for owner, vars_group, chain in _walk_v3(h5, path, "", []):
         members_raw: list[tuple[str, str]] = []
-        for local, obj in _hard_items(vars_group, path):
+        for local, obj in hard_items(vars_group, path):
             key = f"{owner}/vars/{local}" if owner else f"vars/{local}"
             if not isinstance(obj, h5py.Dataset):
                 warnings.append(f"unexpected group {key!r} inside a vars group, skipped")
                 continue
-            var = _describe(obj, key, path, size, warnings)
+            var = describe_dataset(obj, key, path, size, warnings)
             if var is not None:
                 variables[key] = var
                 members_raw.append((local, key))
@@ -570,11 +499,11 @@ def _walk_v3(
     group: h5py.Group, path: Path, rel: str, chain: list[tuple[str, str | None]]
 ) -> Iterator[tuple[str, h5py.Group, list[tuple[str, str | None]]]]:
     """Yield (owner path, its `vars` group, [(owner path, `name` attr)] from the root down)."""
-    items = _hard_items(group, path)
+    items = hard_items(group, path)
     vars_group = next((g for n, g in items if n == "vars" and isinstance(g, h5py.Group)), None)
     if vars_group is not None:
-        raw = _attrs(vars_group).get("name")
-        chain = [*chain, (rel, _text(raw) if raw is not None else None)]
+        raw = h5_attrs(vars_group).get("name")
+        chain = [*chain, (rel, h5_text(raw) if raw is not None else None)]
         yield rel, vars_group, chain
     for name, child in items:
         if name == "vars" or not isinstance(child, h5py.Group):
@@ -688,7 +617,7 @@ def _natural(path: str) -> tuple[Any, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path))
 
 
-def _looks_like_bn_vars(members: list[tuple[str, str]], variables: Mapping[str, _Var]) -> bool:
+def _looks_like_bn_vars(members: list[tuple[str, str]], variables: Mapping[str, H5Var]) -> bool:
     """BatchNormalization's signature: 4 one-dimensional float vectors of one shape (3 with
     `center` or `scale` off). No other Keras layer has 3 or 4; layer / group norm have 2, which
     is also BN with both off: that case stays unknown rather than guessed."""
@@ -791,151 +720,3 @@ def _node(name: str, members: dict[str, str], entry: Mapping[str, Any] | None) -
         config=_layer_config(entry),
         found_by="config" if isinstance(cls, str) else "names",
     )
-
-
-# --------------------------------------------------------------------------- HDF5 helpers
-
-
-def _attrs(obj: h5py.HLObject) -> dict[str, Any]:
-    """Attributes as a plain dict; a damaged attribute raises CorruptCheckpointError upstream."""
-    return {k: obj.attrs[k] for k in obj.attrs}
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, np.ndarray) and value.shape == ():
-        return _text(value.item())
-    return str(value)
-
-
-def _json_attr(attrs: dict[str, Any], name: str, path: Path, warnings: list[str]) -> Any:
-    if name not in attrs:
-        return None
-    try:
-        return json.loads(_text(attrs[name]))
-    except (ValueError, RecursionError) as exc:
-        warnings.append(f"root attribute {name!r} is not valid JSON ({exc}); config ignored")
-        return None
-
-
-def _split_attr(group: h5py.Group, name: str, path: Path) -> list[str]:
-    """A string-list attribute, joined back from `name0`, `name1`, ... when Keras split it."""
-    attrs = group.attrs
-    if name in attrs:
-        chunks = [attrs[name]]
-    else:
-        chunks = []
-        while f"{name}{len(chunks)}" in attrs:
-            chunks.append(attrs[f"{name}{len(chunks)}"])
-    out: list[str] = []
-    for chunk in chunks:
-        arr = np.asarray(chunk)
-        if arr.size == 0:
-            continue
-        if arr.dtype.kind not in "SUO":
-            raise CorruptCheckpointError(path, f"attribute {name!r} of {group.name} is not text")
-        out.extend(_text(v) for v in arr.reshape(-1))
-    return out
-
-
-def _child(group: h5py.Group, name: str, path: Path) -> h5py.HLObject | None:
-    """`group[name]` through a hard link only; None if absent."""
-    if name not in group:
-        return None
-    link = group.get(name, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        kind = "external" if isinstance(link, h5py.ExternalLink) else "soft"
-        target = getattr(link, "filename", None) or getattr(link, "path", "?")
-        raise UnsafeCheckpointError(
-            path,
-            f"{group.name.rstrip('/')}/{name} is a {kind} link (to {target!r}); "
-            "ckptdoc does not follow links",
-        )
-    return group[name]
-
-
-def _resolve(h5: h5py.Group, key: str, path: Path) -> h5py.HLObject | None:
-    """Walk `key` one component at a time so no link, at any depth, is followed."""
-    obj: h5py.HLObject = h5
-    for part in key.split("/"):
-        if not part:
-            continue
-        if not isinstance(obj, h5py.Group):
-            return None
-        nxt = _child(obj, part, path)
-        if nxt is None:
-            return None
-        obj = nxt
-    return obj
-
-
-def _hard_items(group: h5py.Group, path: Path) -> list[tuple[str, h5py.HLObject]]:
-    out = []
-    for name in group:
-        obj = _child(group, name, path)
-        if obj is not None:
-            out.append((name, obj))
-    return out
-
-
-def _walk_datasets(group: h5py.Group, path: Path, rel: str) -> Iterator[tuple[str, h5py.Dataset]]:
-    for name, obj in _hard_items(group, path):
-        sub = f"{rel}/{name}" if rel else name
-        if isinstance(obj, h5py.Dataset):
-            yield sub, obj
-        elif isinstance(obj, h5py.Group):
-            yield from _walk_datasets(obj, path, sub)
-
-
-def _check_dataset(dset: h5py.Dataset, key: str, path: Path, file_size: int) -> None:
-    if dset.external:
-        raise UnsafeCheckpointError(path, f"dataset {key!r} keeps its data in external files")
-    if dset.is_virtual:
-        raise UnsafeCheckpointError(path, f"dataset {key!r} is a virtual dataset")
-    shape = dset.shape
-    if shape is None:  # null dataspace: nothing to read
-        return
-    if any(d < 0 for d in shape):
-        raise CorruptCheckpointError(path, f"dataset {key!r} has a negative dimension")
-    nbytes = int(np.prod(shape, dtype=object)) * dset.dtype.itemsize
-    if dset.chunks is None:  # contiguous or compact: the bytes must be in the file
-        if nbytes > file_size:
-            raise CorruptCheckpointError(
-                path, f"dataset {key!r} declares {nbytes} bytes, more than the whole file"
-            )
-    elif dset.id.get_create_plist().get_nfilters() == 0:
-        if nbytes > 2 * file_size + _SLACK:
-            raise CorruptCheckpointError(
-                path, f"dataset {key!r} declares {nbytes} bytes in a {file_size}-byte file"
-            )
-    elif nbytes > _MAX_COMPRESSION_RATIO * file_size + _SLACK:
-        raise UnsafeCheckpointError(
-            path,
-            f"dataset {key!r} would inflate to {nbytes} bytes from a {file_size}-byte "
-            "file (compression bomb?)",
-        )
-
-
-def _describe(
-    dset: h5py.Dataset, key: str, path: Path, file_size: int, warnings: list[str]
-) -> _Var | None:
-    _check_dataset(dset, key, path, file_size)
-    dtype = dset.dtype
-    if dset.shape is None:
-        warnings.append(f"dataset {key!r} has no dataspace (empty); skipped")
-        return None
-    shape = tuple(int(d) for d in dset.shape)
-    raw_tag = dset.attrs.get("dtype") if "dtype" in dset.attrs else None
-    if raw_tag is not None and _text(raw_tag) == "bfloat16" and dtype.itemsize == 2:
-        # Keras 3 stores bfloat16 as opaque 2-byte values; widen (exactly) to float32.
-        return _Var(TensorInfo(key, np.dtype(np.float32), shape), bfloat16=True)
-    if dtype.kind not in "biufc" or dtype.fields is not None or dtype.subdtype is not None:
-        warnings.append(f"dataset {key!r} has non-numeric dtype {dtype}; skipped")
-        return None
-    return _Var(TensorInfo(key, dtype, shape))
-
-
-def _bfloat16_to_float32(arr: np.ndarray) -> np.ndarray:
-    bits = np.frombuffer(arr.tobytes(), dtype="<u2").astype(np.uint32) << 16
-    return bits.view(np.float32).reshape(arr.shape)
