@@ -44,7 +44,7 @@ def foreign_format(path: Path) -> str | None:
         return "a TensorFlow Lite model (no training statistics to audit: BN is folded in)"
     if name.endswith(".onnx"):
         return "an ONNX model"
-    if head[:4] == b"PK\x03\x04" and _torch_zip(path):
+    if head[:4] == b"PK\x03\x04" and not name.endswith(".keras") and _torch_zip(path):
         lightning = name.endswith(".ckpt")
         return ("a PyTorch Lightning checkpoint" if lightning else "a PyTorch checkpoint") + \
             " (torch.save zip)"
@@ -59,5 +59,6 @@ def _torch_zip(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as zf:
             return any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()[:10_000])
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, EOFError):
+        # A damaged or exotic zip is not recognised here; the readers say what is wrong.
         return False
