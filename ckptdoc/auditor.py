@@ -11,7 +11,7 @@ import numpy as np
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError, NotAModelError
-from ckptdoc.evidence import check_steps, with_training
+from ckptdoc.evidence import check_steps, with_tracking, with_training
 from ckptdoc.formats import open_checkpoint
 from ckptdoc.formats.foreign import foreign_format
 from ckptdoc.formats.remote import find_remote_checkpoints, is_url
@@ -104,7 +104,8 @@ def discover_evidence(ckpt: Checkpoint, read: Callable[[str], np.ndarray]) -> Di
         notes.append(f"could not read the graph beside the checkpoint ({type(exc).__name__}: "
                      f"{exc}); BN layers were found by their names only")
     found = discover(ckpt, facts)
-    groups, step_notes = check_steps(with_training(found.groups, ckpt.step_count()), read)
+    groups, step_notes = check_steps(
+        with_tracking(with_training(found.groups, ckpt.step_count()), read), read)
     return Discovery(groups, (*notes, *found.notes, *step_notes))
 
 
@@ -116,6 +117,16 @@ def _file_findings(ckpt: Checkpoint, selection: RuleSelection) -> list[Finding]:
     config = getattr(ckpt, "model_config", None)
     unreadable = getattr(ckpt, "config_error", None)
     out = [] if config is None else code_findings(config, selection.severity(rule))
+    pickled = getattr(ckpt, "unsafe_globals", None)
+    if pickled:
+        # Read here as data; torch.load would import and call each of these.
+        shown_globals = ", ".join(f"`{g}`" for g in pickled[:8])
+        more = f" and {len(pickled) - 8} more" if len(pickled) > 8 else ""
+        out.append(Finding("CK001", selection.severity(rule), "(pickle)",
+                           f"the pickle names {shown_globals}{more}: torch.load would import "
+                           "and call them (ckptdoc did not); load it with "
+                           "torch.load(weights_only=True) or only from a source you trust",
+                           {"globals": list(pickled)}, "code in the pickle"))
     if unreadable:
         # A config nobody could read is no proof of "no code".
         out.append(Finding("CK001", selection.severity(rule), "(model)",

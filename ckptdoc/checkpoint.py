@@ -49,6 +49,7 @@ class LayerNode:
     config: Mapping[str, Any] = field(default_factory=dict)
     #: How the reader knows this layer: "config" (a model config names its class), "object
     #: graph", "structure" (the class is inferred from the variables' shapes / optimizer slots),
+    #: "state_dict" (a PyTorch module with running statistics),
     #: or "names".
     found_by: str = "names"
 

@@ -16,9 +16,9 @@ import numpy as np
 
 from ckptdoc.checkpoint import StepCount
 from ckptdoc.graph_bn import GraphFacts, GraphLayer
-from ckptdoc.groups import BNGroup, Evidence
+from ckptdoc.groups import TRACKED, BNGroup, Evidence
 
-__all__ = ["from_graph", "with_training", "check_steps", "DEFAULT_MOMENTUM"]
+__all__ = ["from_graph", "with_training", "with_tracking", "check_steps", "DEFAULT_MOMENTUM"]
 
 #: Keras (every version), tf-keras and `tf.compat.v1.layers` default to 0.99.
 DEFAULT_MOMENTUM = 0.99
@@ -99,6 +99,33 @@ def _momentum(group: BNGroup) -> tuple[float | None, str]:
 
 
 _KERAS_EVIDENCE = frozenset({"config", "structure", "object graph"})
+
+
+def with_tracking(groups: list[BNGroup], read: Callable[[str], np.ndarray]) -> list[BNGroup]:
+    """PyTorch layers: `num_batches_tracked` into the evidence. 0 proves BN never ran in
+    training mode, so the running statistics were never updated."""
+    out = []
+    for group in groups:
+        key = group.extras.get(TRACKED)
+        tracked = None
+        if key is not None:
+            try:
+                value = np.asarray(read(key))
+            except Exception:  # noqa: BLE001 - an unreadable tensor is the rules' to report
+                value = np.asarray([])
+            if value.size == 1 and value.dtype.kind in "iu":
+                tracked = int(value.reshape(()))
+        if tracked is None:
+            out.append(group)
+            continue
+        evidence = replace(group.evidence, tracked=tracked)
+        if tracked == 0:
+            evidence = replace(evidence, updates_run=False, updates_detail=(
+                "num_batches_tracked is 0: BN never ran in training mode (the model stayed "
+                "in eval() through training, or BN was frozen), so its running statistics "
+                "were never updated"))
+        out.append(replace(group, evidence=evidence))
+    return out
 
 
 def check_steps(

@@ -49,6 +49,9 @@ RENORM_EXTRAS: frozenset[str] = frozenset(
     {"moving_stddev", "renorm_mean", "renorm_stddev", "renorm_mean_weight", "renorm_stddev_weight"}
 )
 
+#: PyTorch's count of the batches a BN layer saw in training mode (its evidence of updates).
+TRACKED = "num_batches_tracked"
+
 # Zero-debias helpers of `assign_moving_average(zero_debias=True)`: `moving_mean/local_step`.
 _DEBIAS_LEAVES: frozenset[str] = frozenset({"biased", "local_step"})
 
@@ -66,7 +69,8 @@ class Evidence:
     or not, a training switch that defaults to inference), a step counter and a momentum.
     """
 
-    #: How the layer was recognised: "graph", "config", "object graph", "structure", "names".
+    #: How the layer was recognised: "graph", "config", "object graph", "structure",
+    #: "state_dict" (PyTorch), "names".
     found_by: str = "names"
     #: True: the train op runs this layer's moving-average updates; False: it provably does
     #: not; None: the file cannot tell.
@@ -84,6 +88,8 @@ class Evidence:
     #: The graph shows this layer normalizing only with batch statistics: it has no moving
     #: statistics at all, so inference cannot compute what training did.
     batch_stats_only: bool = False
+    #: PyTorch's `num_batches_tracked`: how many batches BN saw in training mode.
+    tracked: int | None = None
 
     @property
     def initial_weight(self) -> float | None:
@@ -303,7 +309,8 @@ def _group_from_layer(node: LayerNode) -> BNGroup | None:
         role = role_of(local)
         if role is not None and members[role] is None:
             members[role] = key
-        elif local.rsplit("/", 1)[-1] in RENORM_EXTRAS or _is_debias(local):
+        elif (local.rsplit("/", 1)[-1] in RENORM_EXTRAS or _is_debias(local)
+              or local == TRACKED):
             extras[local] = key
     if node.class_name is not None:
         if not is_bn_class(node.class_name):

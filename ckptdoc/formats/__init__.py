@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError, NotFoundError, UnsupportedFormatError
 from ckptdoc.formats.resolve import Resolved, resolve
 
-__all__ = ["open_checkpoint", "resolve", "Resolved"]
+__all__ = ["OPENERS", "open_checkpoint", "resolve", "Resolved"]
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
@@ -26,20 +27,11 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
 
         return open_remote(str(path))
     resolved = resolve(Path(path))
+    opener = OPENERS.get(resolved.kind)
+    if opener is None:
+        raise UnsupportedFormatError(resolved.path, f"unknown kind {resolved.kind!r}")
     try:
-        if resolved.kind in ("bundle", "savedmodel"):
-            from ckptdoc.formats.bundle import open_bundle
-
-            return open_bundle(resolved.path, savedmodel=resolved.kind == "savedmodel",
-                               notes=resolved.notes)
-        if resolved.kind == "hdf5":
-            from ckptdoc.formats.keras_h5 import open_hdf5
-
-            return open_hdf5(resolved.path)
-        if resolved.kind == "keras-zip":
-            from ckptdoc.formats.keras_zip import open_keras_zip
-
-            return open_keras_zip(resolved.path)
+        return opener(resolved)
     except CheckpointError:
         raise
     except FileNotFoundError as exc:
@@ -48,4 +40,48 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
             MemoryError, UnicodeDecodeError) as exc:
         # Readers validate what they parse; this is the safety net that keeps the contract.
         raise CheckpointError(resolved.path, f"could not read: {exc}") from exc
-    raise UnsupportedFormatError(resolved.path, f"unknown kind {resolved.kind!r}")
+
+
+# --------------------------------------------------------------------------- the format table
+# Each reader loads on first use. Adding a format: its reader module, its sniff in
+# resolve.py (which names its kind), and one line here.
+
+
+def _bundle(r: Resolved) -> Checkpoint:
+    from ckptdoc.formats.bundle import open_bundle
+
+    return open_bundle(r.path, savedmodel=r.kind == "savedmodel", notes=r.notes)
+
+
+def _hdf5(r: Resolved) -> Checkpoint:
+    from ckptdoc.formats.keras_h5 import open_hdf5
+
+    return open_hdf5(r.path)
+
+
+def _keras_zip(r: Resolved) -> Checkpoint:
+    from ckptdoc.formats.keras_zip import open_keras_zip
+
+    return open_keras_zip(r.path)
+
+
+def _torch(r: Resolved) -> Checkpoint:
+    from ckptdoc.formats.torch_zip import open_torch
+
+    return open_torch(r.path)
+
+
+def _safetensors(r: Resolved) -> Checkpoint:
+    from ckptdoc.formats.safetensors import open_safetensors
+
+    return open_safetensors(r.path)
+
+
+OPENERS: dict[str, Callable[[Resolved], Checkpoint]] = {
+    "bundle": _bundle,
+    "savedmodel": _bundle,
+    "hdf5": _hdf5,
+    "keras-zip": _keras_zip,
+    "torch": _torch,
+    "safetensors": _safetensors,
+}

@@ -6,13 +6,12 @@ pointer can say how to fetch the real file. Knows nothing about batch norm.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 __all__ = ["FOREIGN_SUFFIXES", "foreign_format", "lfs_pointer"]
 
 #: Extensions of other frameworks' model files a folder scan lists as skipped.
-FOREIGN_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors", ".onnx", ".tflite")
+FOREIGN_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".tflite")
 
 _LFS = b"version https://git-lfs.github.com/spec/v1"
 
@@ -37,28 +36,12 @@ def foreign_format(path: Path) -> str | None:
             head = f.read(16)
     except OSError:
         return None
-    if name.endswith(".safetensors") or (len(head) > 8 and head[8:9] == b"{"
-                                         and name.endswith((".bin", ".st"))):
-        return "a safetensors file (PyTorch / Hugging Face weights)"
     if head[4:8] == b"TFL3":
         return "a TensorFlow Lite model (no training statistics to audit: BN is folded in)"
     if name.endswith(".onnx"):
         return "an ONNX model"
-    if head[:4] == b"PK\x03\x04" and not name.endswith(".keras") and _torch_zip(path):
-        lightning = name.endswith(".ckpt")
-        return ("a PyTorch Lightning checkpoint" if lightning else "a PyTorch checkpoint") + \
-            " (torch.save zip)"
     if head[:2] in (b"\x80\x02", b"\x80\x04", b"\x80\x05") and name.endswith(
             (".pt", ".pth", ".ckpt", ".bin", ".tar")):
-        return "a PyTorch checkpoint (legacy pickle)"
+        return ("a PyTorch checkpoint in the legacy pickle format (before torch 1.6; "
+                "ckptdoc reads torch.save's zip format: re-save it with a current torch)")
     return None
-
-
-def _torch_zip(path: Path) -> bool:
-    """A `torch.save` archive: `<name>/data.pkl` inside a zip (a `.keras` has config.json)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()[:10_000])
-    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError, EOFError):
-        # A damaged or exotic zip is not recognised here; the readers say what is wrong.
-        return False

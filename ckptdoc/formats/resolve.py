@@ -17,7 +17,7 @@ from typing import Literal
 
 from ckptdoc.errors import NotFoundError, UnsupportedFormatError
 
-Kind = Literal["bundle", "savedmodel", "hdf5", "keras-zip"]
+Kind = Literal["bundle", "savedmodel", "hdf5", "keras-zip", "torch", "safetensors"]
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -203,6 +203,10 @@ def resolve(path: Path) -> Resolved:
         magic = _sniff(path)
         if lower.endswith((".h5", ".hdf5")) or magic == HDF5_MAGIC:
             return Resolved("hdf5", path)
+        if magic[:4] == ZIP_MAGIC and not lower.endswith(".keras") and _is_torch_zip(path):
+            return Resolved("torch", path)
+        if lower.endswith(".safetensors"):
+            return Resolved("safetensors", path)
         if lower.endswith(".keras") or magic[:4] == ZIP_MAGIC:
             return Resolved("keras-zip", path)
         if (path.parent / (name + ".index")).is_file():
@@ -221,6 +225,15 @@ def resolve(path: Path) -> Resolved:
     if path.parent.is_dir() and any(path.parent.glob(glob_escape(name) + ".data-*-of-*")):
         raise NotFoundError(path, f"data shards exist but the index {name}.index is missing")
     raise NotFoundError(path, "no such file, directory or checkpoint prefix")
+
+
+_TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+
+
+def _is_torch_zip(path: Path) -> bool:
+    from ckptdoc.formats.torch_zip import is_torch_zip
+
+    return not path.is_symlink() and is_torch_zip(path)
 
 
 def _refuse_foreign(path: Path) -> None:
@@ -280,6 +293,9 @@ def find_checkpoints(root: Path, respect_gitignore: bool = True) -> list[Path]:
             elif f.endswith(".index"):
                 found.add(d / f[: -len(".index")])
             elif lower.endswith((".h5", ".hdf5", ".keras")):
+                found.add(d / f)
+            elif (lower.endswith(_TORCH_SUFFIXES) and _is_torch_zip(d / f)) \
+                    or lower.endswith(".safetensors"):
                 found.add(d / f)
             elif lower.endswith(FOREIGN_SUFFIXES) and foreign_format(d / f) is not None:
                 found.add(d / f)  # listed, then reported as skipped with what it is

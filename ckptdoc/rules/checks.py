@@ -113,8 +113,9 @@ before it writes and refuses to make held-out results worse.
 {_FIX_RECALIBRATE}
 """,
     fix="TF1: make the train op depend on UPDATE_OPS; TF2: call the model with "
-        "training=True. Then retrain, or run `ckptdoc recalibrate`, which checks on "
-        "held-out data that the model really was broken.",
+        "training=True; PyTorch: call model.train() before training steps. Then retrain, or "
+        "run `ckptdoc recalibrate`, which checks on held-out data that the model really was "
+        "broken.",
 )
 def never_updated(values: GroupValues, tol: Tolerances) -> Result:
     mean, var = values.as_float("moving_mean"), values.as_float("moving_variance")
@@ -140,7 +141,8 @@ def never_updated(values: GroupValues, tol: Tolerances) -> Result:
         start = "variance all 0 (where a moving average starts)" if ema_start else "variance all 1"
         return Tripped(
             f"mean all 0, {start}, {why}",
-            f"the update ops never ran: {evidence.updates_detail} (proven by the graph)",
+            f"the update ops never ran: {evidence.updates_detail} (proven by the graph)"
+            if evidence.tracked is None else f"{evidence.updates_detail} (proven by the file)",
             details,
         )
     if evidence.inference_mode:
@@ -357,7 +359,9 @@ def shape_mismatch(values: GroupValues, tol: Tolerances) -> Result:
     shapes = {
         name: tuple(arr.shape)
         for name, arr in values.present().items()
-        if not name.endswith(("local_step",)) and not name.endswith("_weight")
+        # Step counters are scalars beside per-channel vectors, by design.
+        if not name.endswith(("local_step", "num_batches_tracked"))
+        and not name.endswith("_weight")
     }
     if len(set(shapes.values())) <= 1:
         return None
@@ -397,4 +401,44 @@ def batch_stats_only(values: GroupValues, tol: Tolerances) -> Result:
         f"{' and '.join(trained) or 'no parameters'} saved",
         "training and inference compute different functions (proven by the graph)",
         {"found_by": values.group.evidence.found_by},
+    )
+
+
+#: BN013 fires when BN ran in training mode for less than this share of the training steps.
+FROZEN_SHARE = 0.5
+
+
+@rule(
+    "BN013",
+    Severity.WARNING,
+    "statistics updated in only part of training",
+    f"""
+PyTorch counts, per BN layer, the batches it saw in training mode (`num_batches_tracked`), and
+a Lightning checkpoint records the run's optimizer steps (`global_step`). A layer that saw
+fewer batches than {FROZEN_SHARE:.0%} of the steps had its running statistics frozen for most
+of training: the model was left in `eval()` after a validation loop, BN was frozen on purpose
+(`requires_grad=False` does not freeze statistics; `.eval()` does), or the layer was added
+late. Its statistics describe the network as it was when they stopped moving, not the
+trained one.
+
+(`num_batches_tracked` of 0 is BN002's: the statistics never moved at all.)
+
+Fix: if the freeze was not intended, find where the model stays in eval() (a validation hook
+that does not call `model.train()` afterwards); either way the statistics can be measured for
+the trained weights without retraining: recalibrate the model on training data.
+""",
+    fix="Find where the model stays in eval() during training; or recalibrate the statistics.",
+)
+def partly_frozen(values: GroupValues, tol: Tolerances) -> Tripped | None:
+    ev = values.group.evidence
+    if ev.tracked is None or not ev.tracked or ev.steps is None or ev.steps <= 0:
+        return None
+    share = ev.tracked / ev.steps
+    if share >= FROZEN_SHARE:
+        return None
+    return Tripped(
+        f"num_batches_tracked {ev.tracked} of {ev.steps} training steps ({share:.0%})",
+        f"the running statistics were updated in only {share:.0%} of training ({ev.steps} "
+        f"steps, {ev.steps_source}): frozen for the rest, e.g. the model left in eval()",
+        {"tracked": ev.tracked, "steps": ev.steps, "share": share},
     )
