@@ -171,3 +171,27 @@ def test_folder_scans_and_reports_include_pytorch_files(tmp_path: Path) -> None:
     assert [f["rule"] for f in files["last.ckpt"]["findings"]] == ["BN013"]
     listing = CliRunner().invoke(app, ["ls", "--all", str(tmp_path / "a.pt")])
     assert listing.exit_code == 0 and "num_batches_tracked" in listing.output
+
+
+def test_remote_pytorch_file_matches_the_local_audit(tmp_path: Path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    path = torch_save(tmp_path / "m.pt", bn_state(8, trained=True, broken=True, tracked=0))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = audit_file(f"http://127.0.0.1:{server.server_address[1]}/m.pt")
+    finally:
+        server.shutdown()
+    local = audit_file(path)
+    assert remote.error is None, remote.error
+    assert (remote.groups, [f.rule for f in remote.findings]) == (
+        local.groups, [f.rule for f in local.findings]) and local.findings

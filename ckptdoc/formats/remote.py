@@ -38,6 +38,9 @@ __all__ = ["is_url", "open_remote", "find_remote_checkpoints", "Transfer", "TRAN
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
 _KERAS = (".h5", ".hdf5", ".keras")
+#: PyTorch files come whole (a zip's members are found from its end; a safetensors header
+#: from its start): the local readers then check them as they check local files.
+_TORCH = (".pt", ".pth", ".ckpt", ".safetensors")
 #: Ranges are fetched in blocks of this size at least: a BN tensor is a few KB, and one
 #: request per block keeps neighbouring tensors (gamma, beta, mean, variance) to one GET.
 BLOCK = 64 << 10
@@ -292,6 +295,8 @@ def _classify(fs: Any, rpath: str) -> tuple[str, str]:
         return "bundle", rpath[: -len(".meta")]
     if name.lower().endswith(_KERAS):
         return "keras", rpath
+    if name.lower().endswith(_TORCH):
+        return "torch", rpath
     if fs.exists(rpath + ".index"):
         return "bundle", rpath
     if fs.isdir(rpath):
@@ -332,6 +337,8 @@ def _materialize(mirror: _Mirror, fs: Any, kind: str, target: str) -> Path:
         if head.startswith(b"\x89HDF\r\n\x1a\n"):  # HDF5: ranged reads through the mirror
             return mirror.sparse(target, fs.size(target))
         # .keras: its weights member's CRC reads every byte.
+        return mirror.whole(target, MAX_MEMBER_BYTES)
+    if kind == "torch":
         return mirror.whole(target, MAX_MEMBER_BYTES)
     if kind == "savedmodel":
         mirror.whole(target + "/saved_model.pb", MAX_SAVED_MODEL_BYTES)
@@ -376,6 +383,10 @@ def _open_local(kind: str, local: Path, mirror: _Mirror) -> Checkpoint:
     if kind == "savedmodel":
         return open_bundle(local / "variables" / "variables", savedmodel=True,
                            fetch=mirror.fetch)
+    if kind == "torch":
+        from ckptdoc.formats import open_checkpoint
+
+        return open_checkpoint(local)
     if mirror.is_sparse(local):
         return open_hdf5(local, fetch=mirror.fetch)
     with open(local, "rb") as f:
@@ -408,6 +419,6 @@ def find_remote_checkpoints(url: str) -> list[str]:
             continue
         if n.endswith(".index"):
             found[head + n[: -len(".index")]] = None
-        elif n.lower().endswith(_KERAS):
+        elif n.lower().endswith(_KERAS + _TORCH):
             found[head + n] = None
     return list(found)
