@@ -141,90 +141,20 @@ class _Machine:
 
     def run(self) -> Unpickled:  # noqa: C901, PLR0912, PLR0915 - one branch per opcode
         u32, i32 = struct.Struct("<I"), struct.Struct("<i")
+        data = self.data
         for _ in range(MAX_OPS):
-            op = self.take(1)[0]
-            if op == 0x80:  # PROTO
-                self.take(1)
-            elif op == 0x95:  # FRAME
-                self.take(8)
-            elif op == 0x2E:  # STOP
-                if not self.stack:
-                    raise PickleError("pickle ends with an empty stack")
-                return Unpickled(self.stack.pop(), self.seen)
-            elif op == 0x28:  # MARK
+            if self.pos >= len(data):
+                raise PickleError("pickle runs past its end")
+            op = data[self.pos]
+            self.pos += 1
+            if op == 0x28:  # MARK
                 self.push(_MARK)
-            elif op == 0x7D:  # EMPTY_DICT
-                self.push({})
-            elif op == 0x5D:  # EMPTY_LIST
-                self.push([])
-            elif op == 0x29:  # EMPTY_TUPLE
-                self.push(())
-            elif op == 0x8F:  # EMPTY_SET
-                self.push(set())
-            elif op == 0x4E:  # NONE
-                self.push(None)
-            elif op == 0x88:  # NEWTRUE
-                self.push(True)
-            elif op == 0x89:  # NEWFALSE
-                self.push(False)
-            elif op == 0x4A:  # BININT
-                self.push(i32.unpack(self.take(4))[0])
-            elif op == 0x4B:  # BININT1
-                self.push(self.take(1)[0])
-            elif op == 0x4D:  # BININT2
-                self.push(struct.unpack("<H", self.take(2))[0])
-            elif op == 0x8A:  # LONG1
-                n = self.take(1)[0]
-                self.push(int.from_bytes(self.take(n), "little", signed=True))
-            elif op == 0x47:  # BINFLOAT
-                self.push(struct.unpack(">d", self.take(8))[0])
             elif op == 0x58:  # BINUNICODE
                 self.push(self.take(u32.unpack(self.take(4))[0]).decode("utf-8", "surrogatepass"))
             elif op == 0x8C:  # SHORT_BINUNICODE
                 self.push(self.take(self.take(1)[0]).decode("utf-8", "surrogatepass"))
-            elif op == 0x8D:  # BINUNICODE8
-                self.push(self.take(struct.unpack("<Q", self.take(8))[0]).decode("utf-8"))
-            elif op == 0x55:  # SHORT_BINSTRING
-                self.push(self.take(self.take(1)[0]).decode("latin-1"))
-            elif op == 0x54:  # BINSTRING
-                self.push(self.take(i32.unpack(self.take(4))[0]).decode("latin-1"))
-            elif op == 0x43:  # SHORT_BINBYTES
-                self.push(self.take(self.take(1)[0]))
-            elif op == 0x42:  # BINBYTES
-                self.push(self.take(u32.unpack(self.take(4))[0]))
-            elif op == 0x8E:  # BINBYTES8
-                self.push(self.take(struct.unpack("<Q", self.take(8))[0]))
-            elif op == 0x74:  # TUPLE
-                self.push(tuple(self.pop_mark()))
-            elif op == 0x85:  # TUPLE1
-                self.push((self.stack.pop(),))
-            elif op == 0x86:  # TUPLE2
-                b, a = self.stack.pop(), self.stack.pop()
-                self.push((a, b))
-            elif op == 0x87:  # TUPLE3
-                c, b, a = self.stack.pop(), self.stack.pop(), self.stack.pop()
-                self.push((a, b, c))
-            elif op == 0x6C:  # LIST
-                self.push(self.pop_mark())
-            elif op == 0x64:  # DICT
-                items = self.pop_mark()
-                self.push(dict(zip(items[::2], items[1::2], strict=False)))
-            elif op == 0x61:  # APPEND
-                value = self.stack.pop()
-                _append(self.stack[-1], [value])
-            elif op == 0x65:  # APPENDS
-                items = self.pop_mark()
-                _append(self.stack[-1], items)
-            elif op == 0x73:  # SETITEM
-                value, key = self.stack.pop(), self.stack.pop()
-                _setitems(self.stack[-1], [key, value])
-            elif op == 0x75:  # SETITEMS
-                items = self.pop_mark()
-                _setitems(self.stack[-1], items)
-            elif op == 0x90:  # ADDITEMS
-                items = self.pop_mark()
-                if isinstance(self.stack[-1], set):
-                    self.stack[-1].update(i for i in items if _hashable(i))
+            elif op == 0x4B:  # BININT1
+                self.push(self.take(1)[0])
             elif op == 0x71:  # BINPUT
                 self.memoize(self.take(1)[0])
             elif op == 0x72:  # LONG_BINPUT
@@ -244,19 +174,93 @@ class _Machine:
                 if not isinstance(module, str) or not isinstance(name, str):
                     raise PickleError("STACK_GLOBAL needs two strings")
                 self._global(module, name)
+            elif op == 0x74:  # TUPLE
+                self.push(tuple(self.pop_mark()))
+            elif op == 0x85:  # TUPLE1
+                self.push((self.stack.pop(),))
+            elif op == 0x86:  # TUPLE2
+                b, a = self.stack.pop(), self.stack.pop()
+                self.push((a, b))
+            elif op == 0x87:  # TUPLE3
+                c, b, a = self.stack.pop(), self.stack.pop(), self.stack.pop()
+                self.push((a, b, c))
             elif op == 0x52:  # REDUCE
                 args, func = self.stack.pop(), self.stack.pop()
                 self.push(_call(func, args))
+            elif op == 0x51:  # BINPERSID
+                self.push(_persistent(self.stack.pop()))
+            elif op == 0x89:  # NEWFALSE
+                self.push(False)
+            elif op == 0x88:  # NEWTRUE
+                self.push(True)
+            elif op == 0x29:  # EMPTY_TUPLE
+                self.push(())
+            elif op == 0x75:  # SETITEMS
+                items = self.pop_mark()
+                _setitems(self.stack[-1], items)
+            elif op == 0x73:  # SETITEM
+                value, key = self.stack.pop(), self.stack.pop()
+                _setitems(self.stack[-1], [key, value])
+            elif op == 0x4A:  # BININT
+                self.push(i32.unpack(self.take(4))[0])
+            elif op == 0x4D:  # BININT2
+                self.push(struct.unpack("<H", self.take(2))[0])
+            elif op == 0x7D:  # EMPTY_DICT
+                self.push({})
+            elif op == 0x5D:  # EMPTY_LIST
+                self.push([])
+            elif op == 0x4E:  # NONE
+                self.push(None)
+            elif op == 0x62:  # BUILD: an object's state; plain data needs none of it
+                self.stack.pop()
             elif op == 0x81:  # NEWOBJ
                 args, cls = self.stack.pop(), self.stack.pop()
                 self.push(Opaque(cls.dotted if isinstance(cls, Global) else repr(cls), args))
+            elif op == 0x80:  # PROTO
+                self.take(1)
+            elif op == 0x95:  # FRAME
+                self.take(8)
+            elif op == 0x2E:  # STOP
+                if not self.stack:
+                    raise PickleError("pickle ends with an empty stack")
+                return Unpickled(self.stack.pop(), self.seen)
+            elif op == 0x8F:  # EMPTY_SET
+                self.push(set())
+            elif op == 0x8A:  # LONG1
+                n = self.take(1)[0]
+                self.push(int.from_bytes(self.take(n), "little", signed=True))
+            elif op == 0x47:  # BINFLOAT
+                self.push(struct.unpack(">d", self.take(8))[0])
+            elif op == 0x8D:  # BINUNICODE8
+                self.push(self.take(struct.unpack("<Q", self.take(8))[0]).decode("utf-8"))
+            elif op == 0x55:  # SHORT_BINSTRING
+                self.push(self.take(self.take(1)[0]).decode("latin-1"))
+            elif op == 0x54:  # BINSTRING
+                self.push(self.take(i32.unpack(self.take(4))[0]).decode("latin-1"))
+            elif op == 0x43:  # SHORT_BINBYTES
+                self.push(self.take(self.take(1)[0]))
+            elif op == 0x42:  # BINBYTES
+                self.push(self.take(u32.unpack(self.take(4))[0]))
+            elif op == 0x8E:  # BINBYTES8
+                self.push(self.take(struct.unpack("<Q", self.take(8))[0]))
+            elif op == 0x6C:  # LIST
+                self.push(self.pop_mark())
+            elif op == 0x64:  # DICT
+                items = self.pop_mark()
+                self.push(dict(zip(items[::2], items[1::2], strict=False)))
+            elif op == 0x61:  # APPEND
+                value = self.stack.pop()
+                _append(self.stack[-1], [value])
+            elif op == 0x65:  # APPENDS
+                items = self.pop_mark()
+                _append(self.stack[-1], items)
+            elif op == 0x90:  # ADDITEMS
+                items = self.pop_mark()
+                if isinstance(self.stack[-1], set):
+                    self.stack[-1].update(i for i in items if _hashable(i))
             elif op == 0x92:  # NEWOBJ_EX
                 _kwargs, args, cls = self.stack.pop(), self.stack.pop(), self.stack.pop()
                 self.push(Opaque(cls.dotted if isinstance(cls, Global) else repr(cls), args))
-            elif op == 0x62:  # BUILD: an object's state; plain data needs none of it
-                self.stack.pop()
-            elif op == 0x51:  # BINPERSID
-                self.push(_persistent(self.stack.pop()))
             elif op == 0x30:  # POP
                 self.stack.pop()
             elif op == 0x31:  # POP_MARK
