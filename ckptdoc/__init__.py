@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ckptdoc.formats import open_checkpoint
     from ckptdoc.groups import BNGroup, find_groups
 
-__version__ = "0.1.0"
+from ckptdoc.version import __version__
 
 __all__ = [
     "AuditReport",

@@ -33,7 +33,7 @@ OPTIONAL = {"recalibrate"}
 
 def _version(value: bool) -> None:
     if value:
-        from ckptdoc import __version__
+        from ckptdoc.version import __version__
 
         print(f"ckptdoc {__version__}")
         raise typer.Exit()

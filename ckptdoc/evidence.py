@@ -15,56 +15,12 @@ from dataclasses import replace
 import numpy as np
 
 from ckptdoc.checkpoint import StepCount
-from ckptdoc.graph_bn import GraphFacts, GraphLayer
-from ckptdoc.groups import TRACKED, BNGroup, Evidence
+from ckptdoc.groups import TRACKED, BNGroup
 
-__all__ = ["from_graph", "with_training", "with_tracking", "check_steps", "DEFAULT_MOMENTUM"]
+__all__ = ["with_training", "with_tracking", "check_steps", "DEFAULT_MOMENTUM"]
 
 #: Keras (every version), tf-keras and `tf.compat.v1.layers` default to 0.99.
 DEFAULT_MOMENTUM = 0.99
-
-
-def from_graph(layer: GraphLayer, facts: GraphFacts) -> Evidence:
-    """The update-op and training-switch evidence of one layer of a TF graph."""
-    train = ", ".join(f"`{t}`" for t in facts.train_ops[:3])
-    switch = next((s for s in layer.switches if s.default is False), None)
-    if layer.batch_stats_only:
-        return Evidence("graph", None, "", batch_stats_only=True)
-    if facts.train_ops and layer.update_ops:
-        skipped = [u for u in layer.update_ops if u in facts.unwired]
-        if skipped:
-            listed = len(facts.update_collection)
-            not_run = len(facts.collection_not_run)
-            where = f" ({not_run} of the {listed} ops in UPDATE_OPS are not run)" if listed else ""
-            return Evidence(
-                "graph",
-                False,
-                f"the train op {train} does not depend on this layer's "
-                f"{len(skipped)} moving-average update ops{where}",
-                momentum=layer.momentum,
-            )
-        return Evidence(
-            "graph",
-            True,
-            f"the train op {train} runs this layer's update ops",
-            momentum=layer.momentum,
-        )
-    if facts.train_ops and layer.has_training_mode and not layer.update_ops:
-        return Evidence("graph", False, "no op in the graph updates this layer's moving statistics")
-    if not facts.train_ops and switch is not None:
-        collected = set(layer.update_ops) & set(facts.update_collection)
-        if not collected:
-            return Evidence(
-                "graph",
-                None,
-                "",
-                f"BN switches on {switch.describe()}, and nothing in the file would run its "
-                "moving-average updates (no train op, no UPDATE_OPS collection): the model most "
-                "likely trained, and is served, with BN in inference mode, so 0 / 1 is what its "
-                "weights learned with",
-                momentum=layer.momentum,
-            )
-    return Evidence("graph", momentum=layer.momentum)
 
 
 def with_training(groups: list[BNGroup], steps: StepCount | None) -> list[BNGroup]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
-from ckptdoc.graph_bn import GraphFacts, common_scope
+from ckptdoc.graph_bn import GraphFacts, GraphLayer, common_scope
 
 #: The four statistics and parameters every BN layer may own, in display order.
 ROLES: tuple[str, ...] = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -260,8 +260,6 @@ def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> 
     """A group per BN layer the graph's ops prove; a member the graph has but the checkpoint
     lacks is missing (BN001), not ignored. Layers with no variable in the checkpoint belong to
     another checkpoint of the same graph and are skipped."""
-    from ckptdoc.evidence import from_graph
-
     out = []
     for layer in facts.layers:
         if not any(v in tensors for v in layer.members.values()):
@@ -366,3 +364,46 @@ def _groups_from_names(tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
 def group_keys(groups: Iterable[BNGroup]) -> set[str]:
     """Every key that belongs to some BN group."""
     return {key for g in groups for key in g.all_keys}
+
+
+def from_graph(layer: GraphLayer, facts: GraphFacts) -> Evidence:
+    """The update-op and training-switch evidence of one layer of a TF graph."""
+    train = ", ".join(f"`{t}`" for t in facts.train_ops[:3])
+    switch = next((s for s in layer.switches if s.default is False), None)
+    if layer.batch_stats_only:
+        return Evidence("graph", None, "", batch_stats_only=True)
+    if facts.train_ops and layer.update_ops:
+        skipped = [u for u in layer.update_ops if u in facts.unwired]
+        if skipped:
+            listed = len(facts.update_collection)
+            not_run = len(facts.collection_not_run)
+            where = f" ({not_run} of the {listed} ops in UPDATE_OPS are not run)" if listed else ""
+            return Evidence(
+                "graph",
+                False,
+                f"the train op {train} does not depend on this layer's "
+                f"{len(skipped)} moving-average update ops{where}",
+                momentum=layer.momentum,
+            )
+        return Evidence(
+            "graph",
+            True,
+            f"the train op {train} runs this layer's update ops",
+            momentum=layer.momentum,
+        )
+    if facts.train_ops and layer.has_training_mode and not layer.update_ops:
+        return Evidence("graph", False, "no op in the graph updates this layer's moving statistics")
+    if not facts.train_ops and switch is not None:
+        collected = set(layer.update_ops) & set(facts.update_collection)
+        if not collected:
+            return Evidence(
+                "graph",
+                None,
+                "",
+                f"BN switches on {switch.describe()}, and nothing in the file would run its "
+                "moving-average updates (no train op, no UPDATE_OPS collection): the model most "
+                "likely trained, and is served, with BN in inference mode, so 0 / 1 is what its "
+                "weights learned with",
+                momentum=layer.momentum,
+            )
+    return Evidence("graph", momentum=layer.momentum)

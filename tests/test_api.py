@@ -109,7 +109,7 @@ def test_api_and_cli_agree_on_the_configured_gate(tmp_path: Path) -> None:
 def test_recalibrate_budget_is_the_same_from_the_api_and_the_cli() -> None:
     # The default of 4096 samples lived in three places: `--batches 200` measured 200 batches
     # on the CLI while `recalibrate_file(..., batches=200)` was capped at 4096 samples.
-    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.errors import RecalibrationError
     from ckptdoc.recalibrate.options import Options
 
     assert Options(data=None).budget.samples == 4096

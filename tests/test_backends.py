@@ -275,7 +275,7 @@ def test_two_worker_processes_equal_one_device(nested: tuple[Path, Path], tmp_pa
 
 
 def test_devices_for_an_in_memory_model_says_how(nested: tuple[Path, Path]) -> None:
-    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.errors import RecalibrationError
 
     model = keras.saving.load_model(nested[0])
     with pytest.raises(RecalibrationError, match="scope"):

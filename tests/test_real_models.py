@@ -103,7 +103,7 @@ def test_real_tf1_graph_without_its_switch_says_which_to_set(tmp_path: Path) -> 
     # before the pass (it used to be "InvalidArgumentError: Graph execution error:").
     pytest.importorskip("tensorflow")
     import ckptdoc
-    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.errors import RecalibrationError
 
     data = tmp_path / "x.npz"
     np.savez(data, x=np.zeros((4, 187, 96), np.float32))

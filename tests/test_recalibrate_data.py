@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.cli import parse_image_size
 from ckptdoc.recalibrate.data import Budget, Consumed, from_path, limited, to_batch
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.targets.keras_file import default_output
 
 

@@ -145,7 +145,8 @@ def test_a_full_disk_or_memory_is_named_not_blamed_on_the_data() -> None:
 
 def test_options_a_target_does_not_take_are_refused_not_ignored(tmp_path: Path) -> None:
     # Issue 24: KerasFile silently ignored --feed, --set and --predictions.
-    from ckptdoc.recalibrate import RecalibrationError, pipeline
+    from ckptdoc.recalibrate import pipeline
+    from ckptdoc.recalibrate.errors import RecalibrationError
     from ckptdoc.recalibrate.options import Options
     from ckptdoc.recalibrate.targets import KerasFile, TF1GraphCheckpoint
 

@@ -681,7 +681,8 @@ def test_a_failed_self_check_refuses_files_and_live_models(  # type: ignore[no-u
     # A tolerance no measurement meets: the self-check fails after measuring, so the file is
     # not written (the refusal names the layers) and the live model keeps its statistics.
     import ckptdoc
-    from ckptdoc.recalibrate import RecalibrationError, selfcheck
+    from ckptdoc.recalibrate import selfcheck
+    from ckptdoc.recalibrate.errors import RecalibrationError
 
     monkeypatch.setattr(selfcheck, "TOLERANCE", -1.0)
     out = tmp_path / "fixed.keras"
@@ -701,7 +702,7 @@ def test_a_failed_self_check_refuses_files_and_live_models(  # type: ignore[no-u
 
 def test_in_memory_recalibrate_refuses_non_finite_statistics(files, data) -> None:  # type: ignore[no-untyped-def]
     # It went straight to the measurement: NaN in the data put NaN statistics into the model.
-    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.errors import RecalibrationError
 
     model = load_broken(files)
     before = bn_stats(model)

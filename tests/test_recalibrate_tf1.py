@@ -26,7 +26,7 @@ from typer.testing import CliRunner  # noqa: E402
 from ckptdoc.auditor import audit_file  # noqa: E402
 from ckptdoc.formats import open_checkpoint  # noqa: E402
 from ckptdoc.groups import find_groups  # noqa: E402
-from ckptdoc.recalibrate import RecalibrationError  # noqa: E402
+from ckptdoc.recalibrate.errors import RecalibrationError  # noqa: E402
 from ckptdoc.recalibrate.options import Options  # noqa: E402
 from ckptdoc.recalibrate.targets import Measured, open_target  # noqa: E402
 

@@ -295,7 +295,7 @@ def _with_data(data: str | None, samples: int | None, batch_size: int | None,
         if samples or batch_size or model or imports:
             raise usage_error("--samples, --batch-size, --model and --import go with --data")
         return _with_progress
-    from ckptdoc.recalibrate import RecalibrationError
+    from ckptdoc.recalibrate.errors import RecalibrationError
     from ckptdoc.recalibrate.observe import with_data
     from ckptdoc.recalibrate.options import Options
     from ckptdoc.recalibrate.quiet import import_user_module

@@ -384,9 +384,11 @@ def _open_local(kind: str, local: Path, mirror: _Mirror) -> Checkpoint:
         return open_bundle(local / "variables" / "variables", savedmodel=True,
                            fetch=mirror.fetch)
     if kind == "torch":
-        from ckptdoc.formats import open_checkpoint
+        from ckptdoc.formats.safetensors import open_safetensors
+        from ckptdoc.formats.torch_zip import open_torch
 
-        return open_checkpoint(local)
+        return open_safetensors(local) if local.name.lower().endswith(".safetensors") \
+            else open_torch(local)
     if mirror.is_sparse(local):
         return open_hdf5(local, fetch=mirror.fetch)
     with open(local, "rb") as f:

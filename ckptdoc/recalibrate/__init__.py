@@ -10,9 +10,7 @@ import sys
 import types
 from typing import Any
 
-
-class RecalibrationError(Exception):
-    """A user mistake or a refusal (bad --data, bad --model, unsafe model). Exit code 2."""
+from ckptdoc.recalibrate.errors import RecalibrationError
 
 
 def recalibrate(*args: Any, **kwargs: Any) -> Any:

@@ -34,8 +34,8 @@ def recalibrate(
     and raise `RecalibrationError` with the reason; `force=True` keeps the new ones in all but
     the first case.
     """
-    from ckptdoc.recalibrate import RecalibrationError
     from ckptdoc.recalibrate.engine import assign, find_bn_layers, snapshot
+    from ckptdoc.recalibrate.errors import RecalibrationError
     from ckptdoc.recalibrate.keras_model import measure
     from ckptdoc.recalibrate.pipeline import judge
 

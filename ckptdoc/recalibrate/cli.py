@@ -20,7 +20,8 @@ from rich.markup import escape
 
 from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, stderr, stdout, usage_error
 from ckptdoc.errors import CheckpointError
-from ckptdoc.recalibrate import RecalibrationError, pipeline
+from ckptdoc.recalibrate import pipeline
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.options import DEFAULT, DEFAULT_SAMPLES, Options
 from ckptdoc.recalibrate.pipeline import Outcome
 from ckptdoc.report.safe import shown

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ckptdoc.recalibrate import RecalibrationError, backends
+from ckptdoc.recalibrate import backends
 from ckptdoc.recalibrate.backends import Backend
 from ckptdoc.recalibrate.data import Batch
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 
 #: Stateful ops that only compute: variables and their reads / writes, randomness, control
 #: flow (their bodies are checked too), asserts.

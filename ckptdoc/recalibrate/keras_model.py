@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from itertools import islice
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError, backends
+from ckptdoc.recalibrate import backends
 from ckptdoc.recalibrate.data import Batch, Budget, Consumed, DataSource
 from ckptdoc.recalibrate.engine import (
     BNLayer,
@@ -24,6 +24,7 @@ from ckptdoc.recalibrate.engine import (
     run_pass,
     snapshot,
 )
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.evaluate import evaluate
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import EvalResult, LayerChange, RecalibrationReport, pass_report

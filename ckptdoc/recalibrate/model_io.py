@@ -23,8 +23,8 @@ from ckptdoc.errors import (
     UnsafeCheckpointError,
     UnsupportedFormatError,
 )
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import load_callable
+from ckptdoc.recalibrate.errors import RecalibrationError
 
 KERAS_WEIGHTS_MEMBER = "model.weights.h5"
 FULL_KINDS = ("keras-zip", "legacy-h5-full")

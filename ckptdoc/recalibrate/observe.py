@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ckptdoc.errors import CheckpointError
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.report.model import FileReport
 from ckptdoc.rules import RULES, Finding, RuleSelection, Severity

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Budget, DataSource, ImageOptions, from_feeds, from_object
+from ckptdoc.recalibrate.errors import RecalibrationError
 
 MODES = ("precise", "sequential")
 DEFAULT_BATCH_SIZE = 64

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import WORSE_CAUSES, EvalResult, RecalibrationReport
 from ckptdoc.recalibrate.targets.base import Fix, Progress, Target, non_finite, unaccepted

@@ -37,8 +37,9 @@ import numpy as np
 
 from ckptdoc.formats.resolve import tf_prefix
 from ckptdoc.groups import BNGroup
-from ckptdoc.recalibrate import RecalibrationError, graph_guard
+from ckptdoc.recalibrate import graph_guard
 from ckptdoc.recalibrate.data import Batch
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.evaluate import score
 from ckptdoc.recalibrate.report import EvalResult
 from ckptdoc.recalibrate.stats import Moments

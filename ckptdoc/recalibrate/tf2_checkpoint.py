@@ -21,7 +21,7 @@ import numpy as np
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.errors import CheckpointError
 from ckptdoc.formats.resolve import tf_prefix
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.sentinels import BATCH, sentinel
 
 

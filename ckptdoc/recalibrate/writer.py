@@ -30,8 +30,8 @@ import numpy as np
 
 from ckptdoc import atomic
 from ckptdoc.errors import CheckpointError
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.engine import BNLayer
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.model_io import KERAS_WEIGHTS_MEMBER
 from ckptdoc.recalibrate.sentinels import BATCH, sentinel
 

@@ -93,7 +93,7 @@ def _notification(file: FileReport, path: str) -> dict[str, Any]:
 
 
 def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[str, Any]:
-    from ckptdoc import __version__  # late: the package imports the audit, which imports report/
+    from ckptdoc.version import __version__
 
     options = options or RenderOptions()
     rules = list(RULES.values())

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments
 
 SUPPORTED = ("tensorflow", "jax", "torch")

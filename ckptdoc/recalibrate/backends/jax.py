@@ -19,9 +19,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.backends.one_process import combine, writes
 from ckptdoc.recalibrate.backends.portable import batch_stats
+from ckptdoc.recalibrate.errors import RecalibrationError
 
 name = "jax"
 

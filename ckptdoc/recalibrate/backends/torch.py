@@ -15,9 +15,9 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.backends import portable
 from ckptdoc.recalibrate.backends.one_process import combine, writes
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import blocked_axes, channel_axes
 
 name = "torch"

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from ckptdoc.recalibrate import RecalibrationError
 from ckptdoc.recalibrate.data import Batch, Consumed
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.report import EvalResult, LayerChange, pass_report
 from ckptdoc.recalibrate.selfcheck import MAX_SETTLE_PASSES, SelfCheck, compare

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ckptdoc.recalibrate import RecalibrationError
+from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.options import Options
 from ckptdoc.recalibrate.targets.base import Measured, Progress
 from ckptdoc.recalibrate.targets.bundle import BundleOutput
