@@ -254,3 +254,29 @@ def test_importing_the_guard_imports_no_framework() -> None:
             "print(any(m in sys.modules for m in ('tensorflow', 'keras', 'jax', 'torch')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "False"
+
+
+def test_data_check_at_the_end_of_fit() -> None:
+    # Issue 26: the training guard compares the statistics with data the model will see.
+    import warnings
+    from pathlib import Path
+
+    keras = pytest.importorskip("keras")
+    from ckptdoc.guard import BatchNormMonitor
+
+    samples = Path(__file__).resolve().parent.parent / "sample_ckpts"
+    with np.load(samples / "data" / "calib.npz") as z:
+        x, y = z["x"], z["y"]
+    model = keras.saving.load_model(samples / "keras3_healthy.keras")
+    model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    for data, expect in ((x, "agrees"), (x * 255, "mismatch")):
+        monitor = BatchNormMonitor(check_after_steps=1, data_check=data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0,
+                      callbacks=[monitor])
+        assert monitor.data_comparison.worst == expect
+        said = [str(w.message) for w in caught if "BN012" in str(w.message)]
+        assert bool(said) == (expect == "mismatch")
+        if said:
+            assert "0-255 pixels" in said[0]

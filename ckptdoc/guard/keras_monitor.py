@@ -34,18 +34,28 @@ class BatchNormMonitor(keras.callbacks.Callback):
     `BatchNormNotUpdatingError` naming the layers, which ends `fit`. Layers with nothing
     trainable moved (frozen on purpose) are left alone. Checks once, unless `every` is set.
 
+    With `data_check` (inputs the model will see, e.g. a validation batch), the stored
+    statistics are compared with that data's at the end of `fit`, as `ckptdoc audit --data`
+    does: a disagreement is a `RuntimeWarning` (BN012) and `data_comparison` holds the layers.
+
     A subclassed model is not built when `fit` begins: the start is then taken at the end of
     the first step, when its BN variables exist. A monitor that would watch no BN layer says
     so (a `RuntimeWarning`) instead of passing silently: the model has no BN layer, or its BN
     layers were never built.
     """
 
-    def __init__(self, check_after_steps: int = 20, every: bool = False) -> None:
+    def __init__(self, check_after_steps: int = 20, every: bool = False,
+                 data_check: Any = None) -> None:
         super().__init__()
         if check_after_steps < 1:
             raise ValueError("check_after_steps must be at least 1")
         self.check_after_steps = check_after_steps
         self.every = every
+        #: Inputs the model will see (a validation batch, an array): at the end of `fit`
+        #: the stored statistics are compared with theirs, as `ckptdoc audit --data` does.
+        self.data_check = data_check
+        #: That comparison (`rules.data.DataComparison`), once `fit` has ended.
+        self.data_comparison: Any = None
         self._start: dict[int, tuple[str, dict[str, np.ndarray]]] | None = None
         self._layers: dict[int, Any] = {}
         self._steps = 0
@@ -63,6 +73,26 @@ class BatchNormMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
         self.check(self.model)
+
+    def on_train_end(self, logs: Any = None) -> None:
+        if self.data_check is None:
+            return
+        from ckptdoc.recalibrate.keras_model import observe
+        from ckptdoc.recalibrate.options import Options
+
+        comparison = observe(self.model, Options(data=self.data_check, samples=None))
+        self.data_comparison = comparison
+        if comparison.worst == "agrees":
+            return
+        listed = ", ".join(f"{layer.layer} ({layer.describe()})"
+                           for layer in comparison.disagreeing[:4])
+        hint = comparison.preprocessing()
+        warnings.warn(
+            f"the model's BN statistics disagree with data_check ({comparison.worst}, ckptdoc "
+            f"rule BN012): {listed}{f'; {hint}' if hint else ''}. Check that this data is "
+            "preprocessed as the training data was; if it is, the statistics have not "
+            "converged (train longer) or are stale (recalibrate them)",
+            RuntimeWarning, stacklevel=2)
 
     # --- custom loops --------------------------------------------------------------------
 
