@@ -55,148 +55,194 @@ class TF1GraphCheckpoint(BundleOutput):
             return _observe(self.path, ck, groups, options, progress)
 
 
+@dataclass
+class _Run:
+    """One measurement of a TF1 graph: what every phase below works on."""
+
+    gm: Any
+    ck: Any
+    plans: list[Any]
+    expected: Mapping[str, Mapping[str, str]]
+    source: Any
+    options: Options
+    notes: list[str]
+
+    def batches(self, consumed: Consumed | None = None) -> Any:
+        return self.source.budgeted(self.options.batch_size, self.options.budget,
+                                    consumed if consumed is not None else Consumed())
+
+
 def _measure(
     prefix: Path, ck: Any, groups: Sequence[Any], options: Options, progress: Progress | None
 ) -> Measured:
+    """Measure (first pass, in inference mode where dropout follows the switch), settle the
+    layers that normalize with their moving statistics, self-check, then the new values."""
     from ckptdoc.recalibrate import tf1
     from ckptdoc.recalibrate.bundle_writer import BundleFix
 
     started = time.perf_counter()
-    batch_size, budget = options.batch_size, options.budget
     gm = _open_graph(prefix, options)
     expected, inputs = _graph_names(ck)
     try:
         plans = _plans(gm, groups, expected, inputs)
         keys = set(gm.feeds.values())
         source = options.feed_source(keys)
-        eval_source = options.feed_source(keys, held_out=True)
         assert source is not None
-        notes = list(gm.notes) + list(source.notes)
-        if (spent := source.budget_note(budget)) is not None:
-            notes.append(spent)
-
-        def ev() -> EvalResult | None:
-            if eval_source is not None:
-                return tf1.evaluate(
-                    gm, eval_source.batches(batch_size), f"eval data {eval_source.description}"
-                )
-            return tf1.evaluate(
-                gm,
-                source.budgeted(batch_size, budget, Consumed()),
-                "calibration data (its labels)",
-            )
-
+        run = _Run(gm, ck, plans, expected, source, options, [*gm.notes, *source.notes])
+        if (spent := source.budget_note(options.budget)) is not None:
+            run.notes.append(spent)
+        ev = _evaluator(run, options.feed_source(keys, held_out=True))
         before = ev()
         if gm.predictions is None:
-            notes.append(
+            run.notes.append(
                 "no predictions tensor found (give --predictions): no before/after evaluation"
             )
         consumed = Consumed()
-        moments = tf1.run_pass(
-            gm, plans, source.budgeted(batch_size, budget, consumed), progress
-        )
-        if consumed.samples == 0:
-            raise RecalibrationError(f"--data {source.description}: no samples")
+        moments, passes, training, random, probe = _first_pass(run, consumed, progress)
         moved = [p.group.name for p in plans if tf1.stats_moved(gm, p, ck)]
-        passes = 1
-        probe = list(islice(source.batches(batch_size), 1))
-        training = True
-        if _random(tf1, gm, plans, probe, training=True) and gm.switches:
-            # Dropout (or noise) follows the training switch: with it True, every BN after it
-            # would be measured behind active dropout, which inference never sees. Measure in
-            # inference mode instead (switch False), layer after layer below.
-            training = False
-            moments = tf1.run_pass(
-                gm, plans, source.budgeted(batch_size, budget, Consumed()), None, training=False
-            )
-            passes += 1
-            notes.append(
-                "the pass with the training switch True is random (dropout follows the "
-                "switch): measured in inference mode instead (switch False, dropout off)"
-            )
-        random = _random(tf1, gm, plans, probe, training)
-        if random:  # nothing to settle: two passes never agree
-            notes.append(
-                "the calibration pass is random even with the same data (dropout or noise "
-                "that no training switch turns off): the statistics are those of such passes, "
-                "not of inference; name the switch that turns it off with --set NAME=true"
-            )
         if len(plans) > 1 and not random and (
             not training
             or _normalizes_with_moving_stats(gm, plans, moments, probe, ck, expected)
         ):
-            # Inference mode (an inference graph, a training switch left False, or the one
-            # chosen above): every BN layer normalizes with its moving statistics during the
-            # pass, so a layer's input depends on the statistics upstream. One pass would
-            # measure it behind layers still holding the old (broken) values. Measure again
-            # with the new values in place until nothing changes: each pass settles at least
-            # one more layer, as sequential mode does.
-            _assign_all(tf1, gm, plans, moments, ck, expected)
-            for _ in range(len(plans)):
-                previous = moments
-                moments = tf1.run_pass(
-                    gm, plans, source.budgeted(batch_size, budget, Consumed()), None,
-                    training=training,
-                )
-                if set(moments) != set(previous):
-                    raise RecalibrationError(
-                        f"--data {source.description} could be read only once, but BN layers "
-                        "in this graph normalize with their moving statistics, which takes "
-                        "several passes: give data that can be read again (a file, a folder, "
-                        "or a function that returns a new iterator)"
-                    )
-                passes += 1
-                _assign_all(tf1, gm, plans, moments, ck, expected)
-                if _settled(previous, moments):
-                    break
-            notes.append(
-                "BN layers normalize with their moving statistics in this graph (an inference "
-                "graph, or a training switch that stays False): statistics were measured layer "
-                f"after layer, with the new values in place, {passes} passes until they stopped "
-                "changing"
-            )
+            moments, more = _settle_inference_mode(run, moments, training, passes)
+            passes += more
         _assign_all(tf1, gm, plans, moments, ck, expected)
         check, moments, settled = _settle(
-            tf1, gm, plans, moments, ck, expected, consumed.samples,
-            lambda: source.budgeted(batch_size, budget, Consumed()), notes)
+            tf1, gm, plans, moments, ck, expected, consumed.samples, run.batches, run.notes)
         passes += settled
         if moved:  # harmless (stats come from the inputs), but the user should know
-            notes.append(
+            run.notes.append(
                 f"the moving statistics of {', '.join(moved)} changed in the session during the "
                 "pass: update ops run as part of the fetched tensors (control dependencies)"
             )
-        replacements: dict[str, np.ndarray] = {}
-        additions: dict[str, np.ndarray] = {}
-        changes = []
-        new_values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        for p in plans:
-            g = p.group
-            stats = _new_stats(ck, g, expected, moments[g.name])
-            mean, var = stats["moving_mean"], stats["moving_variance"]
-            for s in (mean, var):
-                (replacements if s.key in ck.tensors else additions)[s.key] = s.new
-            if mean.key not in ck.tensors or var.key not in ck.tensors:
-                notes.append(f"{g.name}: moving statistics the checkpoint lacked were added "
-                             f"as {mean.key} and {var.key} (named as the graph names them)")
-            tf1.assign(gm, p, {role: s.new for role, s in stats.items()})
-            new_values[g.name] = (mean.new, var.new)
-            changes.append(LayerChange.build(g.name, moments[g.name].total, mean.old, mean.new,
-                                             var.old, var.new))
-            if g.extras:
-                notes.append(f"{g.name}: {', '.join(sorted(g.extras))} left as they were")
+        replacements, additions, changes, new_values = _new_values(run, moments)
         after = ev() if before is not None else None
         if blind := _blind_check(before, after, changes):
-            notes.append(blind + tf1.boolean_placeholders_hint(gm))
+            run.notes.append(blind + tf1.boolean_placeholders_hint(gm))
     finally:
         gm.close()
     # The mode asked for, whatever number of passes it took (the notes say why).
     report = pass_report(
         mode=options.mode, passes=passes, consumed=consumed,
-        budget=budget, data=source.description, variance_convention=tf1.VARIANCE_CONVENTION,
-        seconds=time.perf_counter() - started, layers=tuple(changes), eval_before=before,
-        eval_after=after, notes=notes, self_check=check,
+        budget=options.budget, data=source.description,
+        variance_convention=tf1.VARIANCE_CONVENTION, seconds=time.perf_counter() - started,
+        layers=tuple(changes), eval_before=before, eval_after=after, notes=run.notes,
+        self_check=check,
     )
     return Measured(report, BundleFix(prefix, replacements, additions), new_values)
+
+
+def _evaluator(run: _Run, eval_source: Any) -> Callable[[], EvalResult | None]:
+    """Held-out loss / accuracy: on --eval-data, else on the calibration data's labels."""
+    from ckptdoc.recalibrate import tf1
+
+    def ev() -> EvalResult | None:
+        if eval_source is not None:
+            return tf1.evaluate(run.gm, eval_source.batches(run.options.batch_size),
+                                f"eval data {eval_source.description}")
+        return tf1.evaluate(run.gm, run.batches(), "calibration data (its labels)")
+
+    return ev
+
+
+def _first_pass(run: _Run, consumed: Consumed, progress: Progress | None,
+                ) -> tuple[dict[str, Any], int, bool, bool, list[Batch]]:
+    """The first measurement: (moments, passes, the training switch's value, whether the pass
+    is random, a probe batch). Where dropout follows the switch, measured with it False."""
+    from ckptdoc.recalibrate import tf1
+
+    gm, plans = run.gm, run.plans
+    moments = tf1.run_pass(gm, plans, run.batches(consumed), progress)
+    if consumed.samples == 0:
+        raise RecalibrationError(f"--data {run.source.description}: no samples")
+    passes = 1
+    probe = list(islice(run.source.batches(run.options.batch_size), 1))
+    training = True
+    if _random(tf1, gm, plans, probe, training=True) and gm.switches:
+        # Dropout (or noise) follows the training switch: with it True, every BN after it
+        # would be measured behind active dropout, which inference never sees. Measure in
+        # inference mode instead (switch False), layer after layer below.
+        training = False
+        moments = tf1.run_pass(gm, plans, run.batches(), None, training=False)
+        passes += 1
+        run.notes.append(
+            "the pass with the training switch True is random (dropout follows the "
+            "switch): measured in inference mode instead (switch False, dropout off)"
+        )
+    random = _random(tf1, gm, plans, probe, training)
+    if random:  # nothing to settle: two passes never agree
+        run.notes.append(
+            "the calibration pass is random even with the same data (dropout or noise "
+            "that no training switch turns off): the statistics are those of such passes, "
+            "not of inference; name the switch that turns it off with --set NAME=true"
+        )
+    return moments, passes, training, random, probe
+
+
+def _settle_inference_mode(run: _Run, moments: dict[str, Any], training: bool,
+                           passes_before: int) -> tuple[dict[str, Any], int]:
+    """Inference mode (an inference graph, a training switch left False, or dropout that
+    follows it): every BN layer normalizes with its moving statistics during the pass, so a
+    layer's input depends on the statistics upstream, and one pass measures it behind layers
+    still holding the old (broken) values. Measure again with the new values in place until
+    nothing changes: each pass settles at least one more layer, as sequential mode does."""
+    from ckptdoc.recalibrate import tf1
+
+    gm, plans, ck, expected = run.gm, run.plans, run.ck, run.expected
+    _assign_all(tf1, gm, plans, moments, ck, expected)
+    passes = 0
+    for _ in range(len(plans)):
+        previous = moments
+        moments = tf1.run_pass(gm, plans, run.batches(), None, training=training)
+        if set(moments) != set(previous):
+            raise RecalibrationError(
+                f"--data {run.source.description} could be read only once, but BN layers "
+                "in this graph normalize with their moving statistics, which takes "
+                "several passes: give data that can be read again (a file, a folder, "
+                "or a function that returns a new iterator)"
+            )
+        passes += 1
+        _assign_all(tf1, gm, plans, moments, ck, expected)
+        if _settled(previous, moments):
+            break
+    run.notes.append(
+        "BN layers normalize with their moving statistics in this graph (an inference "
+        "graph, or a training switch that stays False): statistics were measured layer "
+        f"after layer, with the new values in place, {passes_before + passes} passes until "
+        "they stopped "
+        "changing"
+    )
+    return moments, passes
+
+
+def _new_values(run: _Run, moments: Mapping[str, Any]) -> tuple[
+        dict[str, np.ndarray], dict[str, np.ndarray], list[LayerChange],
+        dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """(replacements, additions, changes, new values per layer): the measured statistics in
+    the checkpoint's keys, shapes and dtypes, assigned in the session for the evaluation."""
+    from ckptdoc.recalibrate import tf1
+
+    ck = run.ck
+    replacements: dict[str, np.ndarray] = {}
+    additions: dict[str, np.ndarray] = {}
+    changes = []
+    new_values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for p in run.plans:
+        g = p.group
+        stats = _new_stats(ck, g, run.expected, moments[g.name])
+        mean, var = stats["moving_mean"], stats["moving_variance"]
+        for s in (mean, var):
+            (replacements if s.key in ck.tensors else additions)[s.key] = s.new
+        if mean.key not in ck.tensors or var.key not in ck.tensors:
+            run.notes.append(f"{g.name}: moving statistics the checkpoint lacked were added "
+                             f"as {mean.key} and {var.key} (named as the graph names them)")
+        tf1.assign(run.gm, p, {role: s.new for role, s in stats.items()})
+        new_values[g.name] = (mean.new, var.new)
+        changes.append(LayerChange.build(g.name, moments[g.name].total, mean.old, mean.new,
+                                         var.old, var.new))
+        if g.extras:
+            run.notes.append(f"{g.name}: {', '.join(sorted(g.extras))} left as they were")
+    return replacements, additions, changes, new_values
 
 
 def _open_graph(prefix: Path, options: Options) -> Any:
