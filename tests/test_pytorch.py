@@ -187,10 +187,16 @@ def test_remote_pytorch_file_matches_the_local_audit(tmp_path: Path) -> None:
     server = http.server.ThreadingHTTPServer(
         ("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    torch_save(tmp_path / "last.ckpt", {"global_step": 1000, "state_dict": bn_state(
+        8, trained=True, broken=False, tracked=100)})
+    base = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        remote = audit_file(f"http://127.0.0.1:{server.server_address[1]}/m.pt")
+        remote = audit_file(f"{base}/m.pt")
+        # A `.ckpt` URL is a Lightning file when it is one, a TF prefix when `.index` exists.
+        lightning = audit_file(f"{base}/last.ckpt")
     finally:
         server.shutdown()
+    assert lightning.format == "pytorch" and [f.rule for f in lightning.findings] == ["BN013"]
     local = audit_file(path)
     assert remote.error is None, remote.error
     assert (remote.groups, [f.rule for f in remote.findings]) == (

@@ -295,7 +295,10 @@ def _classify(fs: Any, rpath: str) -> tuple[str, str]:
         return "bundle", rpath[: -len(".meta")]
     if name.lower().endswith(_KERAS):
         return "keras", rpath
-    if name.lower().endswith(_TORCH):
+    # `model.ckpt` is a TF bundle prefix (its `.index` exists), or a Lightning file.
+    lightning = name.lower().endswith(".ckpt")
+    if name.lower().endswith(_TORCH) and (
+            not lightning or (fs.exists(rpath) and not fs.exists(rpath + ".index"))):
         return "torch", rpath
     if fs.exists(rpath + ".index"):
         return "bundle", rpath
