@@ -35,16 +35,14 @@ class TF1GraphCheckpoint(BundleOutput):
     accepts: frozenset[str] = frozenset({"feeds", "sets", "predictions"})
 
     def measure(self, options: Options, progress: Progress | None) -> Measured:
-        from ckptdoc.auditor import evidence_groups
-        from ckptdoc.formats import open_checkpoint
-
-        with open_checkpoint(self.path) as ck:
-            groups = evidence_groups(ck)
-            if not groups:
-                raise RecalibrationError(f"{self.path}: no batch-norm layer in the checkpoint")
-            return _measure(self.path, ck, groups, options, progress)
+        return self._with_groups(_measure, options, progress)
 
     def observe(self, options: Options, progress: Progress | None) -> DataComparison:
+        return self._with_groups(_observe, options, progress)
+
+    def _with_groups(self, run: Callable[..., Any], options: Options,
+                     progress: Progress | None) -> Any:
+        """`run(prefix, checkpoint, BN groups, options, progress)` on the open checkpoint."""
         from ckptdoc.auditor import evidence_groups
         from ckptdoc.formats import open_checkpoint
 
@@ -52,7 +50,7 @@ class TF1GraphCheckpoint(BundleOutput):
             groups = evidence_groups(ck)
             if not groups:
                 raise RecalibrationError(f"{self.path}: no batch-norm layer in the checkpoint")
-            return _observe(self.path, ck, groups, options, progress)
+            return run(self.path, ck, groups, options, progress)
 
 
 @dataclass
