@@ -156,3 +156,20 @@ def test_options_a_target_does_not_take_are_refused_not_ignored(tmp_path: Path) 
     graph = TF1GraphCheckpoint(tmp_path / "model.ckpt")
     with pytest.raises(RecalibrationError, match=r"--mode does not apply .*one session"):
         pipeline.run(graph, Options(data="x.npz", mode="sequential"))
+
+
+def test_a_tf_graph_execution_error_keeps_its_reason() -> None:
+    # Issue 25: "FailedPreconditionError: Graph execution error:." dropped TensorFlow's reason.
+    from ckptdoc.recalibrate.cli import _run_failure
+
+    class FailedPreconditionError(Exception):
+        pass
+
+    exc = FailedPreconditionError(
+        "Graph execution error:\n\nDetected at node 'IteratorGetNext_1' defined at (most "
+        "recent call last):\n  File \"train.py\", line 10, in <module>\nNode: "
+        "'IteratorGetNext_1'\nGetNext() failed because the iterator has not been "
+        "initialized.\n\t [[{{node IteratorGetNext_1}}]]")
+    message = _run_failure(exc)
+    assert "GetNext() failed because the iterator has not been initialized" in message
+    assert "(at node IteratorGetNext_1)" in message

@@ -263,11 +263,34 @@ def _run_failure(exc: BaseException) -> str:
     if machine is not None:
         return machine
     text = getattr(exc, "message", None) or str(exc)
+    reason = _graph_execution_reason(str(text))
+    if reason is not None:  # TensorFlow puts the reason after a traceback of the graph
+        return (f"the graph could not run on the data: {type(exc).__name__}: {reason}. "
+                "Check --data, --feed and --set against the graph's inputs")
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     first = next((line for line in lines if "rror" in line or "expected" in line.lower()),
                  lines[0] if lines else "")
     return (f"the model could not run on the data: {type(exc).__name__}: {first[:300]}. "
             "Check --data (shape, dtype, batching) against the model's inputs")
+
+
+def _graph_execution_reason(text: str) -> str | None:
+    """TensorFlow's "Graph execution error:" names the node (`Node: 'x'`) and gives its reason
+    on the lines after it, below a traceback of where the node was defined; the reason and the
+    node, or None for any other message."""
+    if "Graph execution error" not in text:
+        return None
+    lines = [line.strip() for line in text.splitlines()]
+    node = next((line[len("Node: "):].strip("'\"") for line in lines
+                 if line.startswith("Node: ")), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith("Node: ")), None)
+    candidates = lines[start + 1:] if start is not None else lines
+    reason = next((line for line in candidates
+                   if line and not line.startswith(("[[", "File ", "Detected at node",
+                                                    "Graph execution error"))), None)
+    if reason is None:
+        return None
+    return f"{reason[:300]}{f' (at node {node})' if node else ''}"
 
 
 def _import_user_module(module: str) -> None:
