@@ -558,3 +558,17 @@ def test_two_placeholders_may_take_the_same_data_key() -> None:
     x = np.ones((3, 2), np.float32)
     fd = gm.feed_dict(Batch({"x": x}), training=True)
     assert set(fd) == {a, b} and all(np.array_equal(v, x) for v in fd.values())
+
+
+def test_a_graph_fed_by_tf_data_is_told_what_to_feed() -> None:
+    # Issue 25: "give --feed PLACEHOLDER=KEY ... (float placeholders: none)" for a graph with
+    # no placeholder at all: its inputs come from an iterator, whose outputs can be fed.
+    from ckptdoc.recalibrate.tf1 import _iterator_hint
+
+    g = tf.Graph()
+    with g.as_default():
+        ds = tf.data.Dataset.from_tensor_slices(
+            (np.zeros((4, 2), np.float32), np.zeros(4, np.int64))).batch(2)
+        x, y = v1.data.make_one_shot_iterator(ds).get_next()
+    hint = _iterator_hint(g)
+    assert x.name in hint and f"--feed {x.name}=x --feed {y.name}=y" in hint

@@ -267,6 +267,20 @@ def match_groups(groups: Sequence[BNGroup], sites: Sequence[Site]) -> dict[str, 
 # --- placeholders ------------------------------------------------------------------------------
 
 
+def _iterator_hint(graph: Any) -> str:
+    """A graph fed by `tf.data` has no placeholders: its inputs are the outputs of its
+    `IteratorGetNext` ops, which TensorFlow lets a run feed like placeholders."""
+    outputs = [t for op in graph.get_operations()
+               if op.type in ("IteratorGetNext", "IteratorGetNextSync") for t in op.outputs]
+    if not outputs:
+        return ""
+    example = " ".join(f"--feed {t.name}={'x' if i == 0 else 'y'}"
+                       for i, t in enumerate(outputs[:2]))
+    return (f". The graph reads its data from a tf.data iterator ("
+            f"{', '.join(t.name for t in outputs[:6])}): feed those instead, e.g. {example} "
+            "(each --feed names the .npz key that feeds it)")
+
+
 def _placeholders(graph: Any) -> list[Any]:
     return [
         op for op in graph.get_operations() if op.type in ("Placeholder", "PlaceholderWithDefault")
@@ -540,7 +554,7 @@ def open_graph(
         if len(inputs) != 1:
             raise RecalibrationError(
                 "give --feed PLACEHOLDER=KEY for the graph's inputs (float placeholders: "
-                f"{', '.join(t.name for t in inputs) or 'none'})"
+                f"{', '.join(t.name for t in inputs) or 'none'})" + _iterator_hint(graph)
             )
         feed_tensors[inputs[0]] = "x"
         notes.append(
