@@ -26,8 +26,8 @@ from ckptdoc.report.model import (
 from ckptdoc.rules import RULES, Finding, Rule, Severity
 
 SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
-# Where the tool's documentation lives; update when the project has a home page.
-INFORMATION_URI = "https://pypi.org/project/ckptdoc/"
+# No informationUri / helpUri: the project has no published home page yet, and a link that
+# does not resolve is worse than none (`ckptdoc rule CODE` is the help, in `help`).
 FINGERPRINT = "ckptdocFinding/v1"
 SRCROOT = "%SRCROOT%"
 
@@ -51,7 +51,6 @@ def _rule_descriptor(rule: Rule) -> dict[str, Any]:
         "shortDescription": {"text": rule.title[:1].upper() + rule.title[1:]},
         "fullDescription": {"text": _first_paragraph(rule.explanation)},
         "help": {"text": help_text, "markdown": help_text},
-        "helpUri": INFORMATION_URI,
         "defaultConfiguration": {"level": LEVEL[rule.severity]},
         "properties": {"tags": ["batch-norm", "checkpoint", "ml-model"]},
     }
@@ -60,8 +59,11 @@ def _rule_descriptor(rule: Rule) -> dict[str, Any]:
 def _location(path: str, group: str | None = None) -> dict[str, Any]:
     # A URI reference: spaces and the like percent-encoded, `/` kept.
     uri = quote(path, safe="/")
+    # GitHub code scanning shows a result only with `region.startLine` (sarif-sdk's GH1003);
+    # a checkpoint has no lines, so the finding is placed on the file's first.
     loc: dict[str, Any] = {
-        "physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": SRCROOT}}
+        "physicalLocation": {"artifactLocation": {"uri": uri, "uriBaseId": SRCROOT},
+                             "region": {"startLine": 1}}
     }
     if group is not None:
         loc["logicalLocations"] = [{"name": group, "kind": "object"}]
@@ -124,7 +126,6 @@ def to_dict(report: AuditReport, options: RenderOptions | None = None) -> dict[s
                 "tool": {
                     "driver": {
                         "name": "ckptdoc",
-                        "informationUri": INFORMATION_URI,
                         "version": __version__,
                         "semanticVersion": __version__,
                         "rules": [_rule_descriptor(r) for r in rules],
