@@ -193,6 +193,9 @@ def test_recalibrate_refuses_to_overwrite_healthy_statistics_with_mismatched_dat
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "already agreed with the data" in result.output and out.exists()
+    # One line in a log, not broken mid-sentence at the console's width (issue 25).
+    assert any("already agreed" in line and "changed them little" in line
+               for line in result.output.splitlines())
 
 
 def test_python_api_takes_data_and_gives_the_per_layer_comparison() -> None:

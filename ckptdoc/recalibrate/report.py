@@ -187,6 +187,9 @@ def render(report: RecalibrationReport, console: Any) -> None:
             f"{ch.mean_rel_change:.0%}/{ch.var_rel_change:.0%}",
         )
     console.print(table)
+    # In a log (not a terminal) each line stays whole: log viewers wrap, and a line broken
+    # mid-sentence reads as two.
+    logs = not console.is_terminal
     used = f"{report.samples} samples in {report.batches} batches"
     if report.data_exhausted:
         used += " (the whole dataset: it is shorter than the budget)"
@@ -194,20 +197,22 @@ def render(report: RecalibrationReport, console: Any) -> None:
     console.print(
         f"Data: {shown(report.data)}: {used}; {report.passes} pass(es), {report.seconds:.1f}s "
         f"({report.backend}{devices})",
-        markup=False,
+        markup=False, soft_wrap=logs,
     )
-    console.print(f"Variance written as {report.variance_convention}.", markup=False)
+    console.print(f"Variance written as {report.variance_convention}.", markup=False,
+                  soft_wrap=logs)
     if report.self_check is not None:
-        console.print(shown(report.self_check.summary() + ".", 4000), markup=False)
+        console.print(shown(report.self_check.summary() + ".", 4000), markup=False, soft_wrap=logs)
     for label, ev in (("before", report.eval_before), ("after", report.eval_after)):
         if ev is not None:
             acc = f", accuracy {ev.accuracy:.4f}" if ev.accuracy is not None else ""
             loss = f"{ev.loss_name} {ev.loss:.4f}" if ev.loss is not None else "no loss"
             console.print(
-                f"Eval {label} ({ev.source}, {ev.samples} samples): {loss}{acc}", markup=False
+                f"Eval {label} ({ev.source}, {ev.samples} samples): {loss}{acc}",
+                markup=False, soft_wrap=logs,
             )
     for note in report.notes:
-        console.print(f"Note: {shown(note, 4000)}", markup=False)
+        console.print(f"Note: {shown(note, 4000)}", markup=False, soft_wrap=logs)
 
 
 #: Why held-out results can get worse after recalibration, all of them: the refusal must not
