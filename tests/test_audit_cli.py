@@ -379,3 +379,28 @@ def test_extend_select_adds_to_the_configured_select(tmp_path: Path) -> None:
     more = CliRunner().invoke(app, ["audit", broken, "--config", str(config),
                                     "--extend-select", "BN002"])
     assert more.exit_code == 1 and "BN002" in more.stdout
+
+
+def test_every_configuration_key_has_a_flag(tmp_path: Path) -> None:
+    # Issue 25: `--initial-weight`, `--severity` and `--exclude` did not exist.
+    from typer.testing import CliRunner
+
+    from ckptdoc.cli import app
+
+    samples = Path(__file__).resolve().parent.parent / "sample_ckpts"
+    slim = str(samples / "tf1_slim_decay")
+    base = CliRunner().invoke(app, ["audit", slim, "--isolated"])
+    assert base.exit_code == 0 and "BN005" in base.stdout  # warnings only
+    raised = CliRunner().invoke(app, ["audit", slim, "--isolated", "--severity", "BN005=error"])
+    assert raised.exit_code == 1
+    loose = CliRunner().invoke(app, ["audit", slim, "--isolated", "--barely-moved", "0.0",
+                                     "--initial-weight", "1.0", "--trained-param", "0.5"])
+    assert loose.exit_code == 0
+    scan = CliRunner().invoke(app, ["audit", str(samples), "--isolated", "--format", "json",
+                                    "--exclude", "*/tf1_*", "--exclude", "*keras3*"])
+    import json
+
+    paths = [f["path"] for f in json.loads(scan.stdout)["files"]]
+    assert paths and not any("tf1_" in p or "keras3" in p for p in paths)
+    bad = CliRunner().invoke(app, ["audit", slim, "--severity", "BN005=fatal"])
+    assert bad.exit_code == 2 and "error, warning or info" in bad.output

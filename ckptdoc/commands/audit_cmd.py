@@ -24,7 +24,7 @@ from ckptdoc.report import text
 from ckptdoc.report.formats import ReportFormat, render, write_atomic
 from ckptdoc.report.model import AuditReport, RenderOptions
 from ckptdoc.report.safe import shown
-from ckptdoc.rules import RuleSelection, Severity, Tolerances
+from ckptdoc.rules import RULES, RuleSelection, Severity, Tolerances
 
 FORMATS = ", ".join(f.value for f in ReportFormat)
 
@@ -158,6 +158,42 @@ def audit(
             min=0.0,
         ),
     ] = None,
+    trained_param: Annotated[
+        float | None,
+        typer.Option(
+            help="BN002: gamma / beta further than this from 1 / 0 count as trained. "
+            f"[default: {Tolerances.trained_param}]",
+            show_default=False,
+            min=0.0,
+        ),
+    ] = None,
+    initial_weight: Annotated[
+        float | None,
+        typer.Option(
+            help="BN005: with a step count and momentum in the file, fire when this share of "
+            f"the initial value is still in the averages. [default: {Tolerances.initial_weight}]",
+            show_default=False,
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
+    severity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--severity", metavar="CODE=LEVEL",
+            help="Change a rule's severity (error, warning, info), e.g. `--severity BN005=error`. "
+            "Repeatable; over the configuration's `severity` table.",
+        ),
+    ] = None,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude", metavar="GLOB",
+            help="Never audit paths matching this glob (relative to the configuration file, "
+            "else the working directory), "
+            "in addition to the configuration's `exclude`. Repeatable.",
+        ),
+    ] = None,
     jobs: Annotated[
         int,
         typer.Option(
@@ -244,10 +280,13 @@ def audit(
     error, bad configuration or baseline, or a file that could not be read (reported per
     file, the others still audited).
     """
-    config = _load_config(config_file, isolated)
+    config = _with_flags(_load_config(config_file, isolated), severity or [], exclude or [])
     specs = [ReportSpec(output_format, output)] + [_report_spec(r) for r in reports or []]
-    selection = _selection(config, select, ignore, barely_moved, dead_variance,
-                           extend_select)
+    tolerances = {k: v for k, v in (("barely_moved", barely_moved),
+                                    ("dead_variance", dead_variance),
+                                    ("trained_param", trained_param),
+                                    ("initial_weight", initial_weight)) if v is not None}
+    selection = _selection(config, select, ignore, tolerances, extend_select)
     threshold = fail_on or config.fail_on or Severity.ERROR
 
     found = expand_paths(paths, respect_gitignore)
@@ -329,19 +368,35 @@ def _with_progress(files: list[Path | str], selection: Any, jobs: int) -> list[A
         return audit_files(files, selection, jobs, done=lambda n: bar.advance(task, n))
 
 
+def _with_flags(config: Config, severities: list[str], exclude: list[str]) -> Config:
+    """The configuration with `--severity CODE=LEVEL` and `--exclude GLOB` on top: every
+    configuration key has its flag."""
+    levels = dict(config.severity)
+    for item in severities:
+        code, sep, level = item.partition("=")
+        code = code.strip().upper()
+        if not sep or code not in RULES:
+            raise usage_error(f"--severity {item!r}: expected CODE=LEVEL with a rule code "
+                              "(see `ckptdoc rule`)")
+        try:
+            levels[code] = Severity(level.strip().lower())
+        except ValueError:
+            raise usage_error(f"--severity {item!r}: the level is error, warning or info") \
+                from None
+    return dataclasses.replace(config, severity=levels,
+                               exclude=(*config.exclude, *exclude))
+
+
 def _selection(
     config: Config,
     select: list[str] | None,
     ignore: list[str] | None,
-    barely_moved: float | None,
-    dead_variance: float | None,
+    tolerances: dict[str, float],
     extend_select: list[str] | None = None,
 ) -> RuleSelection:
-    overrides = {k: v for k, v in (("barely_moved", barely_moved),
-                                   ("dead_variance", dead_variance)) if v is not None}
     try:
         return selection_from(config, _codes(select) if select is not None else None,
-                              _codes(ignore), overrides, _codes(extend_select))
+                              _codes(ignore), tolerances, _codes(extend_select))
     except ValueError as exc:
         raise usage_error(str(exc)) from None
 
