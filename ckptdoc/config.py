@@ -11,6 +11,7 @@ ignore = ["BN006"]
 fail-on = "warning"                  # error | warning | info
 severity = { BN005 = "error" }       # per-rule severity
 exclude = ["legacy/**", "*.tmp.h5"]  # never audited
+extend-exclude = ["scratch/**"]     # added to exclude (as ruff's)
 per-file-ignores = { "experiments/**" = ["BN005"] }
 baseline = "ckptdoc-baseline.json"   # known findings, see --baseline
 
@@ -43,6 +44,7 @@ KEYS = (
     "tolerances",
     "per-file-ignores",
     "exclude",
+    "extend-exclude",
     "baseline",
 )
 TOLERANCE_KEYS = {
@@ -173,7 +175,10 @@ def parse_config(table: Mapping[str, Any], path: Path, where: str | None = None)
         severity=_severities(where, table.get("severity", {})),
         tolerances=_tolerances(where, table.get("tolerances", {})),
         per_file_ignores=_per_file(where, table.get("per-file-ignores", {})),
-        exclude=_strings(where, "exclude", table.get("exclude", [])),
+        # `extend-exclude` (as ruff's) adds to `exclude`; ckptdoc has no default excludes
+        # to replace, so the two simply add up.
+        exclude=(*_strings(where, "exclude", table.get("exclude", [])),
+                 *_strings(where, "extend-exclude", table.get("extend-exclude", []))),
         baseline=root / baseline if baseline else None,
     )
 

@@ -143,3 +143,15 @@ def test_exclude_and_per_file_ignores_are_relative_to_the_config(tmp_path: Path)
     assert not cfg.is_excluded(tmp_path / "models" / "a.h5")
     assert cfg.ignored_for(tmp_path / "experiments" / "e1" / "m.h5") == ("BN005",)
     assert cfg.ignored_for(tmp_path / "models" / "m.h5") == ()
+
+
+def test_extend_exclude_adds_to_exclude(tmp_path: Path) -> None:
+    # Issue 25: ruff's `extend-exclude` was an unknown key.
+    from ckptdoc.config import load_config
+
+    path = tmp_path / "ckptdoc.toml"
+    path.write_text('exclude = ["legacy/**"]\nextend-exclude = ["scratch/**"]\n')
+    config = load_config(path)
+    assert config.is_excluded(tmp_path / "legacy" / "a.h5")
+    assert config.is_excluded(tmp_path / "scratch" / "b.h5")
+    assert not config.is_excluded(tmp_path / "models" / "c.h5")
