@@ -53,7 +53,7 @@ def main() -> None:
         prefix = Path(tmp) / "tf" / "model.ckpt"
         write_bundle(prefix, tf_state)
         times: dict[str, list[float]] = {"pytorch": [], "tf bundle": []}
-        for name, path in (("pytorch", pt), ("tf bundle", prefix)):
+        for path in (pt, prefix):
             report = audit_file(path)  # warm-up
             assert report.error is None and len(report.groups) == args.layers, report.error
         for _ in range(args.repeat):
