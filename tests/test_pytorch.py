@@ -219,3 +219,16 @@ def test_a_real_torch_save_file() -> None:
             assert value.shape == info.shape and np.isfinite(value).all(), key
         var = ckpt.read("conv1_BN.running_var")
         assert var.min() > 1 and var.dtype == np.float32  # trained statistics, not 0 / 1
+
+
+def test_a_flipped_byte_in_a_storage_is_caught_by_its_crc(tmp_path: Path) -> None:
+    path = torch_save(tmp_path / "m.pt", bn_state(8, trained=True, broken=False))
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("archive/data/3")  # layer1.0.bn1.running_mean
+    raw = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26:
+                                                   info.header_offset + 30])
+    raw[info.header_offset + 30 + name_len + extra_len] ^= 0x40
+    path.write_bytes(bytes(raw))
+    report = audit_file(path)
+    assert report.error is not None and "checksum mismatch" in report.error
