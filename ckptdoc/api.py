@@ -7,7 +7,6 @@ module hands the gate a run that compares each file with the data through it
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,15 +43,10 @@ def audit(
     """
     run = None
     if data is not None:
-        from ckptdoc.recalibrate.observe import with_data
-        from ckptdoc.recalibrate.options import Options
+        from ckptdoc.recalibrate.observe import data_options, with_data
 
-        options = Options(data=data, model_spec=model)
-        if samples is not None:
-            options = dataclasses.replace(options, samples=samples)
-        if batch_size is not None:
-            options = dataclasses.replace(options, batch_size=batch_size)
-        run = with_data(audit_files, options)
+        run = with_data(audit_files, data_options(data, model=model, samples=samples,
+                                                  batch_size=batch_size))
     return _audit(paths, select=select, ignore=ignore, tolerances=tolerances, config=config,
                   baseline=baseline, jobs=jobs, fail_on=fail_on, run=run,
                   respect_gitignore=respect_gitignore)

@@ -14,6 +14,7 @@ from ckptdoc.auditor import audit_files, expand_paths, gate, selection_from
 from ckptdoc.commands.common import (
     EXIT_OK,
     EXIT_USAGE,
+    import_user_modules,
     silence_stdout,
     stderr,
     stdout,
@@ -335,21 +336,11 @@ def _with_data(data: str | None, samples: int | None, batch_size: int | None,
             raise usage_error("--samples, --batch-size, --model and --import go with --data")
         return _with_progress
     from ckptdoc.recalibrate.errors import RecalibrationError
-    from ckptdoc.recalibrate.observe import with_data
-    from ckptdoc.recalibrate.options import Options
-    from ckptdoc.recalibrate.quiet import import_user_module
+    from ckptdoc.recalibrate.observe import data_options, with_data
 
-    for module in imports:
-        try:
-            import_user_module(module)
-        except Exception as exc:  # noqa: BLE001 - the user's code: report, do not crash
-            raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
+    import_user_modules(imports)
     try:
-        options = Options(data=data, model_spec=model)
-        if samples is not None:
-            options = dataclasses.replace(options, samples=samples)
-        if batch_size is not None:
-            options = dataclasses.replace(options, batch_size=batch_size)
+        options = data_options(data, model=model, samples=samples, batch_size=batch_size)
     except RecalibrationError as exc:
         raise usage_error(str(exc)) from None
     return with_data(_with_progress, options)

@@ -75,6 +75,18 @@ def set_color(mode: str) -> None:
 _DEFAULTS: dict[int, tuple[bool, bool | None, ColorSystem | None]] = {}
 
 
+def import_user_modules(modules: list[str]) -> None:
+    """`--import MODULE` (audit --data, recalibrate): the user's code, run as given before
+    loading, so the custom classes it registers resolve; a failure is a usage error."""
+    from ckptdoc.recalibrate.quiet import import_user_module
+
+    for module in modules:
+        try:
+            import_user_module(module)
+        except Exception as exc:  # noqa: BLE001 - the user's code: report, do not crash
+            raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
+
+
 def usage_error(message: str) -> typer.Exit:
     stderr.print(f"[bold red]error:[/bold red] {escape(shown(message, 4000))}", soft_wrap=True)
     return typer.Exit(EXIT_USAGE)

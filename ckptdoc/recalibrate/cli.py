@@ -18,7 +18,14 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from ckptdoc.commands.common import EXIT_FINDINGS, EXIT_OK, stderr, stdout, usage_error
+from ckptdoc.commands.common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    import_user_modules,
+    stderr,
+    stdout,
+    usage_error,
+)
 from ckptdoc.errors import CheckpointError
 from ckptdoc.recalibrate import pipeline
 from ckptdoc.recalibrate.errors import RecalibrationError
@@ -178,8 +185,7 @@ def command(
         target.check_output(dest, in_place)
     except (CheckpointError, RecalibrationError) as exc:
         raise usage_error(str(exc)) from None
-    for module in imports or []:
-        _import_user_module(module)
+    import_user_modules(imports or [])
     _import_framework(target.kind)
     try:
         outcome = _with_progress(
@@ -291,15 +297,6 @@ def _graph_execution_reason(text: str) -> str | None:
     if reason is None:
         return None
     return f"{reason[:300]}{f' (at node {node})' if node else ''}"
-
-
-def _import_user_module(module: str) -> None:
-    from ckptdoc.recalibrate.quiet import import_user_module
-
-    try:
-        import_user_module(module)
-    except Exception as exc:  # noqa: BLE001 - the user's code: report, do not crash
-        raise usage_error(f"--import {module}: {type(exc).__name__}: {exc}") from None
 
 
 def _print(outcome: Outcome, *, as_json: bool) -> None:

@@ -34,12 +34,24 @@ def compare_file(path: str | Path, options: Options,
     return target.observe(options, progress)
 
 
+def data_options(data: Any, *, model: str | None = None, samples: int | None = None,
+                 batch_size: int | None = None) -> Options:
+    """The Options of a data check (`audit --data`, `ckptdoc.audit(data=...)`): unset values
+    keep recalibrate's defaults. RecalibrationError for invalid ones."""
+    extra: dict[str, Any] = {}
+    if samples is not None:
+        extra["samples"] = samples
+    if batch_size is not None:
+        extra["batch_size"] = batch_size
+    return Options(data=data, model_spec=model, **extra)
+
+
 def with_data(run: Run, options: Options) -> Run:
     """`run` (the audit of the files), then each readable file compared with the data."""
 
     def run_with_data(files: list[Path | str], selection: Any, jobs: int) -> list[FileReport]:
         reports = run(files, selection, jobs)
-        return [_add(r, options, selection(Path(r.path)) if callable(selection) else selection)
+        return [_add(r, options, selection(r.path) if callable(selection) else selection)
                 for r in reports]
 
     return run_with_data
