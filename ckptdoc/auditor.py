@@ -10,10 +10,9 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint
 from ckptdoc.config import Config
-from ckptdoc.errors import CheckpointError, NotAModelError
+from ckptdoc.errors import CheckpointError, SkippedFileError
 from ckptdoc.evidence import check_steps, with_tracking, with_training
 from ckptdoc.formats import open_checkpoint
-from ckptdoc.formats.foreign import foreign_format
 from ckptdoc.formats.remote import find_remote_checkpoints, is_url
 from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
 from ckptdoc.graph_bn import analyze
@@ -37,9 +36,6 @@ from ckptdoc.rules import (
 def audit_file(path: str | Path, selection: RuleSelection | None = None) -> FileReport:
     """Audit one checkpoint. A file that cannot be read gives a report with `error` set."""
     selection = selection or RuleSelection()
-    if not is_url(path) and (kind := foreign_format(Path(path))) is not None:
-        return FileReport(str(path), None, skipped=f"{kind}; ckptdoc audits TensorFlow and "
-                          "Keras files")
     try:
         with open_checkpoint(path) as ckpt:
             read = _read_once(ckpt)
@@ -67,8 +63,8 @@ def audit_file(path: str | Path, selection: RuleSelection | None = None) -> File
                 str(path), ckpt.format, tuple(results), tuple(findings), None,
                 (*ckpt.warnings, *found.notes), ledger.as_dict(),
             )
-    except NotAModelError as exc:
-        return FileReport(str(path), None, skipped=f"not a model: {exc}")
+    except SkippedFileError as exc:
+        return FileReport(str(path), None, skipped=exc.skip)
     except CheckpointError as exc:
         return FileReport(str(path), None, error=str(exc))
 

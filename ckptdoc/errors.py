@@ -26,9 +26,21 @@ class UnsupportedFormatError(CheckpointError):
     """The file is not a checkpoint format ckptdoc knows, or uses a feature it refuses."""
 
 
-class NotAModelError(UnsupportedFormatError):
-    """A readable file of a format ckptdoc opens (HDF5) that holds no model: a dataset, say.
-    The audit skips it, with the reason, instead of failing the gate."""
+class SkippedFileError(UnsupportedFormatError):
+    """A readable file the audit skips instead of failing the gate (another framework's
+    model, a dataset): `skip` is what the report says about it."""
+
+    @property
+    def skip(self) -> str:
+        return self.problem
+
+
+class NotAModelError(SkippedFileError):
+    """A readable file of a format ckptdoc opens (HDF5) that holds no model: a dataset, say."""
+
+    @property
+    def skip(self) -> str:
+        return f"not a model: {self}"
 
 
 class CorruptCheckpointError(CheckpointError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ckptdoc.errors import NotFoundError, UnsupportedFormatError
+from ckptdoc.errors import NotFoundError, SkippedFileError, UnsupportedFormatError
 
 Kind = Literal["bundle", "savedmodel", "hdf5", "keras-zip", "torch", "safetensors"]
 
@@ -245,8 +245,8 @@ def _refuse_foreign(path: Path) -> None:
         raise UnsupportedFormatError(path, "a Git LFS pointer, not the file itself: fetch it "
                                      "with `git lfs pull` (in CI: check out with lfs: true)")
     kind = foreign_format(path)
-    if kind is not None:
-        raise UnsupportedFormatError(path, f"{kind}; ckptdoc reads TensorFlow and Keras files")
+    if kind is not None:  # a scan lists it as skipped, with what it is
+        raise SkippedFileError(path, f"{kind}: not a format ckptdoc reads")
 
 
 def glob_escape(name: str) -> str:
@@ -279,7 +279,6 @@ def find_checkpoints(root: Path, respect_gitignore: bool = True) -> list[Path]:
                        and not (here is not None and here.ignored(d / n, is_dir=True))]
         if here is not None:
             ignores.update(dict.fromkeys((d / n for n in dirnames), here))
-        if here is not None:
             filenames = [f for f in filenames if not here.ignored(d / f, is_dir=False)]
         if is_savedmodel_dir(d):
             found.add(d)
