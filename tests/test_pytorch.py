@@ -232,3 +232,22 @@ def test_a_flipped_byte_in_a_storage_is_caught_by_its_crc(tmp_path: Path) -> Non
     path.write_bytes(bytes(raw))
     report = audit_file(path)
     assert report.error is not None and "checksum mismatch" in report.error
+
+
+def test_bfloat16_safetensors_is_widened_exactly(tmp_path: Path) -> None:
+    values = np.array([1.0, -2.5, 0.15625, 2.0**100], np.float32)
+    bits = (values.view(np.uint32) >> 16).astype("<u2")  # exact: low halves are zero
+    header = json.dumps({"x": {"dtype": "BF16", "shape": [4], "data_offsets": [0, 8]}}).encode()
+    path = tmp_path / "b.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + bits.tobytes())
+    with open_checkpoint(path) as ckpt:
+        assert ckpt.tensors["x"].dtype == np.float32
+        np.testing.assert_array_equal(ckpt.read("x"), values)
+
+
+def test_state_dict_entries_it_cannot_read_are_said(tmp_path: Path) -> None:
+    # A quantized tensor's rebuild is code outside the allow-list: not read, never silent.
+    state: dict[str, object] = dict(bn_state(8, trained=True, broken=False))
+    state["fc.weight"] = Raw(b"ctorch._utils\n_rebuild_qtensor\n)R")
+    report = audit_file(torch_save(tmp_path / "q.pt", state))
+    assert any("`fc.weight`" in n and "not read" in n for n in report.notes), report.notes

@@ -22,6 +22,7 @@ from ckptdoc.errors import (
     NotFoundError,
     UnsupportedFormatError,
 )
+from ckptdoc.formats.bfloat16 import bfloat16_to_float32
 from ckptdoc.formats.graph import Graph, read_meta_graph, read_savedmodel_graph
 from ckptdoc.formats.proto import (
     BundleEntry,
@@ -414,9 +415,7 @@ class BundleCheckpoint(Checkpoint):
         if entry.crc32c is not None and mask_crc(crc32c(data)) != entry.crc32c:
             raise CorruptCheckpointError(shard, f"checksum mismatch in tensor {key!r}")
         if entry.dtype == DT_BFLOAT16:
-            # bfloat16 is the top half of a float32: widen exactly, no extra dependency.
-            u16 = np.frombuffer(data, dtype="<u2").astype(np.uint32)
-            return (u16 << 16).view(np.float32).reshape(entry.shape)
+            return bfloat16_to_float32(np.frombuffer(data, dtype="<u2").reshape(entry.shape))
         return np.frombuffer(data, dtype=_DTYPES[entry.dtype]).reshape(entry.shape).copy()
 
 

@@ -251,8 +251,3 @@ def describe_dataset(
         warnings.append(f"dataset {key!r} has non-numeric dtype {dtype}; skipped")
         return None
     return H5Var(TensorInfo(key, dtype, shape))
-
-
-def bfloat16_to_float32(arr: np.ndarray) -> np.ndarray:
-    bits = np.frombuffer(arr.tobytes(), dtype="<u2").astype(np.uint32) << 16
-    return bits.view(np.float32).reshape(arr.shape)

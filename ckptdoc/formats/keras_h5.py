@@ -50,11 +50,11 @@ from ckptdoc.errors import (
     NotAModelError,
     UnsupportedFormatError,
 )
+from ckptdoc.formats.bfloat16 import bfloat16_to_float32
 from ckptdoc.formats.h5_heaps import check_global_heaps, check_global_heaps_in_file
 from ckptdoc.formats.h5_safe import (
     FetchingFile,
     H5Var,
-    bfloat16_to_float32,
     check_dataset,
     describe_dataset,
     gaps,

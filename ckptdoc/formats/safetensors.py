@@ -16,23 +16,15 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
 from ckptdoc.errors import CorruptCheckpointError
+from ckptdoc.formats.bfloat16 import bfloat16_to_float32
 from ckptdoc.formats.torch_zip import bn_modules
 
-__all__ = ["SafetensorsCheckpoint", "open_safetensors", "is_safetensors"]
+__all__ = ["SafetensorsCheckpoint", "open_safetensors"]
 
 _DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
            "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?"}
 #: The format's own limit on the header.
 MAX_HEADER_BYTES = 100 << 20
-
-
-def is_safetensors(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{"
 
 
 def open_safetensors(path: Path) -> SafetensorsCheckpoint:
@@ -65,6 +57,7 @@ class SafetensorsCheckpoint(Checkpoint):
             if key == "__metadata__":
                 continue
             self._add(str(key), entry)
+        self._layers = bn_modules(self._tensors)
 
     def _add(self, key: str, entry: Any) -> None:
         if not isinstance(entry, dict):
@@ -94,7 +87,7 @@ class SafetensorsCheckpoint(Checkpoint):
 
     @property
     def layers(self) -> list[LayerNode] | None:
-        return bn_modules(self._tensors)
+        return self._layers
 
     def read(self, key: str) -> np.ndarray:
         dtype, shape, begin, end = self._entries[key]
@@ -105,5 +98,5 @@ class SafetensorsCheckpoint(Checkpoint):
             raise CorruptCheckpointError(self.path, f"{key}: the file is truncated")
         out = np.frombuffer(data, dtype=dtype).reshape(shape).copy()
         if self._tensors[key].dtype != dtype:  # bfloat16, widened exactly
-            out = (out.astype(np.uint32) << 16).view(np.float32)
+            out = bfloat16_to_float32(out)
         return out

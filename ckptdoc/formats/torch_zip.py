@@ -23,7 +23,8 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
 from ckptdoc.errors import CorruptCheckpointError, UnsupportedFormatError
-from ckptdoc.formats.safe_pickle import PickleError, TensorRef, read_pickle
+from ckptdoc.formats.bfloat16 import bfloat16_to_float32
+from ckptdoc.formats.safe_pickle import Opaque, PickleError, TensorRef, read_pickle
 
 __all__ = ["TorchCheckpoint", "bn_modules", "open_torch", "is_torch_zip"]
 
@@ -87,6 +88,14 @@ class TorchCheckpoint(Checkpoint):
             self._warnings.append(f"the model's tensors are the checkpoint's `{where}` entry")
         self._step = _global_step(top)
         self._refs = {k: v for k, v in self._state.items() if isinstance(v, TensorRef)}
+        unread = sorted(str(k) for k, v in self._state.items() if isinstance(v, Opaque))
+        if unread:
+            # Entries torch would rebuild some other way (a quantized or sparse tensor, a
+            # custom class): not read, so said, never silently dropped.
+            listed = ", ".join(f"`{k}`" for k in unread[:5])
+            more = f" and {len(unread) - 5} more" if len(unread) > 5 else ""
+            self._warnings.append(f"{len(unread)} state_dict entries are built by code "
+                                  f"ckptdoc does not run and were not read: {listed}{more}")
         self._tensors: dict[str, TensorInfo] = {}
         for key, ref in self._refs.items():
             dtype = _DTYPES.get(ref.storage.dtype)
@@ -99,6 +108,7 @@ class TorchCheckpoint(Checkpoint):
             raise UnsupportedFormatError(self.path, "a PyTorch file without a state_dict of "
                                          "tensors (a whole pickled model? save "
                                          "model.state_dict() instead)")
+        self._layers = bn_modules(self._tensors)
 
     @property
     def tensors(self) -> Mapping[str, TensorInfo]:
@@ -110,7 +120,7 @@ class TorchCheckpoint(Checkpoint):
 
     @property
     def layers(self) -> list[LayerNode] | None:
-        return bn_modules(self._tensors)
+        return self._layers
 
     def step_count(self) -> StepCount | None:
         return self._step
@@ -142,7 +152,7 @@ class TorchCheckpoint(Checkpoint):
             np.zeros(ref.shape, dtype)
         out = np.array(view)  # a copy: the zip member's buffer is not kept
         if ref.storage.dtype == "BFloat16Storage":
-            out = (out.astype(np.uint32) << 16).view(np.float32)
+            out = bfloat16_to_float32(out)
         return out
 
     def _member(self, info: zipfile.ZipInfo) -> bytes:
