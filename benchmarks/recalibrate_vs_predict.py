@@ -1,6 +1,6 @@
 """Benchmark (not a test): recalibration time vs a plain `model.predict` over the same samples.
 
-    python benchmarks/recalibrate_vs_predict.py [--model mobilenetv2|resnet50|small]
+    python benchmarks/recalibrate_vs_predict.py [--model mobilenetv2|resnet50|small|dense48]
         [--samples 1024] [--batch-size 64] [--image-size 96] [--mode precise]
         [--weights W.weights.h5] [--stats S.npz]
 
@@ -35,6 +35,14 @@ def build(name: str, size: int):  # type: ignore[no-untyped-def]
         return keras.applications.MobileNetV2(input_shape=(size, size, 3), weights=None)
     if name == "resnet50":
         return keras.applications.ResNet50(input_shape=(size, size, 3), weights=None)
+    if name == "dense48":  # per-batch costs dominate: 48 cheap Dense+BN+ReLU blocks
+        inp = keras.Input((16,))
+        h = inp
+        for _ in range(48):
+            h = keras.layers.Dense(16)(h)
+            h = keras.layers.BatchNormalization()(h)
+            h = keras.layers.ReLU()(h)
+        return keras.Model(inp, h)
     inp = keras.Input((size, size, 3))
     h = inp
     for filters in (16, 32, 64):
@@ -51,7 +59,12 @@ def fmt(ts: list[float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="mobilenetv2", choices=["mobilenetv2", "resnet50", "small"])
+    ap.add_argument("--model", default="mobilenetv2",
+                    choices=["mobilenetv2", "resnet50", "small", "dense48"])
+    ap.add_argument("--pass-only", action="store_true",
+                    help="time one measurement pass (the engine), not the whole recalibrate "
+                    "(which adds the self-check's inference pass over the first 1024 samples, "
+                    "and sequential passes where precise mode fails it)")
     ap.add_argument("--samples", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=96)
@@ -75,7 +88,8 @@ def main() -> None:
             model.save_weights(args.weights)
     x = (
         np.random.default_rng(0)
-        .normal(size=(args.samples, args.image_size, args.image_size, 3))
+        .normal(size=(args.samples, 16) if args.model == "dense48"
+                else (args.samples, args.image_size, args.image_size, 3))
         .astype("float32")
     )
     warm = x[: args.batch_size * 2]
@@ -89,12 +103,25 @@ def main() -> None:
         model.predict(x, batch_size=args.batch_size, verbose=0)
 
     def recal() -> None:
-        recalibrate(model, x, batch_size=args.batch_size, samples=None, mode=args.mode)
+        if args.pass_only:
+            one_pass(x)
+        else:
+            recalibrate(model, x, batch_size=args.batch_size, samples=None, mode=args.mode)
+
+    def one_pass(data) -> None:  # type: ignore[no-untyped-def]
+        from ckptdoc.recalibrate.data import Batch
+        from ckptdoc.recalibrate.engine import Capture, find_bn_layers, run_pass
+
+        capture = Capture(find_bn_layers(model))
+        batches = [Batch(data[i:i + args.batch_size])
+                   for i in range(0, len(data), args.batch_size)]
+        with capture.installed():
+            run_pass(model, capture, batches)
 
     first_predict = timed(lambda: model.predict(warm, batch_size=args.batch_size, verbose=0))
     first_recal = timed(
-        lambda: recalibrate(model, warm, batch_size=args.batch_size, samples=None, mode=args.mode)
-    )
+        lambda: one_pass(warm) if args.pass_only else recalibrate(
+            model, warm, batch_size=args.batch_size, samples=None, mode=args.mode))
     tp, tr = [], []
     for _ in range(args.repeat):  # alternate, so that background load hits both alike
         tp.append(timed(predict))
@@ -112,7 +139,9 @@ def main() -> None:
         f"recalibrate {first_recal:.2f} s"
     )
     print(f"model.predict : {t_predict:8.3f} s  (median of {args.repeat}: {fmt(tp)})")
-    print(f"recalibrate   : {t_recal:8.3f} s  (median of {args.repeat}: {fmt(tr)})")
+    what = "one pass" if args.pass_only else "recalibrate"
+    print(f"{what:14}: {t_recal:8.3f} s  (median of {args.repeat}: {fmt(tr)})")
+    print(f"images / s    : {args.samples / t_recal:8.0f} (predict {args.samples / t_predict:.0f})")
     ratio = t_recal / t_predict
     print(f"backend       : {keras.backend.backend()}")
     print(

@@ -135,10 +135,20 @@ for shape, axis, loc in json.loads(sys.argv[1]):
     x = np.random.default_rng(0).normal(loc, 1.0, shape).astype(np.float32)
     kept, reduced = channel_axes(len(shape), axis)
     nothing = types.SimpleNamespace(variables=[])  # a "model" without variables
-    step = backend.make_step(lambda: nothing, lambda m, v: portable.moments(v, kept, reduced),
-                             False)
-    count, mean, m2 = (np.asarray(t) for t in step(x))
+    channels = int(np.prod([shape[a] for a in kept]))
+    # Two batches folded into the device-resident accumulators, as a pass does.
+    step = backend.make_step(
+        lambda: nothing,
+        lambda m, acc, v: portable.fold(acc, {"0": [portable.moments(v, kept, reduced)]},
+                                        [("0", 0, channels)]),
+        False)
+    acc = np.zeros((3, channels), np.float64)
+    half = shape[0] // 2
+    for part in (x[:half], x[half:]):
+        acc = step.run(acc, part)
+    count, mean, m2 = np.asarray(acc)
     ref = Moments.from_batch(x, axis)
+    ref = Moments(ref.count.ravel(), ref.mean.ravel(), ref.m2.ravel())
     assert mean.dtype == np.float64 and m2.dtype == np.float64, (mean.dtype, m2.dtype)
     assert np.array_equal(count, ref.count)
     # The TensorFlow kernel's bounds (test_in_graph_moments_equal_float64_numpy), as ratios.

@@ -2,9 +2,11 @@
 whichever Keras backend runs the model (`backends/`: TensorFlow, JAX, PyTorch).
 
 How the pass works: each BN layer's `call` is replaced, on the instance only, by a wrapper that
-(a) computes the per-channel count / mean / M2 of the layer's input in float64 and hands them
-out of the traced function, and (b) normalizes with those batch statistics (precise mode) or
-with the layer's already-fixed moving statistics (sequential mode, layers already done). The
+(a) computes the per-channel count / mean / M2 of the layer's input in float64, which the step
+folds into per-layer accumulators that stay on the device for the whole pass (one transfer to
+the host at its end, not one per batch and layer), and (b) normalizes with those batch
+statistics (precise mode) or with the layer's already-fixed moving statistics (sequential mode,
+layers already done). The
 model itself is called with `training=False`, so dropout and every other layer run in inference
 mode. Replacing `call` (not `__call__`) also catches layers that wrappers such as
 `TimeDistributed` invoke through `layer.call`, and layers in nested models of any depth.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ckptdoc.recalibrate import backends
-from ckptdoc.recalibrate.backends import Backend
+from ckptdoc.recalibrate.backends import Backend, Step
 from ckptdoc.recalibrate.data import Batch
 from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments
@@ -206,17 +209,32 @@ class _Step:
 _STEPS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Step]] = weakref.WeakKeyDictionary()
 
 
-def _forward(capture_of: Callable[[], Capture | None]) -> Callable[[Any, Any], Any]:
-    """The body of every step: run the model in inference mode with the wrappers recording."""
+def _forward(capture_of: Callable[[], Capture | None]) -> Callable[[Any, Any, Any], Any]:
+    """The body of every step: run the model in inference mode with the wrappers recording,
+    and fold what they recorded into the accumulators, inside the compiled step (`acc` None:
+    record nothing, for a trace that only reads the graph)."""
+    from ckptdoc.recalibrate.backends.portable import fold
 
-    def body(model: Any, x: Any) -> Any:
+    def body(model: Any, acc: Any, x: Any) -> Any:
         cap = capture_of()
         assert cap is not None
         cap.begin_trace()
         model(x, training=False)
-        return cap.outputs()
+        return None if acc is None else fold(acc, cap.outputs(), layout(cap))
 
     return body
+
+
+def layout(capture: Capture) -> list[tuple[str, int, int]]:
+    """Where each layer this pass records sits in the accumulator array: (key, first column,
+    channels). Keras 3 BN has one channel axis: its length is the moving mean's."""
+    out, at = [], 0
+    for i, bn in enumerate(capture.layers):
+        if capture.state.get(i, "batch") in ("batch", "check"):
+            size = int(np.prod(tuple(bn.layer.moving_mean.shape)))
+            out.append((str(i), at, size))
+            at += size
+    return out
 
 
 def _step_function(model: Any, capture: Capture) -> _Step:
@@ -251,7 +269,9 @@ def run_pass(
     apart those of the first batches holding at least `head` samples."""
     step = _step_function(model, capture)
     try:
-        result = _walk(step.fn, batches, on_batch, head)
+        places = layout(capture)
+        empty = np.zeros((3, sum(size for _, _, size in places)), np.float64)
+        result = _walk(step.fn, empty, places, batches, on_batch, head)
     finally:
         step.capture = None  # hold no layers or data between passes
     # Across workers (multi-worker training setups), each worker measured its share.
@@ -261,31 +281,64 @@ def run_pass(
     return result
 
 
-def _walk(fn: Any, batches: Iterable[Batch], on_batch: Callable[[int], None] | None,
-          head: int = 0) -> PassResult:
-    moments: dict[int, Moments] = {}
-    first: dict[int, Moments] = {}
+#: Batches in flight: put on the device ahead of their step, and steps dispatched but not
+#: known finished. Two keep the device busy while the host prepares the next batch (as
+#: `model.predict` prefetches) and bound the device memory held by queued batches.
+AHEAD = 2
+
+
+def _walk(step: Step, acc: Any, places: list[tuple[str, int, int]], batches: Iterable[Batch],
+          on_batch: Callable[[int], None] | None, head: int = 0) -> PassResult:
+    """Drive the step over the batches without waiting on it: the statistics stay on the
+    device (folded into `acc` by the step) and come to the host once, at the end."""
     samples = nb = head_batches = 0
-    for b in batches:
-        out = fn(b.x)
+    first = None
+    waiting: deque[Any] = deque()
+    for x, size in _ahead(batches, step.put):
         in_head = samples < head
-        for key, calls in out.items():
-            acc = moments.get(int(key))
-            for count, mean, m2 in calls:
-                part = Moments(_numpy(count), _numpy(mean), _numpy(m2))
-                if acc is None:
-                    acc = Moments.empty(part.mean.shape)
-                acc.merge(part)
-                if in_head:
-                    first.setdefault(int(key), Moments.empty(part.mean.shape)).merge(part)
-            if acc is not None:
-                moments[int(key)] = acc
-        samples += b.size
+        acc = step.run(acc, x)
+        if in_head:
+            first = acc
+        waiting.append(acc)
+        if len(waiting) > AHEAD:
+            step.wait(waiting.popleft())
+        samples += size
         nb += 1
         head_batches += in_head
         if on_batch:
-            on_batch(b.size)
-    return PassResult(moments, samples, nb, first, head_batches)
+            on_batch(size)
+    return PassResult(_moments(step, acc, places) if nb else {}, samples, nb,
+                      _moments(step, first, places) if first is not None else {}, head_batches)
+
+
+def _ahead(batches: Iterable[Batch], put: Callable[[Any], Any]) -> Iterator[tuple[Any, int]]:
+    """(inputs already on their way to the device, batch size), AHEAD batches in advance."""
+    queue: deque[tuple[Any, int]] = deque()
+    for b in batches:
+        queue.append((put(b.x), b.size))
+        if len(queue) > AHEAD - 1:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def _moments(step: Step, acc: Any, places: list[tuple[str, int, int]]) -> dict[int, Moments]:
+    """The accumulators on the host (the pass's one transfer), merged exactly in float64
+    across replicas; layers no call reached are left out."""
+    total: Moments | None = None
+    for part in step.parts(acc):
+        a = _numpy(part)
+        m = Moments(a[0].copy(), a[1].copy(), a[2].copy())
+        total = m if total is None else total.merge(m)
+    out: dict[int, Moments] = {}
+    if total is None:
+        return out
+    for key, start, size in places:
+        cut = slice(start, start + size)
+        m = Moments(total.count[cut], total.mean[cut], total.m2[cut])
+        if size and m.count.max() > 0:
+            out[int(key)] = m
+    return out
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -315,7 +368,8 @@ def dependency_levels(model: Any, capture: Capture, sample: Batch) -> list[list[
         if deps is None and not capture.calls:
             # The backend has no graph and did not trace: the order the layers run in, from
             # one forward pass. (A trace it made and could not read already gave the order.)
-            capture.backend.make_step(lambda: model, _forward(lambda: capture), False)(sample.x)
+            capture.backend.make_step(lambda: model, _forward(lambda: capture), False).run(
+                None, sample.x)
     finally:
         capture.state.update(saved)
     order: list[int] = []

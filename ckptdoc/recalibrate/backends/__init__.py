@@ -3,7 +3,9 @@
 - `batch_stats(layer, inputs, mask)`: the BN layer's training-mode output and the float64
   (count, mean, M2) of its input, as that backend computes best;
 - `make_step(model_of, body, jit)`: the compiled forward pass (`tf.function`, a stateless
-  `jax.jit`, or eager PyTorch under `no_grad`);
+  `jax.jit`, or eager PyTorch under `no_grad`) as a `Step`: `step(acc, x)` folds one batch's
+  statistics into the accumulators `acc` on the device and returns them, so a pass makes one
+  device-to-host transfer, at its end (`Step.parts`), not one per batch;
 - `inference(model)`: the model in inference mode, for the held-out check;
 - `dependency_graph(...)`: which BN layers feed which, where the backend's graph shows it;
 - `replicas(model)` / `distributed(devices)`: data parallelism through the backend's own
@@ -20,6 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckptdoc.recalibrate.errors import RecalibrationError
@@ -28,17 +31,47 @@ from ckptdoc.recalibrate.stats import Moments
 SUPPORTED = ("tensorflow", "jax", "torch")
 
 
+def _whole(acc: Any) -> list[Any]:
+    return [acc]
+
+
+def _nothing(acc: Any) -> None:
+    return None
+
+
+def _same(x: Any) -> Any:
+    return x
+
+
+@dataclass
+class Step:
+    """A compiled forward step and what the engine needs to drive it without waiting on it.
+
+    `run(acc, x)` returns the accumulators (`portable.fold`: one float64 array, count / mean
+    / M2 of every layer's channels) with the batch folded in, without synchronizing (JAX and
+    PyTorch dispatch asynchronously on accelerators); `parts(acc)` is the partial
+    accumulators (one, or one per replica), still on the device; `put(x)` starts
+    copying a batch to the device ahead of its use; `wait(acc)` blocks until `acc` is
+    computed, which bounds how far the host runs ahead.
+    """
+
+    run: Callable[[Any, Any], Any]
+    parts: Callable[[Any], list[Any]] = field(default=_whole)
+    put: Callable[[Any], Any] = field(default=_same)
+    wait: Callable[[Any], None] = field(default=_nothing)
+
+
 class Backend(Protocol):
     name: str
 
     def batch_stats(self, layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]: ...
 
-    def make_step(self, model_of: Callable[[], Any], body: Callable[[Any, Any], Any],
-                  jit: bool) -> Any: ...
+    def make_step(self, model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
+                  jit: bool) -> Step: ...
 
     def inference(self, model: Any) -> Callable[[Any], Any]: ...
 
-    def dependency_graph(self, model: Any, body: Callable[[Any, Any], Any], sample: Any,
+    def dependency_graph(self, model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
                          calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None: ...
 
     def replicas(self, model: Any) -> int: ...
@@ -75,4 +108,4 @@ def current() -> Backend:
     return module
 
 
-__all__ = ["SUPPORTED", "Backend", "current"]
+__all__ = ["SUPPORTED", "Backend", "Step", "current"]

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ckptdoc.recalibrate.backends import Step
 from ckptdoc.recalibrate.backends.one_process import combine, writes
 from ckptdoc.recalibrate.backends.portable import batch_stats
 from ckptdoc.recalibrate.errors import RecalibrationError
@@ -26,41 +27,46 @@ from ckptdoc.recalibrate.errors import RecalibrationError
 name = "jax"
 
 
-def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any], Any], jit: bool) -> Any:
+def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
+              jit: bool) -> Step:
     import jax
     import keras
 
-    def step(values: list[Any], x: Any) -> Any:
+    def step(values: list[Any], acc: Any, x: Any) -> Any:
         model = model_of()
         with keras.StatelessScope(state_mapping=list(zip(model.variables, values, strict=True))):
-            return body(model, x)
+            return body(model, acc, x)
 
     compiled = jax.jit(step)
 
-    def run(x: Any) -> Any:
+    def run(acc: Any, x: Any) -> Any:
         model = model_of()
         with jax.enable_x64(True):
-            return compiled([v.value for v in model.variables], _sharded(x))
+            return compiled([v.value for v in model.variables], acc, x)
 
-    return run
+    return Step(run, put=_sharded, wait=jax.block_until_ready)
 
 
 def _sharded(x: Any) -> Any:
-    """`x` split along its first axis over the distribution's devices; a batch that does not
-    divide evenly (the last one) stays whole, which XLA then runs replicated."""
+    """`x` on its way to the device (an asynchronous copy, so it overlaps the step before it);
+    under a data-parallel distribution, split along its first axis over the devices. A batch
+    that does not divide evenly (the last one) stays whole, which XLA then runs replicated.
+    What is not a numeric array (strings, objects) goes to the model as it is."""
     import jax
     import keras
     import numpy as np
 
     dist = keras.distribution.distribution()
     n = replicas(None)
-    if dist is None or n == 1:
-        return x
 
     def one(a: Any) -> Any:
-        a = np.asarray(a)
-        if a.ndim == 0 or a.shape[0] % n:
+        if isinstance(a, jax.Array):
             return a
+        a = np.asarray(a)
+        if a.dtype.kind not in "biuf":
+            return a
+        if dist is None or n == 1 or a.ndim == 0 or a.shape[0] % n:
+            return jax.device_put(a)
         return jax.device_put(a, dist.get_data_layout(a.shape).backend_layout)
 
     return jax.tree_util.tree_map(one, x)
@@ -106,7 +112,7 @@ def inference(model: Any) -> Callable[[Any], Any]:
     return model.predict_on_batch  # type: ignore[no-any-return]
 
 
-def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
+def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
                      calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None:
     return None  # sequential mode falls back to one layer per pass, in call order
 

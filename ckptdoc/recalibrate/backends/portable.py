@@ -59,6 +59,40 @@ def _normalize(x: Any, mean: Any, var: Any, gamma: Any, beta: Any, kept: tuple[i
     return x * inv + shift
 
 
+def fold(acc: Any, recorded: dict[str, list[tuple[Any, Any, Any]]],
+         layout: list[tuple[str, int, int]]) -> Any:
+    """`acc` with every recorded call merged in, by Chan's exact pairwise update (as
+    `stats.Moments.merge` does on the host). Runs inside the compiled step on any backend, so
+    the accumulators never leave the device mid-pass.
+
+    `acc` is one float64 array of shape (3, channels of all recorded layers): rows count,
+    mean, M2; `layout` gives each layer's (key, first column, columns). One array, not three
+    per layer: a step's fixed cost grows with its arguments (tf.function inspects each one,
+    ~15 us; jax.jit flattens them), and a deep model has hundreds.
+    """
+    from keras import ops
+
+    acc = ops.convert_to_tensor(acc)  # eager PyTorch: the pass's empty array, to the device
+    columns = []
+    for key, start, size in layout:
+        part = acc[:, start:start + size]
+        calls = recorded.get(key, [])
+        if calls:
+            na, ma, m2a = part[0], part[1], part[2]
+            for nb, mb, m2b in calls:
+                nb, mb, m2b = (ops.reshape(ops.cast(t, "float64"), (size,))
+                               for t in (nb, mb, m2b))
+                n = na + nb
+                safe = ops.maximum(n, 1.0)
+                delta = mb - ma
+                ma = ma + delta * (nb / safe)
+                m2a = m2a + m2b + ops.square(delta) * (na * nb / safe)
+                na = n
+            part = ops.stack([na, ma, m2a])
+        columns.append(part)
+    return ops.concatenate(columns, axis=1) if columns else acc
+
+
 def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
     """Training-mode BN output plus (count, mean, M2) of the input, as the TensorFlow kernel."""
     from keras import backend, ops

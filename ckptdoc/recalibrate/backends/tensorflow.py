@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ckptdoc.recalibrate.backends import Step
 from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments, blocked_axes, channel_axes
 
@@ -180,22 +181,38 @@ def _whole_batch(replica: Any, count: Any, mean: Any, m2: Any) -> tuple[Any, Any
     return whole_mean, replica.all_reduce("sum", spread) / tf.maximum(n, 1.0)
 
 
-def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any], Any], jit: bool) -> Any:
-    """The traced forward step: `body(model, x)` in a `tf.function`, with the same XLA choice
-    as `model.predict` (Keras enables it on accelerators, not on CPU). Under a
-    `tf.distribute` strategy with several replicas, see `_replicated_step`."""
+def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
+              jit: bool) -> Step:
+    """The traced forward step: `body(model, acc, x)` in a `tf.function`, with the same XLA
+    choice as `model.predict` (Keras enables it on accelerators, not on CPU); the
+    accumulators go in and come out as tensors on the device. Under a `tf.distribute`
+    strategy with several replicas, see `_replicated_step`."""
     import tensorflow as tf
 
-    def step(x: Any) -> Any:
-        return body(model_of(), x)
+    def step(acc: Any, x: Any) -> Any:
+        return body(model_of(), acc, x)
 
     strategy = _strategy(model_of())
     if strategy is not None:
         return _replicated_step(strategy, step)
     try:
-        return tf.function(step, reduce_retracing=not jit, jit_compile=jit)
+        fn = tf.function(step, reduce_retracing=not jit, jit_compile=jit)
     except TypeError:
-        return tf.function(step, reduce_retracing=True)
+        fn = tf.function(step, reduce_retracing=True)
+    return Step(fn, put=_put)
+
+
+def _put(x: Any) -> Any:
+    """A numeric batch as a tensor on the default device, converted while the previous step
+    runs (`tf.data` does this in its prefetch); strings and objects go as they are."""
+    import tensorflow as tf
+
+    if isinstance(x, dict):
+        return {k: _put(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(_put(v) for v in x)
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    return tf.convert_to_tensor(x) if kind in ("b", "i", "u", "f") else x
 
 
 def _strategy(model: Any) -> Any | None:
@@ -206,16 +223,18 @@ def _strategy(model: Any) -> Any | None:
     return strategy
 
 
-def _replicated_step(strategy: Any, step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _replicated_step(strategy: Any, step: Callable[[Any, Any], Any]) -> Step:
     """Each batch split along its first axis over the strategy's replicas (`strategy.run`, as
-    Keras' `fit` does); each replica records the count / mean / M2 of its shard, and all of
-    them are handed out, to be merged exactly in float64 (Chan), so the result is one
-    device's. A replica whose shard is empty records count 0, which merges as nothing."""
+    Keras' `fit` does); each replica folds the count / mean / M2 of its shard into
+    accumulators of its own, on its device, for the whole pass. At the end (`parts`) every
+    replica's accumulators are merged exactly in float64 (Chan) on the host, so the result
+    is one device's: the only cross-device reduction of the accumulators is that one, per
+    pass. A replica whose shard is empty adds count 0, which merges as nothing."""
     import numpy as np
     import tensorflow as tf
 
     n = strategy.num_replicas_in_sync
-    run = tf.function(lambda x: strategy.run(step, args=(x,)), reduce_retracing=True)
+    run = tf.function(lambda acc, x: strategy.run(step, args=(acc, x)), reduce_retracing=True)
 
     def split(x: Any) -> list[Any]:
         if isinstance(x, dict):
@@ -226,20 +245,16 @@ def _replicated_step(strategy: Any, step: Callable[[Any], Any]) -> Callable[[Any
             return [type(x)(c[i] for c in columns) for i in range(n)]
         return np.array_split(np.asarray(x), n)
 
-    def call(x: Any) -> dict[str, list[tuple[Any, Any, Any]]]:
+    def call(acc: Any, x: Any) -> Any:
+        if isinstance(acc, np.ndarray):  # the pass's empty accumulators: one per replica
+            host = acc
+            acc = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant(host))
         shards = split(x)
-        out = run(strategy.experimental_distribute_values_from_function(
+        return run(acc, strategy.experimental_distribute_values_from_function(
             lambda ctx: shards[ctx.replica_id_in_sync_group]))
-        merged: dict[str, list[tuple[Any, Any, Any]]] = {}
-        for key, calls in out.items():
-            for count, mean, m2 in calls:
-                merged.setdefault(key, []).extend(zip(
-                    strategy.experimental_local_results(count),
-                    strategy.experimental_local_results(mean),
-                    strategy.experimental_local_results(m2), strict=True))
-        return merged
 
-    return call
+    return Step(call, parts=strategy.experimental_local_results)
 
 
 def replicas(model: Any) -> int:
@@ -347,14 +362,14 @@ def inference(model: Any) -> Callable[[Any], Any]:
                        reduce_retracing=True)
 
 
-def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
+def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
                      calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None:
     """Which BN layers each BN layer's input depends on, read from the traced graph: walk
     backwards from each BN input to the BN outputs it reaches. None when the graph cannot be
     read (calls hidden in nested functions)."""
     import tensorflow as tf
 
-    graph = tf.function(lambda x: body(model, x)).get_concrete_function(sample).graph
+    graph = tf.function(lambda x: body(model, None, x)).get_concrete_function(sample).graph
     recorded = calls()
     if any(getattr(c.inputs, "graph", None) is not graph for c in recorded):
         return None

@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ckptdoc.recalibrate.backends import portable
+from ckptdoc.recalibrate.backends import Step, portable
 from ckptdoc.recalibrate.backends.one_process import combine, writes
 from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import blocked_axes, channel_axes
@@ -70,21 +70,34 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
     return ops.cast(out, layer.compute_dtype), (count, mean, m2)
 
 
-def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any], Any], jit: bool) -> Any:
+def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
+              jit: bool) -> Step:
+    """Eager, under `inference_mode` (no autograd bookkeeping at all). CUDA kernels are queued
+    asynchronously; the accumulators stay on the device until the pass ends."""
     import torch
 
-    def run(x: Any) -> Any:
-        with torch.no_grad():
-            return body(model_of(), x)
+    def run(acc: Any, x: Any) -> Any:
+        with torch.inference_mode():
+            return body(model_of(), acc, x)
 
-    return run
+    def put(x: Any) -> Any:
+        from keras import ops
+
+        if isinstance(x, dict):
+            return {k: put(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return type(x)(put(v) for v in x)
+        kind = getattr(getattr(x, "dtype", None), "kind", None)
+        return ops.convert_to_tensor(x) if kind in ("b", "i", "u", "f") else x
+
+    return Step(run, put=put)
 
 
 def inference(model: Any) -> Callable[[Any], Any]:
     return model.predict_on_batch  # type: ignore[no-any-return]
 
 
-def dependency_graph(model: Any, body: Callable[[Any, Any], Any], sample: Any,
+def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
                      calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None:
     return None
 
