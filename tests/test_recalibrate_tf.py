@@ -571,6 +571,59 @@ def test_in_graph_moments_equal_float64_numpy(shape, axis, loc) -> None:  # type
         np.testing.assert_allclose(out, expect, rtol=1e-4, atol=1e-4)
 
 
+def test_device_fold_equals_host_merge_for_layers_called_unequally_often() -> None:
+    # The step folds every call into one (3, channels) array: layer "0" is called three
+    # times, "1" once, "2" never. Each must equal Chan's host merge of its own calls, and an
+    # absent call must leave the columns exactly as they were.
+    from ckptdoc.recalibrate.backends.portable import fold
+    from ckptdoc.recalibrate.stats import Moments
+
+    rng = np.random.default_rng(4)
+    layout = [("0", 0, 3), ("1", 3, 2), ("2", 5, 4)]
+    start = np.zeros((3, 9))
+    start[:, 5:] = [[7.0] * 4, [1.5, -2.0, 0.25, 3.0], [0.5, 1.0, 2.0, 4.0]]
+    acc, host = tf.constant(start), {k: Moments.empty((n,)) for k, _, n in layout}
+    for _ in range(2):  # two steps
+        recorded: dict[str, list[tuple[Any, Any, Any]]] = {"0": [], "1": []}
+        for key, calls in (("0", 3), ("1", 1)):
+            size = dict((k, n) for k, _, n in layout)[key]
+            for _ in range(calls):
+                x = rng.normal(rng.uniform(-5, 5), 2.0, (int(rng.integers(1, 9)), size))
+                m = Moments.from_batch(x)
+                recorded[key].append((tf.constant(m.count), tf.constant(m.mean),
+                                      tf.constant(m.m2)))
+                host[key].merge(m)
+        acc = fold(acc, recorded, layout)
+    got = acc.numpy()
+    for key, start_col, size in layout[:2]:
+        cols = slice(start_col, start_col + size)
+        np.testing.assert_array_equal(got[0, cols], host[key].count)
+        np.testing.assert_allclose(got[1, cols], host[key].mean, rtol=1e-13)
+        np.testing.assert_allclose(got[2, cols], host[key].m2, rtol=1e-12)
+    np.testing.assert_array_equal(got[:, 5:], start[:, 5:])
+    with pytest.raises(KeyError):
+        fold(acc, {"9": []}, layout)
+
+
+def test_a_shared_bn_layer_is_measured_over_all_its_calls() -> None:
+    # One BN layer applied to two inputs: its statistics are those of both inputs together.
+    a, b = keras.Input((3,), name="a"), keras.Input((3,), name="b")
+    shared = keras.layers.BatchNormalization(name="shared")
+    once = keras.layers.BatchNormalization(name="once")
+    h = keras.layers.Concatenate()([shared(a), shared(b), once(a)])
+    m = keras.Model({"a": a, "b": b}, h)
+    rng = np.random.default_rng(5)
+    xa = rng.normal(2.0, 3.0, (70, 3)).astype(np.float32)
+    xb = rng.normal(-1.0, 0.5, (70, 3)).astype(np.float32)
+    recalibrate(m, [{"a": xa[i:i + 16], "b": xb[i:i + 16]} for i in range(0, 70, 16)],
+                samples=None)
+    both = np.concatenate([xa, xb]).astype(np.float64)
+    np.testing.assert_allclose(shared.moving_mean.numpy(), both.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(shared.moving_variance.numpy(), both.var(0), rtol=1e-5)
+    np.testing.assert_allclose(once.moving_mean.numpy(), xa.astype(np.float64).mean(0),
+                               rtol=1e-5)
+
+
 def test_traced_step_is_reused_and_records_into_the_current_pass() -> None:
     # The traced step is kept with the model (like model.predict_function); a later call, and a
     # retrace for a new batch shape within it, must record this call's statistics.

@@ -213,14 +213,13 @@ def _forward(capture_of: Callable[[], Capture | None]) -> Callable[[Any, Any, An
     """The body of every step: run the model in inference mode with the wrappers recording,
     and fold what they recorded into the accumulators, inside the compiled step (`acc` None:
     record nothing, for a trace that only reads the graph)."""
-    from ckptdoc.recalibrate.backends.portable import fold
 
     def body(model: Any, acc: Any, x: Any) -> Any:
         cap = capture_of()
         assert cap is not None
         cap.begin_trace()
         model(x, training=False)
-        return None if acc is None else fold(acc, cap.outputs(), layout(cap))
+        return None if acc is None else cap.backend.fold(acc, cap.outputs(), layout(cap))
 
     return body
 

@@ -6,6 +6,8 @@
   `jax.jit`, or eager PyTorch under `no_grad`) as a `Step`: `step(acc, x)` folds one batch's
   statistics into the accumulators `acc` on the device and returns them, so a pass makes one
   device-to-host transfer, at its end (`Step.parts`), not one per batch;
+- `fold(acc, recorded, layout)`: the exact merge the step runs (`portable.fold`, or the
+  backend's own where eager overhead matters);
 - `inference(model)`: the model in inference mode, for the held-out check;
 - `dependency_graph(...)`: which BN layers feed which, where the backend's graph shows it;
 - `replicas(model)` / `distributed(devices)`: data parallelism through the backend's own
@@ -68,6 +70,9 @@ class Backend(Protocol):
 
     def make_step(self, model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
                   jit: bool) -> Step: ...
+
+    def fold(self, acc: Any, recorded: dict[str, list[tuple[Any, Any, Any]]],
+             layout: list[tuple[str, int, int]]) -> Any: ...
 
     def inference(self, model: Any) -> Callable[[Any], Any]: ...
 

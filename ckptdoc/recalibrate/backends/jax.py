@@ -21,7 +21,7 @@ from typing import Any
 
 from ckptdoc.recalibrate.backends import Step
 from ckptdoc.recalibrate.backends.one_process import combine, writes
-from ckptdoc.recalibrate.backends.portable import batch_stats
+from ckptdoc.recalibrate.backends.portable import batch_stats, fold
 from ckptdoc.recalibrate.errors import RecalibrationError
 
 name = "jax"
@@ -117,5 +117,5 @@ def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: A
     return None  # sequential mode falls back to one layer per pass, in call order
 
 
-__all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "inference",
+__all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "fold", "inference",
            "make_step", "name", "replicas", "writes"]

@@ -59,38 +59,66 @@ def _normalize(x: Any, mean: Any, var: Any, gamma: Any, beta: Any, kept: tuple[i
     return x * inv + shift
 
 
-def fold(acc: Any, recorded: dict[str, list[tuple[Any, Any, Any]]],
+Call = tuple[Any, Any, Any]
+
+
+def rounds(recorded: dict[str, list[Call]],
+           layout: list[tuple[str, int, int]]) -> list[list[tuple[int, Call | None]]]:
+    """The recorded calls as rounds: round r holds, per layer of `layout`, its channels and its
+    r-th call of the step (a layer is usually called once; shared layers and wrappers call it
+    more often), None where it has no r-th call. A layer recorded but not in `layout` is a
+    bug: KeyError."""
+    known = {key for key, _, _ in layout}
+    for key in recorded:
+        if key not in known:
+            raise KeyError(key)
+    deepest = max((len(recorded.get(key, ())) for key in known), default=0)
+    out = []
+    for r in range(deepest):
+        row: list[tuple[int, Call | None]] = []
+        for key, _, size in layout:
+            calls = recorded.get(key, [])
+            row.append((size, calls[r] if r < len(calls) else None))
+        out.append(row)
+    return out
+
+
+def fold(acc: Any, recorded: dict[str, list[Call]],
          layout: list[tuple[str, int, int]]) -> Any:
     """`acc` with every recorded call merged in, by Chan's exact pairwise update (as
     `stats.Moments.merge` does on the host). Runs inside the compiled step on any backend, so
     the accumulators never leave the device mid-pass.
 
     `acc` is one float64 array of shape (3, channels of all recorded layers): rows count,
-    mean, M2; `layout` gives each layer's (key, first column, columns). One array, not three
-    per layer: a step's fixed cost grows with its arguments (tf.function inspects each one,
-    ~15 us; jax.jit flattens them), and a deep model has hundreds.
+    mean, M2; `layout` gives each layer's (key, first column, columns). One array, merged in
+    one vectorized update per round of calls, not three per layer: a step's fixed cost grows
+    with its arguments (tf.function inspects each one, ~15 us; jax.jit flattens them) and,
+    run eagerly, with its operations, and a deep model has hundreds of layers. A layer not
+    called in a round adds count 0, which leaves its columns exactly as they were.
     """
     from keras import ops
 
     acc = ops.convert_to_tensor(acc)  # eager PyTorch: the pass's empty array, to the device
-    columns = []
-    for key, start, size in layout:
-        part = acc[:, start:start + size]
-        calls = recorded.get(key, [])
-        if calls:
-            na, ma, m2a = part[0], part[1], part[2]
-            for nb, mb, m2b in calls:
-                nb, mb, m2b = (ops.reshape(ops.cast(t, "float64"), (size,))
-                               for t in (nb, mb, m2b))
-                n = na + nb
-                safe = ops.maximum(n, 1.0)
-                delta = mb - ma
-                ma = ma + delta * (nb / safe)
-                m2a = m2a + m2b + ops.square(delta) * (na * nb / safe)
-                na = n
-            part = ops.stack([na, ma, m2a])
-        columns.append(part)
-    return ops.concatenate(columns, axis=1) if columns else acc
+    for calls in rounds(recorded, layout):
+        rows: list[list[Any]] = [[], [], []]
+        for size, call in calls:
+            for row, t in zip(rows, call or (None, None, None), strict=True):
+                row.append(ops.zeros((size,), "float64") if t is None
+                           else ops.reshape(ops.cast(t, "float64"), (size,)))
+        acc = merge(acc, ops.stack([ops.concatenate(row) for row in rows]), ops)
+    return acc
+
+
+def merge(acc: Any, part: Any, ops: Any) -> Any:
+    """Chan's update of (3, C) count / mean / M2 rows `acc` by `part`, with `ops` the array
+    namespace (`keras.ops`, or `torch` itself where eager per-call overhead matters)."""
+    na, ma, m2a = acc[0], acc[1], acc[2]
+    nb, mb, m2b = part[0], part[1], part[2]
+    n = na + nb
+    safe = ops.maximum(n, ops.ones_like(n))
+    delta = mb - ma
+    mean = ma + delta * (nb / safe)
+    return ops.stack([n, mean, m2a + m2b + ops.square(delta) * (na * nb / safe)])
 
 
 def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptdoc.recalibrate.backends import Step
+from ckptdoc.recalibrate.backends.portable import fold
 from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments, blocked_axes, channel_axes
 
@@ -392,4 +393,4 @@ def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: A
 
 
 __all__ = ["batch_stats", "combine", "compiled_core", "core", "dependency_graph", "distributed",
-           "inference", "make_step", "name", "replicas", "writes"]
+           "fold", "inference", "make_step", "name", "replicas", "writes"]

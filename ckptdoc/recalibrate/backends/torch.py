@@ -70,6 +70,26 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
     return ops.cast(out, layer.compute_dtype), (count, mean, m2)
 
 
+def fold(acc: Any, recorded: dict[str, list[portable.Call]],
+         layout: list[tuple[str, int, int]]) -> Any:
+    """`portable.fold` in PyTorch itself: run eagerly, each `keras.ops` call costs tens of
+    microseconds of conversion around a few of compute, and a deep model merges hundreds of
+    layers per batch; here a round is three concatenations and one vectorized update."""
+    import torch
+    from keras import ops
+
+    if not isinstance(acc, torch.Tensor):
+        acc = ops.convert_to_tensor(acc)  # the pass's empty array, to Keras' device
+    for calls in portable.rounds(recorded, layout):
+        rows: list[list[Any]] = [[], [], []]
+        for size, call in calls:
+            for row, t in zip(rows, call or (None, None, None), strict=True):
+                row.append(acc.new_zeros(size) if t is None
+                           else torch.as_tensor(t).reshape(size).to(torch.float64))
+        acc = portable.merge(acc, torch.stack([torch.cat(row) for row in rows]), torch)
+    return acc
+
+
 def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
               jit: bool) -> Step:
     """Eager, under `inference_mode` (no autograd bookkeeping at all). CUDA kernels are queued
@@ -115,5 +135,5 @@ def distributed(devices: int | None) -> Iterator[None]:
     yield
 
 
-__all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "inference",
+__all__ = ["batch_stats", "combine", "dependency_graph", "distributed", "fold", "inference",
            "make_step", "name", "replicas", "writes"]
