@@ -13,9 +13,8 @@ from ckptdoc.config import Config
 from ckptdoc.errors import CheckpointError, SkippedFileError
 from ckptdoc.evidence import check_steps, with_tracking, with_training
 from ckptdoc.formats import open_checkpoint
-from ckptdoc.formats.remote import find_remote_checkpoints, is_url
 from ckptdoc.formats.resolve import DATA_SHARD_RE, find_checkpoints, is_savedmodel_dir
-from ckptdoc.graph_bn import analyze
+from ckptdoc.formats.url import is_url
 from ckptdoc.groups import BNGroup, Discovery, discover
 from ckptdoc.ledger import account
 from ckptdoc.report.model import AuditReport, FileReport, GroupResult, worst_code
@@ -94,7 +93,11 @@ def discover_evidence(ckpt: Checkpoint, read: Callable[[str], np.ndarray]) -> Di
     graph = ckpt.graph()
     notes: list[str] = []
     try:
-        facts = analyze(graph) if graph is not None else None
+        facts = None
+        if graph is not None:  # graph analysis loads only for files that carry a graph
+            from ckptdoc.graph_bn import analyze
+
+            facts = analyze(graph)
     except Exception as exc:  # noqa: BLE001 - a graph is evidence: its failure costs no verdict
         facts = None
         notes.append(f"could not read the graph beside the checkpoint ({type(exc).__name__}: "
@@ -167,6 +170,8 @@ def expand_paths(paths: Iterable[str | Path], respect_gitignore: bool = True) ->
     for raw in paths:
         if is_url(raw):  # a store's folder is listed; a single object or prefix kept
             try:
+                from ckptdoc.formats.remote import find_remote_checkpoints
+
                 out.update(dict.fromkeys(find_remote_checkpoints(str(raw))))
             except CheckpointError:  # unreachable, denied: reported with the file, exit 2
                 out[str(raw)] = None

@@ -24,10 +24,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, TensorInfo
-from ckptdoc.graph_bn import GraphFacts, GraphLayer, common_scope
+
+if TYPE_CHECKING:  # graph analysis loads only for files that carry a graph
+    from ckptdoc.graph_bn import GraphFacts, GraphLayer
 
 #: The four statistics and parameters every BN layer may own, in display order.
 ROLES: tuple[str, ...] = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -256,6 +258,12 @@ def strip_object_suffix(key: str) -> str:
     return key[: -len(_OBJECT_SUFFIX)] if key.endswith(_OBJECT_SUFFIX) else key
 
 
+def _common_scope(names: Iterable[str]) -> str:
+    from ckptdoc.graph_bn import common_scope
+
+    return common_scope(names)
+
+
 def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> list[BNGroup]:
     """A group per BN layer the graph's ops prove; a member the graph has but the checkpoint
     lacks is missing (BN001), not ignored. Layers with no variable in the checkpoint belong to
@@ -271,7 +279,7 @@ def _groups_from_graph(facts: GraphFacts, tensors: Mapping[str, TensorInfo]) -> 
         # Update-only state (zero-debias accumulators) by its layer-local name.
         extras = {_local(v): v for v in layer.state if v in tensors}
         # Named from what the checkpoint holds: a graph may name variables it lacks.
-        name = common_scope(k for k in members.values() if k) or layer.name
+        name = _common_scope(k for k in members.values() if k) or layer.name
         out.append(BNGroup(name, members, extras, None, {}, from_graph(layer, facts)))
     return out
 

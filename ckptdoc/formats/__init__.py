@@ -20,7 +20,7 @@ __all__ = ["OPENERS", "open_checkpoint", "resolve", "Resolved"]
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Open `path` as a checkpoint; raise CheckpointError naming the file and the problem.
     A URL (`s3://...`, `gs://...`, `https://...`) is read remotely (formats/remote.py)."""
-    from ckptdoc.formats.remote import is_url
+    from ckptdoc.formats.url import is_url
 
     if is_url(path):
         from ckptdoc.formats.remote import open_remote

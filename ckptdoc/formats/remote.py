@@ -16,7 +16,6 @@ Credentials and endpoints are the store's usual ones (AWS environment / config f
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ import numpy as np
 
 from ckptdoc.checkpoint import Checkpoint, LayerNode, StepCount, TensorInfo
 from ckptdoc.errors import CheckpointError, NotFoundError, UnsupportedFormatError
+from ckptdoc.formats.url import is_url
 from ckptdoc.install_hint import install_hint
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = ["is_url", "open_remote", "find_remote_checkpoints", "Transfer", "TRANSFER"]
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD = re.compile(r"^(?P<prefix>.*)\.data-\d{5}-of-\d{5}$")
 _KERAS = (".h5", ".hdf5", ".keras")
 #: PyTorch files come whole (a zip's members are found from its end; a safetensors header
@@ -44,12 +43,6 @@ _TORCH = (".pt", ".pth", ".ckpt", ".safetensors")
 #: Ranges are fetched in blocks of this size at least: a BN tensor is a few KB, and one
 #: request per block keeps neighbouring tensors (gamma, beta, mean, variance) to one GET.
 BLOCK = 64 << 10
-
-
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """A URL for fsspec (`s3://b/k`, `https://...`); `file://` and plain paths are local."""
-    text = os.fspath(path)
-    return bool(_URL.match(text)) and not text.startswith("file://")
 
 
 class Transfer:

@@ -511,7 +511,10 @@ def from_iterable_factory(fn: Callable[[], Any], description: str) -> DataSource
 def iterate_any(it: Any, batch_size: int) -> Iterator[Batch]:
     """Batches from a user object: a tf.data.Dataset, a Keras PyDataset, or any iterable."""
     if _is_tf_dataset(it):
-        for item in it:
+        # Its own prefetch: tf.data prepares the next batches in its threads while the step
+        # runs, as `model.predict` consumes a dataset (a second prefetch is only a buffer).
+        prefetch = getattr(it, "prefetch", None)
+        for item in prefetch(-1) if prefetch is not None else it:  # -1: tf.data.AUTOTUNE
             yield to_batch(item)
         return
     if _is_array(it) and not hasattr(it, "__next__"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -181,6 +180,8 @@ def artifact_path(path: str | Path) -> str:
 def fingerprint(rule: str, path: str, group: str) -> str:
     """Stable identity of a finding: rule + relative posix path + BN group, never offsets or
     messages (SARIF's partialFingerprints, GitLab Code Quality's fingerprint)."""
+    import hashlib  # only machine-readable reports fingerprint findings
+
     return hashlib.sha256(f"{rule}\0{path}\0{group}".encode()).hexdigest()
 
 
