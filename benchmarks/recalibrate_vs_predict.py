@@ -11,6 +11,9 @@ file exists, compares against it and prints the largest relative difference. The
 of the issue: `--model resnet50 --image-size 224 --samples 4096 --weights ... --stats ...`
 with the files made on the CPU.
 
+Where torch and torchvision are installed, PyTorch's own `update_bn` on torchvision's version
+of the model (same samples and batch size) is timed in the same run, as the anchor.
+
 Both sides run once to warm up (tracing; the first-call times are printed too), then are timed
 on the same in-memory samples with the same batch size, alternating predict / recalibrate so
 that load from other processes hits both alike; medians are reported. Both run the model's
@@ -22,6 +25,7 @@ ratio of at most 1.2x: recalibration is one forward pass plus per-channel float6
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 
@@ -72,7 +76,11 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed runs of each; medians reported")
     ap.add_argument("--weights", help="load the model's weights from here (written if absent)")
     ap.add_argument("--stats", help="write the new statistics here, or compare with them")
+    ap.add_argument("--anchor", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.anchor:
+        anchor(args, samples(args))
+        return
 
     import keras
     import numpy as np
@@ -86,12 +94,7 @@ def main() -> None:
             model.load_weights(args.weights)
         else:
             model.save_weights(args.weights)
-    x = (
-        np.random.default_rng(0)
-        .normal(size=(args.samples, 16) if args.model == "dense48"
-                else (args.samples, args.image_size, args.image_size, 3))
-        .astype("float32")
-    )
+    x = samples(args)
     warm = x[: args.batch_size * 2]
 
     def timed(fn) -> float:  # type: ignore[no-untyped-def]
@@ -148,6 +151,13 @@ def main() -> None:
         f"ratio         : {ratio:8.2f}x  (median of paired ratios {pair:.2f}x; "
         f"goal <= 1.20x: {'met' if ratio <= 1.2 else 'NOT met'})"
     )
+    if args.model in ANCHORS and all(importlib.util.find_spec(m) for m in ("torch",
+                                                                           "torchvision")):
+        # Its own process: torch and TensorFlow loaded together can crash.
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, __file__, "--anchor", *sys.argv[1:]], check=False)
     if args.stats:
         stats = {v.path: np.asarray(v.numpy(), np.float64) for v in model.weights
                  if v.path.endswith(("moving_mean", "moving_variance"))}
@@ -159,6 +169,57 @@ def main() -> None:
         else:
             np.savez(args.stats, **stats)
             print(f"statistics written to {args.stats}")
+
+
+def samples(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    shape = ((args.samples, 16) if args.model == "dense48"
+             else (args.samples, args.image_size, args.image_size, 3))
+    return np.random.default_rng(0).normal(size=shape).astype("float32")
+
+
+ANCHORS = {"resnet50": "resnet50", "mobilenetv2": "mobilenet_v2"}
+
+
+def anchor(args: argparse.Namespace, x) -> None:  # type: ignore[no-untyped-def]
+    """PyTorch's own `torch.optim.swa_utils.update_bn` on torchvision's version of the model,
+    same samples and batch size, on the GPU when there is one: what recalibration costs in the
+    framework itself. Printed only where torch and torchvision are installed."""
+    import numpy as np
+    import torch
+    import torchvision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    net = getattr(torchvision.models, ANCHORS[args.model])(weights=None).to(device).eval()
+    batches = [torch.from_numpy(np.ascontiguousarray(x[i:i + args.batch_size].transpose(
+        0, 3, 1, 2))).to(device) for i in range(0, len(x), args.batch_size)]
+
+    def infer() -> None:
+        with torch.inference_mode():
+            for b in batches:
+                net(b)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def update() -> None:
+        torch.optim.swa_utils.update_bn(batches, net)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        net.eval()
+
+    infer()
+    update()  # warm
+    ti, tu = [], []
+    for _ in range(args.repeat):
+        for fn, out in ((infer, ti), (update, tu)):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    t_inf, t_upd = float(np.median(ti)), float(np.median(tu))
+    print(f"anchor        : torchvision {ANCHORS[args.model]} on {device}, torch "
+          f"{torch.__version__}: inference {t_inf:.3f} s, update_bn {t_upd:.3f} s "
+          f"({t_upd / t_inf:.2f}x), {args.samples / t_upd:.0f} images / s")
 
 
 if __name__ == "__main__":
