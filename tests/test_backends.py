@@ -139,8 +139,8 @@ for shape, axis, loc in json.loads(sys.argv[1]):
     # Two batches folded into the device-resident accumulators, as a pass does.
     step = backend.make_step(
         lambda: nothing,
-        lambda m, acc, v: portable.fold(acc, {"0": [portable.moments(v, kept, reduced)]},
-                                        [("0", 0, channels)]),
+        lambda m, acc, v, flags=None: portable.fold(
+            acc, {"0": [portable.moments(v, kept, reduced)]}, [("0", 0, channels)]),
         False)
     acc = np.zeros((3, channels), np.float64)
     half = shape[0] // 2

@@ -224,6 +224,20 @@ def test_sequential_matches_inference_statistics(files, data) -> None:  # type: 
     np.testing.assert_allclose(bn2.moving_variance.numpy(), a.var(axis=(0, 1, 2)), rtol=1e-5)
 
 
+def test_sequential_levels_share_one_compiled_step(files, data) -> None:  # type: ignore[no-untyped-def]
+    # Which layers are fixed is an input of the step, not part of its trace: the two levels
+    # of sequential mode (bn1, then bn2 behind it) and the self-check use two compiled steps,
+    # one measuring and one checking, each traced for one batch shape.
+    from ckptdoc.recalibrate.engine import _STEPS
+
+    m = load_broken(files)
+    rep = recalibrate(m, data["xtr"][:200], mode="sequential", batch_size=100)
+    assert rep.passes == 2
+    steps = _STEPS[m]
+    assert sorted(key[2] for key in steps) == ["check", "measure"]
+    assert all(s.fn.run.experimental_get_tracing_count() == 1 for s in steps.values())
+
+
 def test_inference_trained_model_is_not_made_worse(files) -> None:  # type: ignore[no-untyped-def]
     src = files["inference"]
     digest = sha(src)

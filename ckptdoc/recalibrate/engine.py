@@ -103,9 +103,12 @@ class _Call:
 class Capture:
     """Installs the recording wrappers; the state of each layer decides what its call does.
 
-    States: "batch" = normalize with batch statistics and record them; "batch-quiet" = normalize
-    with batch statistics, record nothing; "fixed" = the layer's own inference path; "check" =
-    the layer's own inference path, its inputs' statistics recorded (the self-check).
+    States: "batch" = normalize with batch statistics, the moments kept; "batch-quiet" =
+    normalize with batch statistics, the moments not kept; "fixed" = normalize with the
+    layer's moving statistics; "check" = the layer's own inference path, its inputs' moments
+    kept (the self-check). Every call's moments are folded on the device; which layers' are
+    kept is decided on the host (`run_pass`), so the compiled step depends only on whether
+    the pass is a check (`kind`), never on which layers are fixed.
     """
 
     layers: list[BNLayer]
@@ -153,24 +156,27 @@ class Capture:
         finally:
             self.uninstall()
 
-    def begin_trace(self) -> None:
+    def begin_trace(self, flags: Any = None) -> None:
         self._trace.recorded = {}
         self._trace.calls = []
+        self._trace.flags = flags
 
     def _wrap(self, idx: int, bn: BNLayer, original: Callable[..., Any]) -> Callable[..., Any]:
         layer = bn.layer
 
         def call(inputs: Any, training: Any = None, mask: Any = None, **kwargs: Any) -> Any:
             state = self.state.get(idx, "batch")
-            if state in ("fixed", "check"):
+            if state == "check":  # the self-check: the layer's own inference, inputs recorded
                 out = original(inputs, training=False, mask=mask, **kwargs)
-                if state == "check":  # the self-check: inference output, inputs recorded
-                    _, stats = self.backend.batch_stats(layer, inputs, mask)
-                    self.recorded.setdefault(idx, []).append(stats)
+                _, stats = self.backend.batch_stats(layer, inputs, mask)
             else:
-                out, stats = self.backend.batch_stats(layer, inputs, mask)
-                if state == "batch":
-                    self.recorded.setdefault(idx, []).append(stats)
+                # Measuring: batch statistics where this pass's flags say so, else the moving
+                # ones (a layer fixed by an earlier level); flags are an input of the step, so
+                # one compiled step serves every level of sequential mode.
+                flags = getattr(self._trace, "flags", None)
+                out, stats = self.backend.batch_stats(
+                    layer, inputs, mask, None if flags is None else flags[idx])
+            self.recorded.setdefault(idx, []).append(stats)
             self.calls.append(_Call(idx, inputs, out))
             return out
 
@@ -195,8 +201,9 @@ class PassResult:
 class _Step:
     """A compiled forward step kept with the model, like Keras keeps `model.predict_function`.
 
-    It depends only on the model, the backend and the per-layer states, so later passes (and
-    later `recalibrate` calls) with the same states reuse it instead of compiling again.
+    It depends only on the model, the backend and the pass's kind (measure or check): every
+    level of sequential mode, and later `recalibrate` calls, reuse it instead of compiling
+    again (on JAX a compile of a mid-size model takes seconds).
     `capture` is looked up at call time: a retrace (new input shape) must record into the
     Capture that is installed now.
     """
@@ -205,19 +212,20 @@ class _Step:
     capture: Capture | None = None
 
 
-# model -> {(backend, layer ids and states): step}; weak, so a dropped model takes its steps.
+# model -> {(backend, jit, kind, layer ids): step}; weak, so a dropped model takes its steps.
 _STEPS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Step]] = weakref.WeakKeyDictionary()
 
 
-def _forward(capture_of: Callable[[], Capture | None]) -> Callable[[Any, Any, Any], Any]:
+def _forward(capture_of: Callable[[], Capture | None]) -> Callable[..., Any]:
     """The body of every step: run the model in inference mode with the wrappers recording,
     and fold what they recorded into the accumulators, inside the compiled step (`acc` None:
-    record nothing, for a trace that only reads the graph)."""
+    record nothing, for a trace that only reads the graph). `flags[i]`: whether layer i
+    normalizes with batch statistics (None: every layer does)."""
 
-    def body(model: Any, acc: Any, x: Any) -> Any:
+    def body(model: Any, acc: Any, x: Any, flags: Any = None) -> Any:
         cap = capture_of()
         assert cap is not None
-        cap.begin_trace()
+        cap.begin_trace(flags)
         model(x, training=False)
         return None if acc is None else cap.backend.fold(acc, cap.outputs(), layout(cap))
 
@@ -225,22 +233,35 @@ def _forward(capture_of: Callable[[], Capture | None]) -> Callable[[Any, Any, An
 
 
 def layout(capture: Capture) -> list[tuple[str, int, int]]:
-    """Where each layer this pass records sits in the accumulator array: (key, first column,
-    channels). Keras 3 BN has one channel axis: its length is the moving mean's."""
+    """Where each layer sits in the accumulator array: (key, first column, channels). Keras 3
+    BN has one channel axis: its length is the moving mean's."""
     out, at = [], 0
     for i, bn in enumerate(capture.layers):
-        if capture.state.get(i, "batch") in ("batch", "check"):
-            size = int(np.prod(tuple(bn.layer.moving_mean.shape)))
-            out.append((str(i), at, size))
-            at += size
+        size = int(np.prod(tuple(bn.layer.moving_mean.shape)))
+        out.append((str(i), at, size))
+        at += size
     return out
+
+
+def kind(capture: Capture) -> str:
+    """"check" when every layer runs its own inference path (the self-check, `observe`), else
+    "measure": the two compiled steps a model needs, whatever the per-layer states."""
+    states = {capture.state.get(i, "batch") for i in range(len(capture.layers))}
+    if "check" in states and states != {"check"}:
+        raise ValueError("a pass either checks every layer or measures")
+    return "check" if states == {"check"} else "measure"
+
+
+def flags(capture: Capture) -> np.ndarray:
+    """Per layer: normalize with batch statistics (True) or with the moving ones (False)."""
+    return np.array([capture.state.get(i, "batch") in ("batch", "batch-quiet")
+                     for i in range(len(capture.layers))], dtype=bool)
 
 
 def _step_function(model: Any, capture: Capture) -> _Step:
     jit = bool(getattr(model, "jit_compile", False))
-    key = (capture.backend.name, jit) + tuple(
-        (id(bn.layer), capture.state.get(i, "batch")) for i, bn in enumerate(capture.layers)
-    )
+    key = (capture.backend.name, jit, kind(capture)) + tuple(
+        id(bn.layer) for bn in capture.layers)
     try:
         per_model = _STEPS.setdefault(model, {})
         model_ref: Callable[[], Any] = weakref.ref(model)  # must not keep its own key alive
@@ -268,9 +289,10 @@ def run_pass(
     apart those of the first batches holding at least `head` samples."""
     step = _step_function(model, capture)
     try:
-        places = layout(capture)
-        empty = np.zeros((3, sum(size for _, _, size in places)), np.float64)
-        result = _walk(step.fn, empty, places, batches, on_batch, head)
+        kept = [p for p in layout(capture)
+                if capture.state.get(int(p[0]), "batch") in ("batch", "check")]
+        empty = np.zeros((3, sum(size for _, _, size in layout(capture))), np.float64)
+        result = _walk(step.fn, empty, kept, flags(capture), batches, on_batch, head)
     finally:
         step.capture = None  # hold no layers or data between passes
     # Across workers (multi-worker training setups), each worker measured its share.
@@ -286,16 +308,18 @@ def run_pass(
 AHEAD = 2
 
 
-def _walk(step: Step, acc: Any, places: list[tuple[str, int, int]], batches: Iterable[Batch],
-          on_batch: Callable[[int], None] | None, head: int = 0) -> PassResult:
+def _walk(step: Step, acc: Any, places: list[tuple[str, int, int]], use_batch: np.ndarray,
+          batches: Iterable[Batch], on_batch: Callable[[int], None] | None,
+          head: int = 0) -> PassResult:
     """Drive the step over the batches without waiting on it: the statistics stay on the
-    device (folded into `acc` by the step) and come to the host once, at the end."""
+    device (folded into `acc` by the step) and come to the host once, at the end; `places`
+    are the layers whose moments are kept."""
     samples = nb = head_batches = 0
     first = None
     waiting: deque[Any] = deque()
     for x, size in _ahead(batches, step.put):
         in_head = samples < head
-        acc = step.run(acc, x)
+        acc = step.run(acc, x, use_batch)
         if in_head:
             first = acc
         waiting.append(acc)
@@ -368,7 +392,7 @@ def dependency_levels(model: Any, capture: Capture, sample: Batch) -> list[list[
             # The backend has no graph and did not trace: the order the layers run in, from
             # one forward pass. (A trace it made and could not read already gave the order.)
             capture.backend.make_step(lambda: model, _forward(lambda: capture), False).run(
-                None, sample.x)
+                None, sample.x, flags(capture))
     finally:
         capture.state.update(saved)
     order: list[int] = []

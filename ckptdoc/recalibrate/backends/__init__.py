@@ -1,9 +1,11 @@
 """One module per Keras 3 backend, each with the same four functions:
 
-- `batch_stats(layer, inputs, mask)`: the BN layer's training-mode output and the float64
+- `batch_stats(layer, inputs, mask, use_batch)`: the BN layer's training-mode output (or,
+  where `use_batch` is false, its output with the moving statistics) and the float64
   (count, mean, M2) of its input, as that backend computes best;
 - `make_step(model_of, body, jit)`: the compiled forward pass (`tf.function`, a stateless
-  `jax.jit`, or eager PyTorch under `no_grad`) as a `Step`: `step(acc, x)` folds one batch's
+  `jax.jit`, or eager PyTorch under `inference_mode`) as a `Step`: `step.run(acc, x, flags)`
+  (flags: per layer, batch or moving statistics) folds one batch's
   statistics into the accumulators `acc` on the device and returns them, so a pass makes one
   device-to-host transfer, at its end (`Step.parts`), not one per batch;
 - `fold(acc, recorded, layout)`: the exact merge the step runs (`portable.fold`, or the
@@ -49,7 +51,7 @@ def _same(x: Any) -> Any:
 class Step:
     """A compiled forward step and what the engine needs to drive it without waiting on it.
 
-    `run(acc, x)` returns the accumulators (`portable.fold`: one float64 array, count / mean
+    `run(acc, x, flags)` returns the accumulators (`portable.fold`: one float64 array, count / mean
     / M2 of every layer's channels) with the batch folded in, without synchronizing (JAX and
     PyTorch dispatch asynchronously on accelerators); `parts(acc)` is the partial
     accumulators (one, or one per replica), still on the device; `put(x)` starts
@@ -57,7 +59,7 @@ class Step:
     computed, which bounds how far the host runs ahead.
     """
 
-    run: Callable[[Any, Any], Any]
+    run: Callable[..., Any]
     parts: Callable[[Any], list[Any]] = field(default=_whole)
     put: Callable[[Any], Any] = field(default=_same)
     wait: Callable[[Any], None] = field(default=_nothing)
@@ -66,9 +68,10 @@ class Step:
 class Backend(Protocol):
     name: str
 
-    def batch_stats(self, layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]: ...
+    def batch_stats(self, layer: Any, inputs: Any, mask: Any,
+                    use_batch: Any = None) -> tuple[Any, Any]: ...
 
-    def make_step(self, model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
+    def make_step(self, model_of: Callable[[], Any], body: Callable[..., Any],
                   jit: bool) -> Step: ...
 
     def fold(self, acc: Any, recorded: dict[str, list[tuple[Any, Any, Any]]],
@@ -76,7 +79,7 @@ class Backend(Protocol):
 
     def inference(self, model: Any) -> Callable[[Any], Any]: ...
 
-    def dependency_graph(self, model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
+    def dependency_graph(self, model: Any, body: Callable[..., Any], sample: Any,
                          calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None: ...
 
     def replicas(self, model: Any) -> int: ...

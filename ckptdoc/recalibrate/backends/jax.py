@@ -27,22 +27,21 @@ from ckptdoc.recalibrate.errors import RecalibrationError
 name = "jax"
 
 
-def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
-              jit: bool) -> Step:
+def make_step(model_of: Callable[[], Any], body: Callable[..., Any], jit: bool) -> Step:
     import jax
     import keras
 
-    def step(values: list[Any], acc: Any, x: Any) -> Any:
+    def step(values: list[Any], acc: Any, x: Any, flags: Any) -> Any:
         model = model_of()
         with keras.StatelessScope(state_mapping=list(zip(model.variables, values, strict=True))):
-            return body(model, acc, x)
+            return body(model, acc, x, flags)
 
     compiled = jax.jit(step)
 
-    def run(acc: Any, x: Any) -> Any:
+    def run(acc: Any, x: Any, flags: Any = None) -> Any:
         model = model_of()
         with jax.enable_x64(True):
-            return compiled([v.value for v in model.variables], acc, x)
+            return compiled([v.value for v in model.variables], acc, x, flags)
 
     return Step(run, put=_sharded, wait=jax.block_until_ready)
 
@@ -112,7 +111,7 @@ def inference(model: Any) -> Callable[[Any], Any]:
     return model.predict_on_batch  # type: ignore[no-any-return]
 
 
-def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
+def dependency_graph(model: Any, body: Callable[..., Any], sample: Any,
                      calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None:
     return None  # sequential mode falls back to one layer per pass, in call order
 

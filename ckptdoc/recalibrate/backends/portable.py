@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ckptdoc.recalibrate.stats import blocked_axes, channel_axes
 
 
@@ -121,8 +123,24 @@ def merge(acc: Any, part: Any, ops: Any) -> Any:
     return ops.stack([n, mean, m2a + m2b + ops.square(delta) * (na * nb / safe)])
 
 
-def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
-    """Training-mode BN output plus (count, mean, M2) of the input, as the TensorFlow kernel."""
+def chosen(use_batch: Any, batch: tuple[Any, Any], layer: Any) -> tuple[Any, Any]:
+    """The (mean, variance) a layer normalizes with: its batch statistics, or its moving ones
+    where `use_batch` is false (a layer an earlier sequential level fixed). `use_batch`: None
+    (batch), a Python / NumPy bool (eager code branches), or a boolean tensor (a compiled
+    step, where it is an input: one step for every level)."""
+    from keras import ops
+
+    if use_batch is None or (isinstance(use_batch, bool | np.bool_) and use_batch):
+        return batch
+    moving = (ops.cast(layer.moving_mean, "float64"), ops.cast(layer.moving_variance, "float64"))
+    if isinstance(use_batch, bool | np.bool_):
+        return moving
+    return (ops.where(use_batch, batch[0], moving[0]), ops.where(use_batch, batch[1], moving[1]))
+
+
+def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tuple[Any, Any]:
+    """BN output plus (count, mean, M2) of the input, as the TensorFlow kernel: normalized with
+    the batch statistics (training mode), or where `use_batch` says so with the moving ones."""
     from keras import backend, ops
 
     x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
@@ -144,5 +162,6 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
             ops.sum(w, axis=reduced, keepdims=True), 1.0)
         m2 = ops.sum(w * ops.square(x64 - mean), axis=reduced)
     mean_c = ops.reshape(mean, m2.shape)
-    out = _normalize(x, mean_c, m2 / ops.maximum(count, 1.0), gamma, beta, kept, eps)
+    used = chosen(use_batch, (mean_c, m2 / ops.maximum(count, 1.0)), layer)
+    out = _normalize(x, *used, gamma, beta, kept, eps)
     return ops.cast(out, layer.compute_dtype), (count, mean_c, m2)

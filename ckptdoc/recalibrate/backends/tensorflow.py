@@ -73,15 +73,31 @@ def _normalize(
 
 
 def core(
-    x: Any, gamma: Any, beta: Any, *, kept: tuple[int, ...], reduced: tuple[int, ...], eps: float
+    x: Any, gamma: Any, beta: Any, moving: Any = None, *, kept: tuple[int, ...],
+    reduced: tuple[int, ...], eps: float
 ) -> tuple[Any, Any, Any, Any]:
-    """Batch statistics and the training-mode output of one BN layer (no mask)."""
+    """Batch statistics and the output of one BN layer (no mask): normalized with the batch
+    statistics, or, with `moving` = (moving mean, moving variance, use_batch) and use_batch
+    false, with the moving ones."""
     import tensorflow as tf
 
     count, mean, m2 = _blocked_moments(x, kept, reduced)
     mean_c = tf.reshape(mean, tf.shape(m2))
-    out = _normalize(x, mean_c, m2 / tf.maximum(count, 1.0), gamma, beta, kept, eps)
+    used = (mean_c, m2 / tf.maximum(count, 1.0))
+    if moving is not None:
+        used = _chosen(moving, used)
+    out = _normalize(x, *used, gamma, beta, kept, eps)
     return out, count, mean_c, m2
+
+
+def _chosen(moving: Any, batch: tuple[Any, Any]) -> tuple[Any, Any]:
+    """`portable.chosen` in TensorFlow: the batch (mean, variance) where `use_batch`, else the
+    layer's moving ones (float64); `use_batch` is a tensor, an input of the compiled step."""
+    import tensorflow as tf
+
+    mean, var, use_batch = moving
+    return (tf.where(use_batch, batch[0], tf.cast(mean, tf.float64)),
+            tf.where(use_batch, batch[1], tf.cast(var, tf.float64)))
 
 
 _CORE: list[Any] = []
@@ -107,7 +123,7 @@ def compiled_core() -> Any:
         try:  # probe once, eagerly (we may be inside a trace): some builds have no XLA JIT
             with tf.init_scope():
                 probe = tf.constant([[1.0, 2.0], [3.0, 5.0]])
-                jitted(probe, None, None, kept=(1,), reduced=(0,), eps=1e-3)[0].numpy()
+                jitted(probe, None, None, None, kept=(1,), reduced=(0,), eps=1e-3)[0].numpy()
             fn = jitted
         except Exception:  # noqa: BLE001 - any failure means: run unfused
             fn = core
@@ -115,8 +131,10 @@ def compiled_core() -> Any:
     return fn
 
 
-def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
-    """Training-mode BN output plus (count, mean, M2) of the input, computed in float64.
+def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tuple[Any, Any]:
+    """Training-mode BN output plus (count, mean, M2) of the input, computed in float64; with
+    `use_batch` false (a boolean tensor, an input of the step), normalized with the layer's
+    moving statistics instead (a layer an earlier sequential level fixed).
 
     Equivalent to Keras' own training branch without the moving-average side effects, and it
     works for `trainable=False` layers too (Keras would silently use the moving stats there).
@@ -136,13 +154,20 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
     beta = ops.cast(layer.beta, x.dtype) if layer.center else None
     eps = float(layer.epsilon)
     replica = _replica_context()
+    moving = (None if use_batch is None
+              else (tf.convert_to_tensor(layer.moving_mean.value),  # read, a tensor in the step
+                    tf.convert_to_tensor(layer.moving_variance.value),
+                    tf.cast(use_batch, tf.bool)))
     if mask is None and replica is None:
         kernel = compiled_core()
-        out, count, mean_c, m2 = kernel(x, gamma, beta, kept=kept, reduced=reduced, eps=eps)
+        out, count, mean_c, m2 = kernel(x, gamma, beta, moving, kept=kept, reduced=reduced,
+                                        eps=eps)
     elif mask is None:
         count, mean, m2 = _blocked_moments(x, kept, reduced)
         mean_c = tf.reshape(mean, tf.shape(m2))
-        out = _normalize(x, *_whole_batch(replica, count, mean_c, m2), gamma, beta, kept, eps)
+        used = _whole_batch(replica, count, mean_c, m2)
+        out = _normalize(x, *(used if moving is None else _chosen(moving, used)), gamma, beta,
+                         kept, eps)
     else:  # masked (padded) positions are rare: plain float64 is fast enough
         shape = tf.shape(x)
         x64 = tf.cast(x, tf.float64)
@@ -158,7 +183,8 @@ def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
         mean_c = tf.reshape(mean, tf.shape(m2))
         stats = ((mean_c, m2 / tf.maximum(count, 1.0)) if replica is None
                  else _whole_batch(replica, count, mean_c, m2))
-        out = _normalize(x, *stats, gamma, beta, kept, eps)
+        out = _normalize(x, *(stats if moving is None else _chosen(moving, stats)), gamma,
+                         beta, kept, eps)
     return ops.cast(out, layer.compute_dtype), (count, mean_c, m2)
 
 
@@ -182,16 +208,15 @@ def _whole_batch(replica: Any, count: Any, mean: Any, m2: Any) -> tuple[Any, Any
     return whole_mean, replica.all_reduce("sum", spread) / tf.maximum(n, 1.0)
 
 
-def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
-              jit: bool) -> Step:
+def make_step(model_of: Callable[[], Any], body: Callable[..., Any], jit: bool) -> Step:
     """The traced forward step: `body(model, acc, x)` in a `tf.function`, with the same XLA
     choice as `model.predict` (Keras enables it on accelerators, not on CPU); the
     accumulators go in and come out as tensors on the device. Under a `tf.distribute`
     strategy with several replicas, see `_replicated_step`."""
     import tensorflow as tf
 
-    def step(acc: Any, x: Any) -> Any:
-        return body(model_of(), acc, x)
+    def step(acc: Any, x: Any, flags: Any = None) -> Any:
+        return body(model_of(), acc, x, flags)
 
     strategy = _strategy(model_of())
     if strategy is not None:
@@ -224,7 +249,7 @@ def _strategy(model: Any) -> Any | None:
     return strategy
 
 
-def _replicated_step(strategy: Any, step: Callable[[Any, Any], Any]) -> Step:
+def _replicated_step(strategy: Any, step: Callable[..., Any]) -> Step:
     """Each batch split along its first axis over the strategy's replicas (`strategy.run`, as
     Keras' `fit` does); each replica folds the count / mean / M2 of its shard into
     accumulators of its own, on its device, for the whole pass. At the end (`parts`) every
@@ -235,7 +260,8 @@ def _replicated_step(strategy: Any, step: Callable[[Any, Any], Any]) -> Step:
     import tensorflow as tf
 
     n = strategy.num_replicas_in_sync
-    run = tf.function(lambda acc, x: strategy.run(step, args=(acc, x)), reduce_retracing=True)
+    run = tf.function(lambda acc, x, flags: strategy.run(step, args=(acc, x, flags)),
+                      reduce_retracing=True)
 
     def split(x: Any) -> list[Any]:
         if isinstance(x, dict):
@@ -246,14 +272,14 @@ def _replicated_step(strategy: Any, step: Callable[[Any, Any], Any]) -> Step:
             return [type(x)(c[i] for c in columns) for i in range(n)]
         return np.array_split(np.asarray(x), n)
 
-    def call(acc: Any, x: Any) -> Any:
+    def call(acc: Any, x: Any, flags: Any = None) -> Any:
         if isinstance(acc, np.ndarray):  # the pass's empty accumulators: one per replica
             host = acc
             acc = strategy.experimental_distribute_values_from_function(
                 lambda ctx: tf.constant(host))
         shards = split(x)
         return run(acc, strategy.experimental_distribute_values_from_function(
-            lambda ctx: shards[ctx.replica_id_in_sync_group]))
+            lambda ctx: shards[ctx.replica_id_in_sync_group]), flags)
 
     return Step(call, parts=strategy.experimental_local_results)
 
@@ -363,7 +389,7 @@ def inference(model: Any) -> Callable[[Any], Any]:
                        reduce_retracing=True)
 
 
-def dependency_graph(model: Any, body: Callable[[Any, Any, Any], Any], sample: Any,
+def dependency_graph(model: Any, body: Callable[..., Any], sample: Any,
                      calls: Callable[[], list[Any]]) -> dict[int, set[int]] | None:
     """Which BN layers each BN layer's input depends on, read from the traced graph: walk
     backwards from each BN input to the BN outputs it reaches. None when the graph cannot be

@@ -46,26 +46,27 @@ def _moments(x: Any, kept: tuple[int, ...], reduced: tuple[int, ...],
     return torch.full(shape, float(n), dtype=torch.float64, device=x.device), mean, m2
 
 
-def batch_stats(layer: Any, inputs: Any, mask: Any) -> tuple[Any, Any]:
-    """Training-mode BN output plus float64 (count, mean, M2) of the input; see module doc."""
+def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tuple[Any, Any]:
+    """BN output plus float64 (count, mean, M2) of the input; see module doc. Eager: a layer
+    fixed by an earlier sequential level (`use_batch` false) simply takes the other branch."""
     import torch
     from keras import backend, ops
 
     x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
     kept, reduced = channel_axes(x.ndim, layer.axis)
     if mask is not None or len(kept) != 1:
-        return portable.batch_stats(layer, inputs, mask)
+        return portable.batch_stats(layer, inputs, mask, use_batch)
     n = 1
     for a in reduced:
         n *= int(x.shape[a])
     count, mean, m2 = _moments(x, kept, reduced, n)
-    var = (m2 / max(n, 1)).to(x.dtype)
+    used_mean, used_var = portable.chosen(use_batch, (mean, m2 / max(n, 1)), layer)
     gamma = ops.cast(layer.gamma, x.dtype) if layer.scale else None
     beta = ops.cast(layer.beta, x.dtype) if layer.center else None
     channel = kept[0]
     out = torch.nn.functional.batch_norm(
-        x.movedim(channel, 1), mean.to(x.dtype), var, weight=gamma, bias=beta, training=False,
-        eps=float(layer.epsilon),
+        x.movedim(channel, 1), used_mean.to(x.dtype), used_var.to(x.dtype), weight=gamma,
+        bias=beta, training=False, eps=float(layer.epsilon),
     ).movedim(1, channel)
     return ops.cast(out, layer.compute_dtype), (count, mean, m2)
 
@@ -90,15 +91,15 @@ def fold(acc: Any, recorded: dict[str, list[portable.Call]],
     return acc
 
 
-def make_step(model_of: Callable[[], Any], body: Callable[[Any, Any, Any], Any],
+def make_step(model_of: Callable[[], Any], body: Callable[..., Any],
               jit: bool) -> Step:
     """Eager, under `inference_mode` (no autograd bookkeeping at all). CUDA kernels are queued
     asynchronously; the accumulators stay on the device until the pass ends."""
     import torch
 
-    def run(acc: Any, x: Any) -> Any:
+    def run(acc: Any, x: Any, flags: Any = None) -> Any:
         with torch.inference_mode():
-            return body(model_of(), acc, x)
+            return body(model_of(), acc, x, flags)
 
     def put(x: Any) -> Any:
         from keras import ops
