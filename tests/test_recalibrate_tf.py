@@ -224,18 +224,26 @@ def test_sequential_matches_inference_statistics(files, data) -> None:  # type: 
     np.testing.assert_allclose(bn2.moving_variance.numpy(), a.var(axis=(0, 1, 2)), rtol=1e-5)
 
 
-def test_sequential_levels_share_one_compiled_step(files, data) -> None:  # type: ignore[no-untyped-def]
-    # Which layers are fixed is an input of the step, not part of its trace: the two levels
-    # of sequential mode (bn1, then bn2 behind it) and the self-check use two compiled steps,
-    # one measuring and one checking, each traced for one batch shape.
+def test_sequential_levels_share_one_compiled_step() -> None:
+    # Which layers are fixed is an input of the step, not part of its trace: three levels of
+    # sequential mode (each BN behind the one before) and the self-check use three compiled
+    # steps, measuring, measuring behind fixed layers (levels 2 and 3), and checking, each
+    # traced once.
     from ckptdoc.recalibrate.engine import _STEPS
 
-    m = load_broken(files)
-    rep = recalibrate(m, data["xtr"][:200], mode="sequential", batch_size=100)
-    assert rep.passes == 2
+    m = keras.Sequential([keras.Input((4,))] + [
+        layer for _ in range(3) for layer in (keras.layers.Dense(4),
+                                              keras.layers.BatchNormalization())])
+    x = np.random.default_rng(6).normal(2.0, 3.0, (96, 4)).astype(np.float32)
+    rep = recalibrate(m, x, mode="sequential", batch_size=32)
+    assert rep.passes == 3
     steps = _STEPS[m]
-    assert sorted(key[2] for key in steps) == ["check", "measure"]
+    assert sorted(key[2] for key in steps) == ["check", "measure", "sequential"]
     assert all(s.fn.run.experimental_get_tracing_count() == 1 for s in steps.values())
+    # and the result is inference's fixed point: the last layer's input in inference mode
+    h = keras.Sequential(m.layers[:-1])(x, training=False).numpy().astype(np.float64)
+    np.testing.assert_allclose(m.layers[-1].moving_mean.numpy(), h.mean(0), rtol=1e-4,
+                               atol=1e-5)
 
 
 def test_inference_trained_model_is_not_made_worse(files) -> None:  # type: ignore[no-untyped-def]

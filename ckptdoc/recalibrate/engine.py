@@ -244,16 +244,25 @@ def layout(capture: Capture) -> list[tuple[str, int, int]]:
 
 
 def kind(capture: Capture) -> str:
-    """"check" when every layer runs its own inference path (the self-check, `observe`), else
-    "measure": the two compiled steps a model needs, whatever the per-layer states."""
+    """"check" when every layer runs its own inference path (the self-check, `observe`);
+    "measure" when every layer normalizes with its batch statistics (precise mode, the first
+    level of sequential mode); "sequential" when some layers are fixed, which the step learns
+    from its `flags` input. At most three compiled steps per model, whatever the levels; the
+    first two carry no per-layer branch (a branch costs ~20 us a layer and batch on
+    TensorFlow's CPU executor)."""
     states = {capture.state.get(i, "batch") for i in range(len(capture.layers))}
     if "check" in states and states != {"check"}:
         raise ValueError("a pass either checks every layer or measures")
-    return "check" if states == {"check"} else "measure"
+    if states == {"check"}:
+        return "check"
+    return "sequential" if "fixed" in states else "measure"
 
 
-def flags(capture: Capture) -> np.ndarray:
-    """Per layer: normalize with batch statistics (True) or with the moving ones (False)."""
+def flags(capture: Capture) -> np.ndarray | None:
+    """For a sequential step, per layer: normalize with batch statistics (True) or with the
+    moving ones (False); None where every layer uses its batch statistics."""
+    if kind(capture) != "sequential":
+        return None
     return np.array([capture.state.get(i, "batch") in ("batch", "batch-quiet")
                      for i in range(len(capture.layers))], dtype=bool)
 
@@ -308,7 +317,7 @@ def run_pass(
 AHEAD = 2
 
 
-def _walk(step: Step, acc: Any, places: list[tuple[str, int, int]], use_batch: np.ndarray,
+def _walk(step: Step, acc: Any, places: list[tuple[str, int, int]], use_batch: np.ndarray | None,
           batches: Iterable[Batch], on_batch: Callable[[int], None] | None,
           head: int = 0) -> PassResult:
     """Drive the step over the batches without waiting on it: the statistics stay on the

@@ -140,7 +140,12 @@ def chosen(use_batch: Any, batch: tuple[Any, Any], layer: Any) -> tuple[Any, Any
 
 def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tuple[Any, Any]:
     """BN output plus (count, mean, M2) of the input, as the TensorFlow kernel: normalized with
-    the batch statistics (training mode), or where `use_batch` says so with the moving ones."""
+    the batch statistics (training mode), or where `use_batch` says so with the moving ones.
+
+    A boolean tensor `use_batch` (a compiled step's input) picks a branch at run time
+    (`ops.cond`: only the taken branch runs), so a layer fixed by an earlier sequential level
+    costs what inference costs and records count 0, which merges as nothing.
+    """
     from keras import backend, ops
 
     x = ops.cast(inputs, backend.result_type(inputs.dtype, "float32"))
@@ -149,18 +154,36 @@ def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tu
     gamma = ops.cast(layer.gamma, x.dtype) if layer.scale else None
     beta = ops.cast(layer.beta, x.dtype) if layer.center else None
     eps = float(layer.epsilon)
-    if mask is None:
+
+    def measured() -> tuple[Any, Any, Any, Any]:
         count, mean, m2 = moments(x, kept, reduced)
-    else:  # masked (padded) positions are rare: plain float64
-        x64 = ops.cast(x, "float64")
-        w = ops.cast(mask, "float64")
-        while len(w.shape) < ndim:
-            w = ops.expand_dims(w, -1)
-        w = ops.broadcast_to(w, x.shape)
-        count = ops.sum(w, axis=reduced)
-        mean = ops.sum(w * x64, axis=reduced, keepdims=True) / ops.maximum(
-            ops.sum(w, axis=reduced, keepdims=True), 1.0)
-        m2 = ops.sum(w * ops.square(x64 - mean), axis=reduced)
+        mean_c = ops.reshape(mean, m2.shape)
+        out = _normalize(x, mean_c, m2 / ops.maximum(count, 1.0), gamma, beta, kept, eps)
+        return out, count, mean_c, m2
+
+    def fixed() -> tuple[Any, Any, Any, Any]:
+        out = _normalize(x, layer.moving_mean, layer.moving_variance, gamma, beta, kept, eps)
+        zero = ops.zeros(tuple(int(x.shape[a]) for a in kept), "float64")
+        return out, zero, zero, zero
+
+    if mask is None:
+        if use_batch is None or (isinstance(use_batch, bool | np.bool_) and use_batch):
+            out, count, mean_c, m2 = measured()
+        elif isinstance(use_batch, bool | np.bool_):
+            out, count, mean_c, m2 = fixed()
+        else:
+            out, count, mean_c, m2 = ops.cond(use_batch, measured, fixed)
+        return ops.cast(out, layer.compute_dtype), (count, mean_c, m2)
+    # masked (padded) positions are rare: plain float64, both statistics then the choice
+    x64 = ops.cast(x, "float64")
+    w = ops.cast(mask, "float64")
+    while len(w.shape) < ndim:
+        w = ops.expand_dims(w, -1)
+    w = ops.broadcast_to(w, x.shape)
+    count = ops.sum(w, axis=reduced)
+    mean = ops.sum(w * x64, axis=reduced, keepdims=True) / ops.maximum(
+        ops.sum(w, axis=reduced, keepdims=True), 1.0)
+    m2 = ops.sum(w * ops.square(x64 - mean), axis=reduced)
     mean_c = ops.reshape(mean, m2.shape)
     used = chosen(use_batch, (mean_c, m2 / ops.maximum(count, 1.0)), layer)
     out = _normalize(x, *used, gamma, beta, kept, eps)

@@ -73,26 +73,21 @@ def _normalize(
 
 
 def core(
-    x: Any, gamma: Any, beta: Any, moving: Any = None, *, kept: tuple[int, ...],
-    reduced: tuple[int, ...], eps: float
+    x: Any, gamma: Any, beta: Any, *, kept: tuple[int, ...], reduced: tuple[int, ...], eps: float
 ) -> tuple[Any, Any, Any, Any]:
-    """Batch statistics and the output of one BN layer (no mask): normalized with the batch
-    statistics, or, with `moving` = (moving mean, moving variance, use_batch) and use_batch
-    false, with the moving ones."""
+    """Batch statistics and the training-mode output of one BN layer (no mask)."""
     import tensorflow as tf
 
     count, mean, m2 = _blocked_moments(x, kept, reduced)
     mean_c = tf.reshape(mean, tf.shape(m2))
-    used = (mean_c, m2 / tf.maximum(count, 1.0))
-    if moving is not None:
-        used = _chosen(moving, used)
-    out = _normalize(x, *used, gamma, beta, kept, eps)
+    out = _normalize(x, mean_c, m2 / tf.maximum(count, 1.0), gamma, beta, kept, eps)
     return out, count, mean_c, m2
 
 
 def _chosen(moving: Any, batch: tuple[Any, Any]) -> tuple[Any, Any]:
-    """`portable.chosen` in TensorFlow: the batch (mean, variance) where `use_batch`, else the
-    layer's moving ones (float64); `use_batch` is a tensor, an input of the compiled step."""
+    """`portable.chosen` in TensorFlow, for the rare paths (masks, replicas; all-reduces must
+    not sit in a branch): the batch (mean, variance) where `use_batch`, else the layer's
+    moving ones (float64); `use_batch` is a tensor, an input of the compiled step."""
     import tensorflow as tf
 
     mean, var, use_batch = moving
@@ -123,7 +118,7 @@ def compiled_core() -> Any:
         try:  # probe once, eagerly (we may be inside a trace): some builds have no XLA JIT
             with tf.init_scope():
                 probe = tf.constant([[1.0, 2.0], [3.0, 5.0]])
-                jitted(probe, None, None, None, kept=(1,), reduced=(0,), eps=1e-3)[0].numpy()
+                jitted(probe, None, None, kept=(1,), reduced=(0,), eps=1e-3)[0].numpy()
             fn = jitted
         except Exception:  # noqa: BLE001 - any failure means: run unfused
             fn = core
@@ -160,8 +155,21 @@ def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tu
                     tf.cast(use_batch, tf.bool)))
     if mask is None and replica is None:
         kernel = compiled_core()
-        out, count, mean_c, m2 = kernel(x, gamma, beta, moving, kept=kept, reduced=reduced,
-                                        eps=eps)
+
+        def measured() -> tuple[Any, Any, Any, Any]:
+            return kernel(x, gamma, beta, kept=kept, reduced=reduced, eps=eps)  # type: ignore[no-any-return]
+
+        if moving is None:
+            out, count, mean_c, m2 = measured()
+        else:
+            # Only the taken branch runs: a layer an earlier sequential level fixed costs what
+            # inference costs, and records count 0 (merges as nothing).
+            def fixed() -> tuple[Any, Any, Any, Any]:
+                zero = tf.zeros(tf.gather(tf.shape(x), list(kept)), tf.float64)
+                out = _normalize(x, moving[0], moving[1], gamma, beta, kept, eps)
+                return out, zero, zero, zero
+
+            out, count, mean_c, m2 = tf.cond(moving[2], measured, fixed)
     elif mask is None:
         count, mean, m2 = _blocked_moments(x, kept, reduced)
         mean_c = tf.reshape(mean, tf.shape(m2))

@@ -48,7 +48,7 @@ def _moments(x: Any, kept: tuple[int, ...], reduced: tuple[int, ...],
 
 def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tuple[Any, Any]:
     """BN output plus float64 (count, mean, M2) of the input; see module doc. Eager: a layer
-    fixed by an earlier sequential level (`use_batch` false) simply takes the other branch."""
+    fixed by an earlier sequential level (`use_batch` false) simply runs inference."""
     import torch
     from keras import backend, ops
 
@@ -56,11 +56,18 @@ def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tu
     kept, reduced = channel_axes(x.ndim, layer.axis)
     if mask is not None or len(kept) != 1:
         return portable.batch_stats(layer, inputs, mask, use_batch)
-    n = 1
-    for a in reduced:
-        n *= int(x.shape[a])
-    count, mean, m2 = _moments(x, kept, reduced, n)
-    used_mean, used_var = portable.chosen(use_batch, (mean, m2 / max(n, 1)), layer)
+    if use_batch is not None and not bool(use_batch):
+        # A layer an earlier sequential level fixed: inference, and count 0 (merges as nothing).
+        zero = torch.zeros(int(x.shape[kept[0]]), dtype=torch.float64, device=x.device)
+        count, mean, m2 = zero, zero, zero
+        used_mean, used_var = ops.convert_to_tensor(layer.moving_mean), ops.convert_to_tensor(
+            layer.moving_variance)
+    else:
+        n = 1
+        for a in reduced:
+            n *= int(x.shape[a])
+        count, mean, m2 = _moments(x, kept, reduced, n)
+        used_mean, used_var = mean, m2 / max(n, 1)
     gamma = ops.cast(layer.gamma, x.dtype) if layer.scale else None
     beta = ops.cast(layer.beta, x.dtype) if layer.center else None
     channel = kept[0]
