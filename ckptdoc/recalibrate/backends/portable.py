@@ -61,6 +61,20 @@ def _normalize(x: Any, mean: Any, var: Any, gamma: Any, beta: Any, kept: tuple[i
     return x * inv + shift
 
 
+def to_device(x: Any) -> Any:
+    """A batch's numeric arrays as tensors on the backend's default device (dicts, lists and
+    tuples kept), converted while the previous step runs; strings and objects go as they
+    are. (JAX has its own: it also shards over the devices.)"""
+    from keras import ops
+
+    if isinstance(x, dict):
+        return {k: to_device(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return type(x)(to_device(v) for v in x)
+    kind = getattr(getattr(x, "dtype", None), "kind", None)
+    return ops.convert_to_tensor(x) if kind in ("b", "i", "u", "f") else x
+
+
 Call = tuple[Any, Any, Any]
 
 

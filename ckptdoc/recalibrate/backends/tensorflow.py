@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptdoc.recalibrate.backends import Step
-from ckptdoc.recalibrate.backends.portable import fold
+from ckptdoc.recalibrate.backends.portable import fold, to_device
 from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments, blocked_axes, channel_axes
 
@@ -233,20 +233,7 @@ def make_step(model_of: Callable[[], Any], body: Callable[..., Any], jit: bool) 
         fn = tf.function(step, reduce_retracing=not jit, jit_compile=jit)
     except TypeError:
         fn = tf.function(step, reduce_retracing=True)
-    return Step(fn, put=_put)
-
-
-def _put(x: Any) -> Any:
-    """A numeric batch as a tensor on the default device, converted while the previous step
-    runs (`tf.data` does this in its prefetch); strings and objects go as they are."""
-    import tensorflow as tf
-
-    if isinstance(x, dict):
-        return {k: _put(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return type(x)(_put(v) for v in x)
-    kind = getattr(getattr(x, "dtype", None), "kind", None)
-    return tf.convert_to_tensor(x) if kind in ("b", "i", "u", "f") else x
+    return Step(fn, put=to_device)
 
 
 def _strategy(model: Any) -> Any | None:

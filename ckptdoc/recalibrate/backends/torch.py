@@ -108,17 +108,7 @@ def make_step(model_of: Callable[[], Any], body: Callable[..., Any],
         with torch.inference_mode():
             return body(model_of(), acc, x, flags)
 
-    def put(x: Any) -> Any:
-        from keras import ops
-
-        if isinstance(x, dict):
-            return {k: put(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return type(x)(put(v) for v in x)
-        kind = getattr(getattr(x, "dtype", None), "kind", None)
-        return ops.convert_to_tensor(x) if kind in ("b", "i", "u", "f") else x
-
-    return Step(run, put=put)
+    return Step(run, put=portable.to_device)
 
 
 def inference(model: Any) -> Callable[[Any], Any]:
