@@ -173,6 +173,43 @@ def test_jax_kernel_is_float64_for_real() -> None:
     assert float(res.stdout.strip().splitlines()[-1]) <= 1.0  # within every bound
 
 
+SEQUENTIAL_COMPILES = r"""
+import logging, sys
+import numpy as np
+sys.modules["tensorflow"] = None
+import jax, keras
+jax.config.update("jax_log_compiles", True)
+compiled = []
+class Count(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith(("Compiling step", "Compiling jit(step)")):
+            compiled.append(record.getMessage())
+logging.getLogger("jax").addHandler(Count())
+from ckptdoc.recalibrate.api import recalibrate
+m = keras.Sequential([keras.Input((4,))] + [layer for _ in range(3) for layer in (
+    keras.layers.Dense(4), keras.layers.BatchNormalization())])
+x = np.random.default_rng(6).normal(2.0, 3.0, (96, 4)).astype(np.float32)
+report = recalibrate(m, x, mode="sequential", batch_size=32)
+inputs = np.asarray(keras.Sequential(m.layers[:-1])(x, training=False), np.float64)
+gap = float(np.max(np.abs(np.asarray(m.layers[-1].moving_mean) - inputs.mean(0))))
+print(report.passes, len(compiled), gap)
+"""
+
+
+def test_jax_sequential_mode_compiles_three_steps_whatever_the_levels() -> None:
+    # Which layers are fixed is an input of the step: three levels, the layers' call order and
+    # the self-check cost three XLA compiles (measure, sequential, check), not one per level
+    # plus one to learn the order (five here, more on deeper models; seconds each on a real
+    # model).
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", SEQUENTIAL_COMPILES], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    passes, compiles, gap = res.stdout.split()[-3:]
+    assert (int(passes), int(compiles)) == (3, 3)
+    assert float(gap) < 1e-5  # and the last layer holds its inference input's mean
+
+
 def test_a_missing_backend_names_the_extra_to_install(tmp_path: Path) -> None:
     code = ("import sys; sys.modules['torch'] = None; from ckptdoc.cli import main; main()")
     env = dict(os.environ, KERAS_BACKEND="torch")

@@ -210,23 +210,30 @@ class _Step:
 
     fn: Any
     capture: Capture | None = None
+    #: The order its BN layers ran in when it was traced (each call's index): what sequential
+    #: mode's fallback needs, known without compiling anything else.
+    order: list[int] | None = None
 
 
 # model -> {(backend, jit, kind, layer ids): step}; weak, so a dropped model takes its steps.
 _STEPS: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], _Step]] = weakref.WeakKeyDictionary()
 
 
-def _forward(capture_of: Callable[[], Capture | None]) -> Callable[..., Any]:
+def _forward(capture_of: Callable[[], Capture | None],
+             traced: Callable[[list[int]], None] | None = None) -> Callable[..., Any]:
     """The body of every step: run the model in inference mode with the wrappers recording,
     and fold what they recorded into the accumulators, inside the compiled step (`acc` None:
     record nothing, for a trace that only reads the graph). `flags[i]`: whether layer i
-    normalizes with batch statistics (None: every layer does)."""
+    normalizes with batch statistics (None: every layer does). `traced` gets the order the
+    BN layers were called in."""
 
     def body(model: Any, acc: Any, x: Any, flags: Any = None) -> Any:
         cap = capture_of()
         assert cap is not None
         cap.begin_trace(flags)
         model(x, training=False)
+        if traced is not None:
+            traced([c.idx for c in cap.calls])
         return None if acc is None else cap.backend.fold(acc, cap.outputs(), layout(cap))
 
     return body
@@ -281,7 +288,9 @@ def _step_function(model: Any, capture: Capture) -> _Step:
     if holder is None:
         holder = _Step(None)
         box = holder
-        holder.fn = capture.backend.make_step(model_ref, _forward(lambda: box.capture), jit)
+        holder.fn = capture.backend.make_step(
+            model_ref, _forward(lambda: box.capture, lambda order: setattr(box, "order", order)),
+            jit)
         per_model[key] = holder
     holder.capture = capture
     return holder
@@ -397,17 +406,18 @@ def dependency_levels(model: Any, capture: Capture, sample: Batch) -> list[list[
     try:
         deps = capture.backend.dependency_graph(model, _forward(lambda: capture), sample.x,
                                                 lambda: list(capture.calls))
-        if deps is None and not capture.calls:
-            # The backend has no graph and did not trace: the order the layers run in, from
-            # one forward pass. (A trace it made and could not read already gave the order.)
-            capture.backend.make_step(lambda: model, _forward(lambda: capture), False).run(
-                None, sample.x, flags(capture))
+        called = [c.idx for c in capture.calls]
+        if deps is None and not called:
+            # The backend has no graph and did not trace: the order the layers run in, as the
+            # measuring step saw it when traced (the precise pass, or the first level, uses
+            # that same step: on JAX nothing more is compiled).
+            called = _call_order(model, capture, sample)
     finally:
         capture.state.update(saved)
     order: list[int] = []
-    for c in capture.calls:
-        if c.idx not in order:
-            order.append(c.idx)
+    for idx in called:
+        if idx not in order:
+            order.append(idx)
     missing = [i for i in range(len(capture.layers)) if i not in order]
     fallback = [[i] for i in order] + [[i] for i in missing]
     if deps is None or missing:
@@ -424,6 +434,19 @@ def dependency_levels(model: Any, capture: Capture, sample: Batch) -> list[list[
         remaining -= ready
         k += 1
     return [[i for i in order if level[i] == j] for j in range(k)]
+
+
+def _call_order(model: Any, capture: Capture, sample: Batch) -> list[int]:
+    """The BN layers' call order from the measuring step, running it once on `sample` only
+    if it was never traced."""
+    holder = _step_function(model, capture)
+    try:
+        if holder.order is None:
+            width = sum(size for _, _, size in layout(capture))
+            holder.fn.run(np.zeros((3, width), np.float64), sample.x, flags(capture))
+        return list(holder.order or [])
+    finally:
+        holder.capture = None
 
 
 def assign(bn: BNLayer, values: dict[str, np.ndarray]) -> None:
