@@ -105,10 +105,11 @@ class Capture:
 
     States: "batch" = normalize with batch statistics, the moments kept; "batch-quiet" =
     normalize with batch statistics, the moments not kept; "fixed" = normalize with the
-    layer's moving statistics; "check" = the layer's own inference path, its inputs' moments
-    kept (the self-check). Every call's moments are folded on the device; which layers' are
-    kept is decided on the host (`run_pass`), so the compiled step depends only on whether
-    the pass is a check (`kind`), never on which layers are fixed.
+    layer's moving statistics (only that branch runs; count 0 recorded); "check" = the
+    layer's own inference path, its inputs' moments kept (the self-check). Every call's
+    moments are folded on the device; which layers' are kept is decided on the host
+    (`run_pass`), so the compiled step depends only on the pass's `kind` (measure,
+    sequential, check), never on which layers are fixed: that is the step's `flags` input.
     """
 
     layers: list[BNLayer]
