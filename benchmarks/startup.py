@@ -50,7 +50,9 @@ def main() -> None:
                                                              "ckpt-1.index")],
         "audit, one .keras file": [*ckptdoc(), "audit", str(SAMPLES / "keras3_healthy.keras")],
     }
-    print(f"baseline: python -c 'import numpy': {base * 1000:.0f} ms (median of {args.repeats})")
+    print(f"baseline: python -c 'import numpy': {base * 1000:.0f} ms (median of {args.repeats}); "
+          f"load average {os.getloadavg()[0]:.2f} (NumPy's import slows under load far more "
+          "than ckptdoc's, which asks OpenBLAS for one thread: measure on an idle machine)")
     print("| command | time | ratio to import numpy | target <= 1.5x |")
     print("|---|---|---|---|")
     for label, cmd in cases.items():
