@@ -140,7 +140,7 @@ for shape, axis, loc in json.loads(sys.argv[1]):
     step = backend.make_step(
         lambda: nothing,
         lambda m, acc, v, flags=None: portable.fold(
-            acc, {"0": [portable.moments(v, kept, reduced)]}, [("0", 0, channels)]),
+            acc, {0: [portable.moments(v, kept, reduced)]}, [(0, 0, channels)]),
         False)
     acc = np.zeros((3, channels), np.float64)
     half = shape[0] // 2

@@ -594,20 +594,20 @@ def test_in_graph_moments_equal_float64_numpy(shape, axis, loc) -> None:  # type
 
 
 def test_device_fold_equals_host_merge_for_layers_called_unequally_often() -> None:
-    # The step folds every call into one (3, channels) array: layer "0" is called three
-    # times, "1" once, "2" never. Each must equal Chan's host merge of its own calls, and an
+    # The step folds every call into one (3, channels) array: layer 0 is called three
+    # times, 1 once, 2 never. Each must equal Chan's host merge of its own calls, and an
     # absent call must leave the columns exactly as they were.
     from ckptdoc.recalibrate.backends.portable import fold
     from ckptdoc.recalibrate.stats import Moments
 
     rng = np.random.default_rng(4)
-    layout = [("0", 0, 3), ("1", 3, 2), ("2", 5, 4)]
+    layout = [(0, 0, 3), (1, 3, 2), (2, 5, 4)]
     start = np.zeros((3, 9))
     start[:, 5:] = [[7.0] * 4, [1.5, -2.0, 0.25, 3.0], [0.5, 1.0, 2.0, 4.0]]
     acc, host = tf.constant(start), {k: Moments.empty((n,)) for k, _, n in layout}
     for _ in range(2):  # two steps
-        recorded: dict[str, list[tuple[Any, Any, Any]]] = {"0": [], "1": []}
-        for key, calls in (("0", 3), ("1", 1)):
+        recorded: dict[int, list[tuple[Any, Any, Any]]] = {0: [], 1: []}
+        for key, calls in ((0, 3), (1, 1)):
             size = dict((k, n) for k, _, n in layout)[key]
             for _ in range(calls):
                 x = rng.normal(rng.uniform(-5, 5), 2.0, (int(rng.integers(1, 9)), size))
@@ -624,7 +624,7 @@ def test_device_fold_equals_host_merge_for_layers_called_unequally_often() -> No
         np.testing.assert_allclose(got[2, cols], host[key].m2, rtol=1e-12)
     np.testing.assert_array_equal(got[:, 5:], start[:, 5:])
     with pytest.raises(KeyError):
-        fold(acc, {"9": []}, layout)
+        fold(acc, {9: []}, layout)
 
 
 def test_a_shared_bn_layer_is_measured_over_all_its_calls() -> None:

@@ -6,10 +6,10 @@ How the pass works: each BN layer's `call` is replaced, on the instance only, by
 folds into per-layer accumulators that stay on the device for the whole pass (one transfer to
 the host at its end, not one per batch and layer), and (b) normalizes with those batch
 statistics (precise mode) or with the layer's already-fixed moving statistics (sequential mode,
-layers already done). The
-model itself is called with `training=False`, so dropout and every other layer run in inference
-mode. Replacing `call` (not `__call__`) also catches layers that wrappers such as
-`TimeDistributed` invoke through `layer.call`, and layers in nested models of any depth.
+layers already done). The model itself is called with `training=False`, so dropout and every
+other layer run in inference mode. Replacing `call` (not `__call__`) also catches layers that
+wrappers such as `TimeDistributed` invoke through `layer.call`, and layers in nested models of
+any depth.
 
 Keras and the backends are imported inside functions only; the backend module computes the
 statistics and compiles the step, this module knows neither.
@@ -18,6 +18,7 @@ statistics and compiles the step, this module knows neither.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import weakref
 from collections import deque
@@ -183,8 +184,20 @@ class Capture:
 
         return call
 
-    def outputs(self) -> dict[str, list[tuple[Any, Any, Any]]]:
-        return {str(i): v for i, v in self.recorded.items()}
+    @functools.cached_property
+    def layout(self) -> list[tuple[int, int, int]]:
+        """Where each layer sits in the accumulator array: (index, first column, channels).
+        Keras 3 BN has one channel axis: its length is the moving mean's."""
+        out, at = [], 0
+        for i, bn in enumerate(self.layers):
+            size = int(np.prod(tuple(bn.layer.moving_mean.shape)))
+            out.append((i, at, size))
+            at += size
+        return out
+
+    def empty(self) -> np.ndarray:
+        """A pass's accumulators before its first batch: count / mean / M2 rows, all zero."""
+        return np.zeros((3, sum(size for _, _, size in self.layout)), np.float64)
 
 
 @dataclass
@@ -202,9 +215,9 @@ class PassResult:
 class _Step:
     """A compiled forward step kept with the model, like Keras keeps `model.predict_function`.
 
-    It depends only on the model, the backend and the pass's kind (measure or check): every
-    level of sequential mode, and later `recalibrate` calls, reuse it instead of compiling
-    again (on JAX a compile of a mid-size model takes seconds).
+    It depends only on the model, the backend and the pass's `kind` (measure, sequential,
+    check): every level of sequential mode, and later `recalibrate` calls, reuse it instead
+    of compiling again (on JAX a compile of a mid-size model takes seconds).
     `capture` is looked up at call time: a retrace (new input shape) must record into the
     Capture that is installed now.
     """
@@ -235,20 +248,9 @@ def _forward(capture_of: Callable[[], Capture | None],
         model(x, training=False)
         if traced is not None:
             traced([c.idx for c in cap.calls])
-        return None if acc is None else cap.backend.fold(acc, cap.outputs(), layout(cap))
+        return None if acc is None else cap.backend.fold(acc, cap.recorded, cap.layout)
 
     return body
-
-
-def layout(capture: Capture) -> list[tuple[str, int, int]]:
-    """Where each layer sits in the accumulator array: (key, first column, channels). Keras 3
-    BN has one channel axis: its length is the moving mean's."""
-    out, at = [], 0
-    for i, bn in enumerate(capture.layers):
-        size = int(np.prod(tuple(bn.layer.moving_mean.shape)))
-        out.append((str(i), at, size))
-        at += size
-    return out
 
 
 def kind(capture: Capture) -> str:
@@ -308,10 +310,8 @@ def run_pass(
     apart those of the first batches holding at least `head` samples."""
     step = _step_function(model, capture)
     try:
-        kept = [p for p in layout(capture)
-                if capture.state.get(int(p[0]), "batch") in ("batch", "check")]
-        empty = np.zeros((3, sum(size for _, _, size in layout(capture))), np.float64)
-        result = _walk(step.fn, empty, kept, flags(capture), batches, on_batch, head)
+        kept = [p for p in capture.layout if capture.state.get(p[0], "batch") in ("batch", "check")]
+        result = _walk(step.fn, capture.empty(), kept, flags(capture), batches, on_batch, head)
     finally:
         step.capture = None  # hold no layers or data between passes
     # Across workers (multi-worker training setups), each worker measured its share.
@@ -327,7 +327,7 @@ def run_pass(
 AHEAD = 2
 
 
-def _walk(step: Step, acc: Any, places: list[tuple[str, int, int]], use_batch: np.ndarray | None,
+def _walk(step: Step, acc: Any, places: list[tuple[int, int, int]], use_batch: np.ndarray | None,
           batches: Iterable[Batch], on_batch: Callable[[int], None] | None,
           head: int = 0) -> PassResult:
     """Drive the step over the batches without waiting on it: the statistics stay on the
@@ -364,7 +364,7 @@ def _ahead(batches: Iterable[Batch], put: Callable[[Any], Any]) -> Iterator[tupl
         yield queue.popleft()
 
 
-def _moments(step: Step, acc: Any, places: list[tuple[str, int, int]]) -> dict[int, Moments]:
+def _moments(step: Step, acc: Any, places: list[tuple[int, int, int]]) -> dict[int, Moments]:
     """The accumulators on the host (the pass's one transfer), merged exactly in float64
     across replicas; layers no call reached are left out."""
     total: Moments | None = None
@@ -379,7 +379,7 @@ def _moments(step: Step, acc: Any, places: list[tuple[str, int, int]]) -> dict[i
         cut = slice(start, start + size)
         m = Moments(total.count[cut], total.mean[cut], total.m2[cut])
         if size and m.count.max() > 0:
-            out[int(key)] = m
+            out[key] = m
     return out
 
 
@@ -443,8 +443,7 @@ def _call_order(model: Any, capture: Capture, sample: Batch) -> list[int]:
     holder = _step_function(model, capture)
     try:
         if holder.order is None:
-            width = sum(size for _, _, size in layout(capture))
-            holder.fn.run(np.zeros((3, width), np.float64), sample.x, flags(capture))
+            holder.fn.run(capture.empty(), sample.x, flags(capture))
         return list(holder.order or [])
     finally:
         holder.capture = None

@@ -78,8 +78,8 @@ def to_device(x: Any) -> Any:
 Call = tuple[Any, Any, Any]
 
 
-def rounds(recorded: dict[str, list[Call]],
-           layout: list[tuple[str, int, int]]) -> list[list[tuple[int, Call | None]]]:
+def rounds(recorded: dict[int, list[Call]],
+           layout: list[tuple[int, int, int]]) -> list[list[tuple[int, Call | None]]]:
     """The recorded calls as rounds: round r holds, per layer of `layout`, its channels and its
     r-th call of the step (a layer is usually called once; shared layers and wrappers call it
     more often), None where it has no r-th call. A layer recorded but not in `layout` is a
@@ -99,14 +99,14 @@ def rounds(recorded: dict[str, list[Call]],
     return out
 
 
-def fold(acc: Any, recorded: dict[str, list[Call]],
-         layout: list[tuple[str, int, int]]) -> Any:
+def fold(acc: Any, recorded: dict[int, list[Call]],
+         layout: list[tuple[int, int, int]]) -> Any:
     """`acc` with every recorded call merged in, by Chan's exact pairwise update (as
     `stats.Moments.merge` does on the host). Runs inside the compiled step on any backend, so
     the accumulators never leave the device mid-pass.
 
     `acc` is one float64 array of shape (3, channels of all recorded layers): rows count,
-    mean, M2; `layout` gives each layer's (key, first column, columns). One array, merged in
+    mean, M2; `layout` gives each layer's (index, first column, columns). One array, merged in
     one vectorized update per round of calls, not three per layer: a step's fixed cost grows
     with its arguments (tf.function inspects each one, ~15 us; jax.jit flattens them) and,
     run eagerly, with its operations, and a deep model has hundreds of layers. A layer not

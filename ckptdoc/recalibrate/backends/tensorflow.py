@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptdoc.recalibrate.backends import Step
-from ckptdoc.recalibrate.backends.portable import fold, to_device
+from ckptdoc.recalibrate.backends.portable import chosen, fold, to_device
 from ckptdoc.recalibrate.errors import RecalibrationError
 from ckptdoc.recalibrate.stats import Moments, blocked_axes, channel_axes
 
@@ -84,17 +84,6 @@ def core(
     return out, count, mean_c, m2
 
 
-def _chosen(moving: Any, batch: tuple[Any, Any]) -> tuple[Any, Any]:
-    """`portable.chosen` in TensorFlow, for the rare paths (masks, replicas; all-reduces must
-    not sit in a branch): the batch (mean, variance) where `use_batch`, else the layer's
-    moving ones (float64); `use_batch` is a tensor, an input of the compiled step."""
-    import tensorflow as tf
-
-    mean, var, use_batch = moving
-    return (tf.where(use_batch, batch[0], tf.cast(mean, tf.float64)),
-            tf.where(use_batch, batch[1], tf.cast(var, tf.float64)))
-
-
 _CORE: list[Any] = []
 
 
@@ -149,33 +138,31 @@ def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tu
     beta = ops.cast(layer.beta, x.dtype) if layer.center else None
     eps = float(layer.epsilon)
     replica = _replica_context()
-    moving = (None if use_batch is None
-              else (tf.convert_to_tensor(layer.moving_mean.value),  # read, a tensor in the step
-                    tf.convert_to_tensor(layer.moving_variance.value),
-                    tf.cast(use_batch, tf.bool)))
     if mask is None and replica is None:
         kernel = compiled_core()
 
         def measured() -> tuple[Any, Any, Any, Any]:
             return kernel(x, gamma, beta, kept=kept, reduced=reduced, eps=eps)  # type: ignore[no-any-return]
 
-        if moving is None:
+        if use_batch is None:
             out, count, mean_c, m2 = measured()
         else:
             # Only the taken branch runs: a layer an earlier sequential level fixed costs what
             # inference costs, and records count 0 (merges as nothing).
             def fixed() -> tuple[Any, Any, Any, Any]:
                 zero = tf.zeros(tf.gather(tf.shape(x), list(kept)), tf.float64)
-                out = _normalize(x, moving[0], moving[1], gamma, beta, kept, eps)
+                out = _normalize(x, tf.convert_to_tensor(layer.moving_mean.value),
+                                 tf.convert_to_tensor(layer.moving_variance.value), gamma, beta,
+                                 kept, eps)
                 return out, zero, zero, zero
 
-            out, count, mean_c, m2 = tf.cond(moving[2], measured, fixed)
+            out, count, mean_c, m2 = tf.cond(tf.cast(use_batch, tf.bool), measured, fixed)
     elif mask is None:
         count, mean, m2 = _blocked_moments(x, kept, reduced)
         mean_c = tf.reshape(mean, tf.shape(m2))
-        used = _whole_batch(replica, count, mean_c, m2)
-        out = _normalize(x, *(used if moving is None else _chosen(moving, used)), gamma, beta,
-                         kept, eps)
+        # All-reduces must not sit in a branch: both statistics, then the choice.
+        used = chosen(use_batch, _whole_batch(replica, count, mean_c, m2), layer)
+        out = _normalize(x, *used, gamma, beta, kept, eps)
     else:  # masked (padded) positions are rare: plain float64 is fast enough
         shape = tf.shape(x)
         x64 = tf.cast(x, tf.float64)
@@ -191,8 +178,7 @@ def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tu
         mean_c = tf.reshape(mean, tf.shape(m2))
         stats = ((mean_c, m2 / tf.maximum(count, 1.0)) if replica is None
                  else _whole_batch(replica, count, mean_c, m2))
-        out = _normalize(x, *(stats if moving is None else _chosen(moving, stats)), gamma,
-                         beta, kept, eps)
+        out = _normalize(x, *chosen(use_batch, stats, layer), gamma, beta, kept, eps)
     return ops.cast(out, layer.compute_dtype), (count, mean_c, m2)
 
 

@@ -78,8 +78,8 @@ def batch_stats(layer: Any, inputs: Any, mask: Any, use_batch: Any = None) -> tu
     return ops.cast(out, layer.compute_dtype), (count, mean, m2)
 
 
-def fold(acc: Any, recorded: dict[str, list[portable.Call]],
-         layout: list[tuple[str, int, int]]) -> Any:
+def fold(acc: Any, recorded: dict[int, list[portable.Call]],
+         layout: list[tuple[int, int, int]]) -> Any:
     """`portable.fold` in PyTorch itself: run eagerly, each `keras.ops` call costs tens of
     microseconds of conversion around a few of compute, and a deep model merges hundreds of
     layers per batch; here a round is three concatenations and one vectorized update."""
